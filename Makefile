@@ -1,0 +1,47 @@
+# Bakehouse: the targets a newcomer reaches for first.
+PYTHON_BOOT ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format typecheck bench migrations-check venv clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Bakehouse needs Python >= 3.11")'
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+## run: the portal on embedded defaults (SQLite, filesystem broker, local artifacts): web + worker
+run: venv
+	$(PY) manage.py migrate --no-input
+	$(PY) manage.py sync_catalog
+	$(PY) manage.py runportal
+
+## test: the whole suite (pipeline, catalog, builds, browser)
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+typecheck: venv
+	$(VENV)/bin/mypy builds/pipeline
+
+migrations-check: venv
+	$(PY) manage.py makemigrations --check --dry-run
+
+## bench: pipeline wall time and memory as ratios to the bare tools
+bench: venv
+	$(PY) -m bench.bake
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache
