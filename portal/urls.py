@@ -9,4 +9,10 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # Each app owns its URL modules; pages and API are twin namespaces.
+    path("api/", include("catalog.api.urls")),
+    path("api/", include("builds.api.urls")),
+    path("", include("portal.page_urls")),
+    path("", include("catalog.urls")),
+    path("", include("builds.urls")),
 ]
