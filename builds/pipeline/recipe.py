@@ -1,0 +1,788 @@
+"""Recipes: one declarative YAML file per extension, loaded into typed, validated objects.
+
+The contract is ``team/recipe-schema.md``. Recipes come from the built-in catalog and from users,
+so loading is strict: unknown keys, wrong types, unsafe destinations and undefined URL
+placeholders all fail with ``recipe.invalid`` and a message naming the file, the field path and
+the reason. A loaded :class:`Recipe` is immutable; :meth:`Recipe.resolve` turns it into the
+concrete sources of one (version, arch) build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from builds.pipeline.errors import PipelineError
+
+SYSTEMD_ARCHES = ("x86-64", "arm64")
+CATEGORIES = ("wasm-runtime", "container-runtime", "kubernetes", "networking", "tool")
+DELIVERIES = ("bake", "flatcar-official", "source-build-required")
+ARCHIVE_KINDS = ("tar.gz", "tgz", "tar.xz", "tar.zst", "zip", "file")
+RELEASE_IDS = ("_any", "flatcar")
+# Flatcar's own bundled sysexts that a recipe may mask (sysext.md: "docker-flatcar.raw" -> /dev/null).
+BUILTIN_SYSEXTS = ("docker", "containerd")
+BUILTIN_PLACEHOLDERS = ("version", "arch", "version_nov")
+
+# User-written recipes are small; a cap keeps a hostile upload from costing memory.
+MAX_RECIPE_BYTES = 256 * 1024
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9.,_+-]+$")
+_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SOURCE_ID_RE = re.compile(r"^[A-Za-z0-9._{}+-]+$")
+_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|timer|path|mount|target)$")
+_TARGET_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.target$")
+_MIN_FLATCAR_RE = re.compile(r"^\d+\.\d+\.\d+$")
+_MODE_RE = re.compile(r"^0?[0-7]{3}$")
+# Directories whose files systemd only reads when they end in .conf.
+_CONF_DIRS = re.compile(r"^usr/lib/(tmpfiles\.d|sysusers\.d|sysctl\.d|modules-load\.d|binfmt\.d)/")
+_SUFFIX_KINDS = (
+    (".tar.gz", "tar.gz"),
+    (".tgz", "tgz"),
+    (".tar.xz", "tar.xz"),
+    (".tar.zst", "tar.zst"),
+    (".zip", "zip"),
+)
+_TOP_KEYS = frozenset(
+    {
+        "name",
+        "description",
+        "homepage",
+        "category",
+        "delivery",
+        "arches",
+        "sources",
+        "files",
+        "start",
+        "reload_manager",
+        "release_id",
+        "minor_pinning",
+        "requires",
+        "conflicts",
+        "replaces_builtin",
+        "min_flatcar",
+        "versions",
+    }
+)
+_SOURCE_KEYS = frozenset({"url", "id", "archive", "strip_components", "arches", "checksum_url", "install"})
+_INSTALL_KEYS = frozenset({"from", "to", "mode"})
+_VERSION_KEYS = frozenset({"sha256", "vars", "deprecated"})
+_START_KEYS = frozenset({"unit", "target"})
+
+
+@dataclass(frozen=True)
+class InstallRule:
+    """Copy ``source`` (an archive path or glob; None for a single-file download) to ``to``.
+
+    ``to`` ending in ``/`` means "into this directory". ``mode`` is None to keep the unpacked
+    file's own (already sanitised) mode.
+    """
+
+    source: str | None
+    to: str
+    mode: int | None = None
+
+    @property
+    def into_directory(self) -> bool:
+        return self.to.endswith("/")
+
+
+@dataclass(frozen=True)
+class SourceTemplate:
+    """One upstream download, with ``{placeholders}`` still in its URL."""
+
+    id: str
+    url: str
+    archive: str
+    strip_components: int
+    arches: dict[str, str] | None
+    checksum_url: str | None
+    install: tuple[InstallRule, ...]
+
+
+@dataclass(frozen=True)
+class StartUnit:
+    """A unit started at boot through an ``Upholds=`` drop-in on ``target``."""
+
+    unit: str
+    target: str
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """Per-version data: pins (arch -> source id -> sha256 hex), template vars, deprecation."""
+
+    sha256: dict[str, dict[str, str]]
+    vars: dict[str, str]
+    deprecated: bool = False
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """A source of one concrete build: URL filled in, pin (if any) attached."""
+
+    id: str
+    url: str
+    archive: str
+    strip_components: int
+    install: tuple[InstallRule, ...]
+    sha256: str | None
+    checksum_url: str | None
+    label: str  # "wasmtime v31.0.0 x86-64" (+ source id when several): used in error messages
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. Build it with :func:`parse_recipe` or :func:`load_recipe`."""
+
+    name: str
+    description: str
+    homepage: str
+    category: str
+    delivery: str
+    arches: dict[str, str]
+    sources: tuple[SourceTemplate, ...]
+    files: dict[str, str]
+    start: tuple[StartUnit, ...]
+    reload_manager: bool
+    release_id: str
+    minor_pinning: bool
+    requires: tuple[tuple[str, ...], ...]
+    conflicts: tuple[str, ...]
+    replaces_builtin: tuple[str, ...]
+    min_flatcar: str | None
+    versions: dict[str, VersionSpec]
+    digest: str
+
+    @property
+    def bakeable(self) -> bool:
+        return self.delivery == "bake"
+
+    def resolve(self, version: str, arch: str, pins: Mapping[str, str] | None = None) -> list[ResolvedSource]:
+        """The concrete sources of the (version, arch) build.
+
+        ``pins`` maps source id -> sha256 hex and overrides the recipe's own pins (the catalog
+        keeps approved digests outside the recipe file).
+        """
+        if not self.bakeable:
+            raise PipelineError(
+                "recipe.not-bakeable",
+                f"{self.name} is delivered as {self.delivery!r}; there is nothing to bake",
+            )
+        spec = self.versions.get(version)
+        if spec is None:
+            known = ", ".join(self.versions) or "none"
+            raise PipelineError(
+                "recipe.unknown-version", f"{self.name} has no version {version!r} (known: {known})"
+            )
+        if arch not in self.arches:
+            raise PipelineError(
+                "recipe.unsupported-arch",
+                f"{self.name} does not support arch {arch!r} (supported: {', '.join(self.arches)})",
+            )
+        source_ids = {s.id for s in self.sources}
+        overrides: dict[str, str] = {}
+        for source_id, digest in (pins or {}).items():
+            if source_id not in source_ids:
+                raise PipelineError(
+                    "recipe.invalid-pin",
+                    f"{self.name} {version} {arch}: pin for unknown source {source_id!r} "
+                    f"(sources: {', '.join(sorted(source_ids))})",
+                )
+            if not isinstance(digest, str) or not _HEX_RE.match(digest):
+                raise PipelineError(
+                    "recipe.invalid-pin",
+                    f"{self.name} {version} {arch}: pin for {source_id!r} must be 64 hex digits",
+                )
+            overrides[source_id] = digest.lower()
+        own_pins = spec.sha256.get(arch, {})
+        resolved = []
+        for source in self.sources:
+            values = {
+                "version": version,
+                "version_nov": version[1:] if version.startswith("v") else version,
+                "arch": (source.arches or {}).get(arch, self.arches[arch]),
+                **spec.vars,
+            }
+            label = f"{self.name} {version} {arch}"
+            if len(self.sources) > 1:
+                label += f" ({source.id})"
+            resolved.append(
+                ResolvedSource(
+                    id=source.id,
+                    url=fill_template(source.url, values),
+                    archive=source.archive,
+                    strip_components=source.strip_components,
+                    install=source.install,
+                    sha256=overrides.get(source.id, own_pins.get(source.id)),
+                    checksum_url=fill_template(source.checksum_url, values) if source.checksum_url else None,
+                    label=label,
+                )
+            )
+        return resolved
+
+
+def fill_template(template: str, values: Mapping[str, str]) -> str:
+    """Replace ``{name}`` placeholders. Only plain names: no ``str.format`` attribute access."""
+    return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], template)
+
+
+def guess_archive_kind(url: str) -> str:
+    """Archive kind from the URL's suffix (query and fragment ignored); ``file`` otherwise."""
+    path = url.split("?", 1)[0].split("#", 1)[0].lower()
+    for suffix, kind in _SUFFIX_KINDS:
+        if path.endswith(suffix):
+            return kind
+    return "file"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and aliases (alias expansion is a memory bomb)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML aliases (*name) are not allowed in recipes", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # unhashable key: let the base class produce its error
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate one recipe file; the file stem must equal the recipe's name."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PipelineError("recipe.invalid", f"{path}: cannot read the file ({exc.strerror})") from exc
+    if len(data) > MAX_RECIPE_BYTES:
+        raise PipelineError("recipe.invalid", f"{path}: file is larger than {MAX_RECIPE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PipelineError("recipe.invalid", f"{path}: file is not UTF-8") from exc
+    return parse_recipe(text, source=str(path))
+
+
+def load_recipes(directory: str | Path) -> dict[str, Recipe]:
+    """All ``*.yaml`` recipes of a directory, by name (sorted). The first invalid one raises."""
+    return {
+        recipe.name: recipe
+        for recipe in (load_recipe(p) for p in sorted(Path(directory).glob("*.yaml")) if p.is_file())
+    }
+
+
+def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
+    """Validate recipe YAML ``text``. ``source`` names the file in messages; when it ends in
+    ``.yaml``/``.yml`` the recipe's name must equal its stem."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
+        raise PipelineError("recipe.invalid", f"{source}: recipe is larger than {MAX_RECIPE_BYTES} bytes")
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise PipelineError("recipe.invalid", f"{source}: not valid YAML: {_yaml_reason(exc)}") from exc
+    return _RecipeParser(source).parse(raw)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return f"{exc.problem or exc.context}{where}"
+    return str(exc)
+
+
+class _RecipeParser:
+    """Walks the raw YAML data; every error names ``source: field.path: reason``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, field: str, reason: str) -> NoReturn:
+        where = f"{self.source}: {field}: " if field else f"{self.source}: "
+        raise PipelineError("recipe.invalid", where + reason)
+
+    # -- primitive checks ------------------------------------------------------------------
+
+    def mapping(self, value: Any, field: str, allowed: frozenset[str] | None = None) -> dict[Any, Any]:
+        if not isinstance(value, dict):
+            self.fail(field, f"must be a mapping, not {_type_name(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                self.fail(field, f"key {key!r} must be a string (quote it)")
+            if allowed is not None and key not in allowed:
+                hint = f"; allowed: {', '.join(sorted(allowed))}"
+                self.fail(_join(field, key), "unknown key" + hint)
+        return value
+
+    def string(self, value: Any, field: str, *, allow_empty: bool = False) -> str:
+        if not isinstance(value, str):
+            self.fail(field, f"must be a string, not {_type_name(value)} (quote it)")
+        if not allow_empty and not value.strip():
+            self.fail(field, "must not be empty")
+        if "\x00" in value:
+            self.fail(field, "must not contain NUL characters")
+        return value
+
+    def boolean(self, value: Any, field: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(field, f"must be true or false, not {_type_name(value)}")
+        return value
+
+    def choice(self, value: Any, field: str, choices: tuple[str, ...]) -> str:
+        text = self.string(value, field)
+        if text not in choices:
+            self.fail(field, f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    def sequence(self, value: Any, field: str) -> list[Any]:
+        if not isinstance(value, list):
+            self.fail(field, f"must be a list, not {_type_name(value)}")
+        return value
+
+    def name(self, value: Any, field: str) -> str:
+        text = self.string(value, field)
+        if not _NAME_RE.match(text):
+            self.fail(field, f"{text!r} must be lowercase letters, digits, '-' or '_' (at most 63)")
+        return text
+
+    def names(self, value: Any, field: str) -> tuple[str, ...]:
+        items = [self.name(v, f"{field}[{i}]") for i, v in enumerate(self.sequence(value, field))]
+        if len(set(items)) != len(items):
+            self.fail(field, "lists a name twice")
+        return tuple(items)
+
+    def destination(self, value: Any, field: str, *, directory_ok: bool) -> str:
+        """A path inside the image: relative, under usr/ or opt/, never where sysext forbids."""
+        path = self.string(value, field)
+        if path.startswith("/"):
+            self.fail(field, f"{path!r} must be relative (e.g. usr/bin/tool), not absolute")
+        is_dir = path.endswith("/")
+        if is_dir and not directory_ok:
+            self.fail(field, f"{path!r} must name a file, not a directory")
+        parts = path.rstrip("/").split("/")
+        if any(p in ("", ".", "..") for p in parts) or "\\" in path:
+            self.fail(field, f"{path!r} must not contain '..', '.', '\\' or empty components")
+        if parts[0] not in ("usr", "opt"):
+            self.fail(field, f"{path!r} must be under usr/ or opt/ (sysexts only extend /usr and /opt)")
+        clean = "/".join(parts)
+        if parts[:2] == ["usr", "sbin"]:
+            self.fail(field, f"{path!r}: usr/sbin must never be shipped (it is a symlink on Flatcar)")
+        if clean == "usr/lib/os-release":
+            self.fail(field, f"{path!r}: a sysext must not ship usr/lib/os-release")
+        if clean.startswith("usr/lib/extension-release.d"):
+            self.fail(field, f"{path!r}: the extension-release file is written by the pipeline")
+        if not is_dir and _is_drop_in(clean) and not clean.endswith(".conf"):
+            self.fail(field, f"{path!r}: drop-in and configuration files must end in .conf")
+        return path
+
+    def template(self, value: Any, field: str) -> str:
+        url = self.string(value, field)
+        if not re.match(r"^(https?|file)://", url):
+            self.fail(field, f"{url!r} must be an http://, https:// or file:// URL")
+        if any(c.isspace() for c in url):
+            self.fail(field, "must not contain whitespace")
+        stripped = _PLACEHOLDER_RE.sub("", url)
+        if "{" in stripped or "}" in stripped:
+            self.fail(field, "has an unbalanced '{' or '}'")
+        for placeholder in _PLACEHOLDER_RE.findall(url):
+            if not _VAR_NAME_RE.match(placeholder):
+                self.fail(field, f"placeholder {{{placeholder}}} is not a plain name")
+        return url
+
+    # -- the recipe ------------------------------------------------------------------------
+
+    def parse(self, raw: Any) -> Recipe:
+        if raw is None:
+            self.fail("", "the recipe is empty")
+        if not isinstance(raw, dict):
+            self.fail("", f"the recipe must be a mapping of fields, not {_type_name(raw)}")
+        top = self.mapping(raw, "", _TOP_KEYS)
+        for required in ("name", "description", "category"):
+            if required not in top:
+                self.fail(required, "is required")
+        name = self.name(top["name"], "name")
+        stem = Path(self.source).name
+        for suffix in (".yaml", ".yml"):
+            if stem.endswith(suffix) and stem[: -len(suffix)] != name:
+                self.fail(
+                    "name", f"{name!r} must equal the file name without .yaml ({stem[: -len(suffix)]!r})"
+                )
+        description = self.string(top["description"], "description").strip()
+        homepage = ""
+        if top.get("homepage") is not None:
+            homepage = self.string(top["homepage"], "homepage")
+            if not re.match(r"^https?://\S+$", homepage):
+                self.fail("homepage", f"{homepage!r} must be an http:// or https:// URL")
+        category = self.choice(top["category"], "category", CATEGORIES)
+        delivery = self.choice(top.get("delivery", "bake"), "delivery", DELIVERIES)
+        bake = delivery == "bake"
+
+        if "arches" in top:
+            arches = self.arch_map(top["arches"], "arches", SYSTEMD_ARCHES)
+            if not arches:
+                self.fail("arches", "must list at least one of " + ", ".join(SYSTEMD_ARCHES))
+        elif bake:
+            self.fail("arches", "is required (systemd arch -> upstream name, e.g. {x86-64: amd64})")
+        else:
+            arches = dict.fromkeys(SYSTEMD_ARCHES, "")
+
+        if bake:
+            if "sources" not in top:
+                self.fail("sources", "is required for delivery 'bake' (at least one download)")
+            sources = self.sources(top["sources"], arches)
+        else:
+            if top.get("sources"):
+                self.fail("sources", f"must not be given for delivery {delivery!r}")
+            sources = ()
+
+        files = self.files(top.get("files", {}))
+        start = self.start(top.get("start", []))
+        reload_manager = self.boolean(top.get("reload_manager", False), "reload_manager")
+        release_id = self.choice(top.get("release_id", "_any"), "release_id", RELEASE_IDS)
+        minor_pinning = self.boolean(top.get("minor_pinning", False), "minor_pinning")
+        requires = self.requires(top.get("requires", []), name)
+        conflicts = self.names(top.get("conflicts", []), "conflicts")
+        if name in conflicts:
+            self.fail("conflicts", "a recipe cannot conflict with itself")
+        replaces_builtin = self.names(top.get("replaces_builtin", []), "replaces_builtin")
+        for i, builtin in enumerate(replaces_builtin):
+            if builtin not in BUILTIN_SYSEXTS:
+                self.fail(
+                    f"replaces_builtin[{i}]",
+                    f"{builtin!r} is not a Flatcar built-in sysext ({', '.join(BUILTIN_SYSEXTS)})",
+                )
+        min_flatcar = None
+        if top.get("min_flatcar") is not None:
+            min_flatcar = self.string(top["min_flatcar"], "min_flatcar")
+            if not _MIN_FLATCAR_RE.match(min_flatcar):
+                self.fail("min_flatcar", f'{min_flatcar!r} must be a Flatcar version like "3975.2.0"')
+        versions = self.versions(top.get("versions"), bake, arches, sources)
+
+        fields: dict[str, Any] = {
+            "name": name,
+            "description": description,
+            "homepage": homepage,
+            "category": category,
+            "delivery": delivery,
+            "arches": arches,
+            "sources": sources,
+            "files": files,
+            "start": start,
+            "reload_manager": reload_manager,
+            "release_id": release_id,
+            "minor_pinning": minor_pinning,
+            "requires": requires,
+            "conflicts": conflicts,
+            "replaces_builtin": replaces_builtin,
+            "min_flatcar": min_flatcar,
+            "versions": versions,
+        }
+        return Recipe(**fields, digest=_digest(fields))
+
+    def arch_map(self, value: Any, field: str, allowed_arches: tuple[str, ...]) -> dict[str, str]:
+        mapping = self.mapping(value, field)
+        result = {}
+        for arch, upstream in mapping.items():
+            if arch not in allowed_arches:
+                self.fail(_join(field, arch), f"unknown arch; use one of {', '.join(allowed_arches)}")
+            text = self.string(upstream, _join(field, arch), allow_empty=True)
+            if "/" in text or any(c.isspace() for c in text) or "{" in text or "}" in text:
+                self.fail(_join(field, arch), f"{text!r} must not contain '/', braces or whitespace")
+            result[arch] = text
+        return result
+
+    def sources(self, value: Any, arches: dict[str, str]) -> tuple[SourceTemplate, ...]:
+        items = self.sequence(value, "sources")
+        if not items:
+            self.fail("sources", "must list at least one download for delivery 'bake'")
+        result: list[SourceTemplate] = []
+        for i, item in enumerate(items):
+            field = f"sources[{i}]"
+            raw = self.mapping(item, field, _SOURCE_KEYS)
+            if "url" not in raw:
+                self.fail(_join(field, "url"), "is required")
+            url = self.template(raw["url"], _join(field, "url"))
+            if "id" in raw:
+                source_id = self.string(raw["id"], _join(field, "id"))
+            else:
+                source_id = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+            if not _SOURCE_ID_RE.match(source_id):
+                self.fail(_join(field, "id"), f"{source_id!r} may only contain letters, digits and ._+-{{}}")
+            if any(s.id == source_id for s in result):
+                self.fail(_join(field, "id"), f"{source_id!r} is used by another source; give each an id")
+            if "archive" in raw:
+                archive = self.choice(raw["archive"], _join(field, "archive"), ARCHIVE_KINDS)
+            else:
+                archive = guess_archive_kind(url)
+            strip = raw.get("strip_components", 0)
+            if isinstance(strip, bool) or not isinstance(strip, int) or strip < 0:
+                self.fail(_join(field, "strip_components"), "must be a whole number >= 0")
+            if strip and archive == "file":
+                self.fail(_join(field, "strip_components"), "only applies to tar and zip archives")
+            source_arches = None
+            if raw.get("arches") is not None:
+                source_arches = self.arch_map(raw["arches"], _join(field, "arches"), tuple(arches))
+            checksum_url = None
+            if raw.get("checksum_url") is not None:
+                checksum_url = self.template(raw["checksum_url"], _join(field, "checksum_url"))
+            if "install" not in raw:
+                self.fail(_join(field, "install"), "is required (which files go where in the image)")
+            install = self.install(raw["install"], _join(field, "install"), archive)
+            result.append(
+                SourceTemplate(
+                    id=source_id,
+                    url=url,
+                    archive=archive,
+                    strip_components=strip,
+                    arches=source_arches,
+                    checksum_url=checksum_url,
+                    install=install,
+                )
+            )
+        return tuple(result)
+
+    def install(self, value: Any, field: str, archive: str) -> tuple[InstallRule, ...]:
+        items = self.sequence(value, field)
+        if not items:
+            self.fail(field, "must list at least one rule")
+        if archive == "file" and len(items) != 1:
+            self.fail(field, "a single-file download has exactly one rule (its destination)")
+        rules = []
+        for i, item in enumerate(items):
+            rule_field = f"{field}[{i}]"
+            raw = self.mapping(item, rule_field, _INSTALL_KEYS)
+            if "to" not in raw:
+                self.fail(_join(rule_field, "to"), "is required")
+            to = self.destination(raw["to"], _join(rule_field, "to"), directory_ok=True)
+            source: str | None = None
+            if archive == "file":
+                if "from" in raw:
+                    self.fail(
+                        _join(rule_field, "from"), "must be omitted: the downloaded file itself is installed"
+                    )
+            else:
+                if "from" not in raw:
+                    self.fail(_join(rule_field, "from"), "is required (a path or glob inside the archive)")
+                source = self.string(raw["from"], _join(rule_field, "from"))
+                parts = source.rstrip("/").split("/")
+                if source.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                    self.fail(_join(rule_field, "from"), f"{source!r} must be a relative path without '..'")
+            mode = None
+            if "mode" in raw:
+                mode = self.mode(raw["mode"], _join(rule_field, "mode"))
+            rules.append(InstallRule(source=source, to=to, mode=mode))
+        return tuple(rules)
+
+    def mode(self, value: Any, field: str) -> int:
+        if not isinstance(value, str):
+            self.fail(field, 'must be a quoted octal string such as "0755" (unquoted numbers are ambiguous)')
+        if not _MODE_RE.match(value):
+            if re.match(r"^[0-7]{4}$", value):
+                self.fail(field, f"{value!r} sets setuid/setgid/sticky bits; images must not carry them")
+            self.fail(field, f'{value!r} must be an octal mode such as "0755" or "0644"')
+        return int(value, 8)
+
+    def files(self, value: Any) -> dict[str, str]:
+        mapping = self.mapping(value if value is not None else {}, "files")
+        result = {}
+        for path, text in mapping.items():
+            field = _join("files", path)
+            clean = self.destination(path, field, directory_ok=False)
+            result[clean] = self.string(text, field, allow_empty=True)
+        return dict(sorted(result.items()))
+
+    def start(self, value: Any) -> tuple[StartUnit, ...]:
+        units: list[StartUnit] = []
+        for i, item in enumerate(self.sequence(value if value is not None else [], "start")):
+            field = f"start[{i}]"
+            if isinstance(item, dict):
+                raw = self.mapping(item, field, _START_KEYS)
+                if "unit" not in raw:
+                    self.fail(_join(field, "unit"), "is required")
+                unit = self.string(raw["unit"], _join(field, "unit"))
+                target = self.string(raw["target"], _join(field, "target")) if "target" in raw else None
+            else:
+                unit = self.string(item, field)
+                target = None
+            if not _UNIT_RE.match(unit):
+                self.fail(field, f"{unit!r} is not a valid unit name (e.g. example.service)")
+            if target is None:
+                target = _default_target(unit)
+            elif not _TARGET_RE.match(target):
+                self.fail(_join(field, "target"), f"{target!r} must be a .target unit")
+            if any(u.unit == unit for u in units):
+                self.fail(field, f"{unit!r} is listed twice")
+            units.append(StartUnit(unit=unit, target=target))
+        return tuple(units)
+
+    def requires(self, value: Any, name: str) -> tuple[tuple[str, ...], ...]:
+        groups = []
+        for i, item in enumerate(self.sequence(value if value is not None else [], "requires")):
+            field = f"requires[{i}]"
+            group = self.names(item, field) if isinstance(item, list) else (self.name(item, field),)
+            if not group:
+                self.fail(field, "an any-of group must name at least one extension")
+            if name in group:
+                self.fail(field, "a recipe cannot require itself")
+            groups.append(group)
+        return tuple(groups)
+
+    def versions(
+        self, value: Any, bake: bool, arches: dict[str, str], sources: tuple[SourceTemplate, ...]
+    ) -> dict[str, VersionSpec]:
+        if value is None:
+            if bake:
+                self.fail("versions", "is required (at least two versions for delivery 'bake')")
+            return {}
+        mapping = self.mapping(value, "versions")
+        if bake and len(mapping) < 2:
+            self.fail("versions", "a bake recipe lists at least two versions (so nodes can update)")
+        result = {}
+        for version, spec in mapping.items():
+            field = _join("versions", version)
+            if not _VERSION_RE.match(version):
+                self.fail(
+                    field, f"{version!r} may only contain letters, digits and . , _ + - (sysupdate's @v)"
+                )
+            raw = self.mapping(spec if spec is not None else {}, field, _VERSION_KEYS)
+            variables = self.variables(raw.get("vars"), _join(field, "vars"))
+            pins = self.pins(raw.get("sha256"), _join(field, "sha256"), arches, sources)
+            deprecated = self.boolean(raw.get("deprecated", False), _join(field, "deprecated"))
+            known = set(BUILTIN_PLACEHOLDERS) | set(variables)
+            for i, source in enumerate(sources):
+                for key, template in (("url", source.url), ("checksum_url", source.checksum_url)):
+                    for placeholder in _PLACEHOLDER_RE.findall(template or ""):
+                        if placeholder not in known:
+                            self.fail(
+                                f"sources[{i}].{key}",
+                                f"placeholder {{{placeholder}}} is not defined for version {version} "
+                                f"(known: {', '.join(sorted(known))}; add it to {field}.vars)",
+                            )
+            result[version] = VersionSpec(sha256=pins, vars=variables, deprecated=deprecated)
+        return result
+
+    def variables(self, value: Any, field: str) -> dict[str, str]:
+        mapping = self.mapping(value if value is not None else {}, field)
+        result = {}
+        for key, text in mapping.items():
+            if not _VAR_NAME_RE.match(key):
+                self.fail(_join(field, key), "variable names are letters, digits and '_'")
+            if key in BUILTIN_PLACEHOLDERS:
+                self.fail(_join(field, key), f"{{{key}}} is built in and cannot be redefined")
+            var = self.string(text, _join(field, key))
+            if "/" in var or "{" in var or "}" in var or any(c.isspace() for c in var):
+                self.fail(_join(field, key), f"{var!r} must not contain '/', braces or whitespace")
+            result[key] = var
+        return result
+
+    def pins(
+        self, value: Any, field: str, arches: dict[str, str], sources: tuple[SourceTemplate, ...]
+    ) -> dict[str, dict[str, str]]:
+        mapping = self.mapping(value if value is not None else {}, field)
+        if mapping and not sources:
+            self.fail(field, "pins need sources; this recipe has none")
+        result: dict[str, dict[str, str]] = {}
+        source_ids = [s.id for s in sources]
+        for arch, pin in mapping.items():
+            arch_field = _join(field, arch)
+            if arch not in arches:
+                self.fail(arch_field, f"arch is not in the recipe's arches ({', '.join(arches)})")
+            if isinstance(pin, str):
+                if len(sources) != 1:
+                    self.fail(arch_field, "with several sources, pins are {source id: sha256}")
+                result[arch] = {source_ids[0]: self.hex(pin, arch_field)}
+                continue
+            per_source = self.mapping(pin, arch_field)
+            result[arch] = {}
+            for source_id, hex_digest in per_source.items():
+                if source_id not in source_ids:
+                    self.fail(
+                        _join(arch_field, source_id), f"unknown source id (sources: {', '.join(source_ids)})"
+                    )
+                result[arch][source_id] = self.hex(hex_digest, _join(arch_field, source_id))
+        return result
+
+    def hex(self, value: Any, field: str) -> str:
+        text = self.string(value, field)
+        if not _HEX_RE.match(text):
+            self.fail(field, "must be a sha256 digest: 64 hex digits")
+        return text.lower()
+
+
+def _is_drop_in(path: str) -> bool:
+    parts = path.split("/")
+    if _CONF_DIRS.match(path):
+        return True
+    # usr/lib/systemd/<anything>/<x>.d/<file>: unit drop-ins, networkd/resolved conf.d, ...
+    return path.startswith("usr/lib/systemd/") and len(parts) >= 5 and parts[-2].endswith(".d")
+
+
+def _default_target(unit: str) -> str:
+    if unit.endswith(".socket"):
+        return "sockets.target"
+    if unit.endswith(".timer"):
+        return "timers.target"
+    return "multi-user.target"
+
+
+def _join(field: str, key: str) -> str:
+    return f"{field}.{key}" if field else key
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "a mapping"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _digest(fields: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON form of the validated recipe (defaults filled in), so a
+    reformatted or reordered file keeps its digest and any meaningful change alters it."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if hasattr(value, "__dataclass_fields__"):
+            return {k: plain(getattr(value, k)) for k in value.__dataclass_fields__}
+        return value
+
+    canonical = json.dumps(
+        {"schema": "bakehouse-recipe/1", **plain(dict(fields))},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
