@@ -1,1 +1,307 @@
-"""Models of the catalog app."""
+"""Models of the catalog app: teams, extensions, their versions, pinned digests and the audit trail.
+
+The catalog is what a team trusts. Built-in extensions (``Extension.team is None``) come from
+``catalog/recipes/*.yaml`` and every team sees them; a team's private extensions are visible to
+its members only. A version is usable for new flavours once it is ``approved`` (its upstream
+files' sha256 pinned) and not ``deprecated``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+if TYPE_CHECKING:
+    from builds.pipeline.recipe import Recipe
+
+
+class Role(models.TextChoices):
+    """A member's role in a team; each role includes the rights of the ones before it."""
+
+    VIEWER = "viewer", "Viewer"
+    BUILDER = "builder", "Builder"
+    CURATOR = "curator", "Curator"
+    ADMIN = "admin", "Admin"
+
+    @property
+    def rank(self) -> int:
+        return ROLE_ORDER.index(self.value)
+
+    def at_least(self, other: str) -> bool:
+        """True when this role grants everything ``other`` grants (admin.at_least("curator"))."""
+        return self.rank >= ROLE_ORDER.index(str(other))
+
+
+ROLE_ORDER: tuple[str, ...] = (Role.VIEWER, Role.BUILDER, Role.CURATOR, Role.ADMIN)
+
+
+class Team(models.Model):
+    """A group of people sharing a catalog of private extensions and their flavours."""
+
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=50, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A user's role in one team. A user may belong to several teams."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "user"], name="membership_unique_team_user")]
+        ordering = ["team__slug", "user__username"]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} ({self.role})"
+
+    def has_role(self, role: str) -> bool:
+        return Role(self.role).at_least(role)
+
+
+class Category(models.TextChoices):
+    WASM_RUNTIME = "wasm-runtime", "Wasm runtime"
+    CONTAINER_RUNTIME = "container-runtime", "Container runtime"
+    KUBERNETES = "kubernetes", "Kubernetes"
+    NETWORKING = "networking", "Networking"
+    TOOL = "tool", "Tool"
+
+
+class Delivery(models.TextChoices):
+    """How an extension reaches a node."""
+
+    BAKE = "bake", "Baked by Bakehouse"
+    FLATCAR_OFFICIAL = "flatcar-official", "Official Flatcar extension"
+    SOURCE_BUILD_REQUIRED = "source-build-required", "Source build required (not selectable)"
+
+
+class Origin(models.TextChoices):
+    """Where an extension's definition came from."""
+
+    BUILTIN = "builtin", "Built-in recipe"
+    RECIPE = "recipe", "Team recipe"
+    UPLOAD = "upload", "Uploaded archive"
+
+
+class Extension(models.Model):
+    """A sysext the catalog knows about, defined by a recipe (YAML text kept verbatim).
+
+    The relation and metadata fields are denormalised from the recipe so lists and filters need
+    no YAML parsing; ``recipe()`` is the authority for building.
+    """
+
+    name = models.CharField(max_length=64)
+    team = models.ForeignKey(
+        Team,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="extensions",
+        help_text="Owning team; empty for the global built-in catalog every team sees.",
+    )
+    origin = models.CharField(max_length=10, choices=Origin.choices, default=Origin.BUILTIN)
+    description = models.TextField(blank=True)
+    homepage = models.URLField(blank=True)
+    category = models.CharField(max_length=32, choices=Category.choices, default=Category.TOOL)
+    delivery = models.CharField(max_length=32, choices=Delivery.choices, default=Delivery.BAKE)
+    arches = models.JSONField(default=list, help_text="Supported systemd arches, e.g. ['x86-64', 'arm64'].")
+    recipe_text = models.TextField(help_text="The recipe YAML, verbatim.")
+    recipe_digest = models.CharField(max_length=64, help_text="sha256 of the canonical recipe content.")
+    requires = models.JSONField(default=list, help_text="List of any-of groups: [['containerd', 'docker']].")
+    conflicts = models.JSONField(default=list)
+    replaces_builtin = models.JSONField(default=list)
+    min_flatcar = models.CharField(max_length=32, blank=True)
+    minor_pinning = models.BooleanField(default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "name"], name="extension_unique_team_name"),
+            # NULL teams never collide in a plain unique index, so globals need their own.
+            models.UniqueConstraint(
+                fields=["name"], condition=Q(team__isnull=True), name="extension_unique_global_name"
+            ),
+        ]
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name if self.team_id is None else f"{self.name} ({self.team})"
+
+    @property
+    def is_global(self) -> bool:
+        return self.team_id is None
+
+    @property
+    def selectable(self) -> bool:
+        """Whether a flavour may include it at all (source-build-only extensions may not)."""
+        return self.delivery != Delivery.SOURCE_BUILD_REQUIRED
+
+    def recipe(self) -> Recipe:
+        """The pipeline's view of this extension, parsed from ``recipe_text``."""
+        from builds.pipeline.recipe import parse_recipe
+
+        return parse_recipe(self.recipe_text, source=f"{self.name}.yaml")
+
+
+class VersionStatus(models.TextChoices):
+    """Life cycle of a version: proposed -> pinning -> approved, or -> rejected."""
+
+    PROPOSED = "proposed", "Proposed"
+    PINNING = "pinning", "Pinning digests"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+
+    @property
+    def badge(self) -> str:
+        """The colour pages use for this status."""
+        return STATUS_BADGES[self.value]
+
+
+STATUS_BADGES = {"proposed": "blue", "pinning": "yellow", "approved": "green", "rejected": "red"}
+
+
+class ExtensionVersion(models.Model):
+    """One version of an extension, and where it stands in the approval flow.
+
+    ``deprecated`` is orthogonal to ``status``: a deprecated approved version stays buildable for
+    flavours that already use it but is not offered for new ones.
+    """
+
+    extension = models.ForeignKey(Extension, on_delete=models.CASCADE, related_name="versions")
+    version = models.CharField(max_length=128)
+    status = models.CharField(max_length=10, choices=VersionStatus.choices, default=VersionStatus.PROPOSED)
+    proposed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    proposed_via = models.CharField(
+        max_length=20, default="user", help_text="user, built-in, discovery or upload: who filed it."
+    )
+    proposed_at = models.DateTimeField(auto_now_add=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True, help_text="Why it was approved or rejected.")
+    deprecated = models.BooleanField(default=False)
+    pinning_error = models.TextField(blank=True, help_text="Last digest-pinning failure, code and message.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["extension", "version"], name="version_unique_extension_version")
+        ]
+        ordering = ["extension__name", "-proposed_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.extension.name} {self.version}"
+
+    @property
+    def status_badge(self) -> str:
+        return VersionStatus(self.status).badge
+
+    @property
+    def usable_for_new_flavours(self) -> bool:
+        return self.status == VersionStatus.APPROVED and not self.deprecated
+
+    def pins(self, arch: str) -> dict[str, str]:
+        """source id -> pinned sha256 for one systemd arch (empty before approval)."""
+        return {d.source_id: d.sha256 for d in self.digests.all() if d.arch == arch}
+
+
+class UpstreamDigest(models.Model):
+    """The sha256 of one upstream file for one arch, pinned when the version was approved."""
+
+    class Origin(models.TextChoices):
+        RECIPE = "recipe", "Pinned in the built-in recipe"
+        FETCHED = "fetched", "Fetched and hashed by the portal"
+        UPLOAD = "upload", "Uploaded archive"
+
+    version = models.ForeignKey(ExtensionVersion, on_delete=models.CASCADE, related_name="digests")
+    arch = models.CharField(max_length=16)
+    source_id = models.CharField(max_length=128)
+    url = models.TextField()
+    sha256 = models.CharField(max_length=64)
+    size = models.BigIntegerField(null=True, blank=True)
+    origin = models.CharField(max_length=10, choices=Origin.choices, default=Origin.FETCHED)
+    fetched_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version", "arch", "source_id"], name="digest_unique_version_arch_source"
+            )
+        ]
+        ordering = ["version", "arch", "source_id"]
+
+    def __str__(self) -> str:
+        return f"{self.version} {self.arch} {self.source_id}: {self.sha256[:12]}"
+
+
+class ApprovalAction(models.TextChoices):
+    PROPOSED = "proposed", "Proposed"
+    APPROVED = "approved", "Approved"
+    PINNED = "pinned", "Digests pinned"
+    PIN_FAILED = "pin-failed", "Digest pinning failed"
+    REJECTED = "rejected", "Rejected"
+    DEPRECATED = "deprecated", "Deprecated"
+
+
+class ApprovalRecord(models.Model):
+    """The audit trail: who did what to a version, when and why.
+
+    ``actor`` is None for the system (built-in recipes, upstream discovery, the pinning task);
+    ``actor_label`` then says which.
+    """
+
+    version = models.ForeignKey(ExtensionVersion, on_delete=models.CASCADE, related_name="approvals")
+    action = models.CharField(max_length=12, choices=ApprovalAction.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(max_length=150, blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+    reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["version", "at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.version} {self.action} by {self.actor or self.actor_label or 'system'}"
+
+
+class UploadedArchive(models.Model):
+    """The archive behind a custom (uploaded) extension version, validated and kept in the database.
+
+    Kept as bytes in the database so any worker host can materialise it (see
+    ``catalog.services.uploaded_archive_materialize``) without a shared filesystem; uploads are
+    capped by ``CUSTOM_UPLOAD_MAX_BYTES``.
+    """
+
+    version = models.OneToOneField(ExtensionVersion, on_delete=models.CASCADE, related_name="upload")
+    file_name = models.CharField(max_length=255)
+    kind = models.CharField(max_length=10, help_text="Archive kind as the pipeline names it: tar.gz, zip...")
+    sha256 = models.CharField(max_length=64)
+    size = models.BigIntegerField()
+    data = models.BinaryField()
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    uploaded_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.file_name} ({self.sha256[:12]})"
