@@ -8,6 +8,7 @@ files' sha256 pinned) and not ``deprecated``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -199,6 +200,9 @@ class ExtensionVersion(models.Model):
     decided_at = models.DateTimeField(null=True, blank=True)
     reason = models.TextField(blank=True, help_text="Why it was approved or rejected.")
     deprecated = models.BooleanField(default=False)
+    vars = models.JSONField(
+        default=dict, blank=True, help_text="Extra URL template variables for this version (recipe 'vars')."
+    )
     pinning_error = models.TextField(blank=True, help_text="Last digest-pinning failure, code and message.")
 
     class Meta:
@@ -221,6 +225,20 @@ class ExtensionVersion(models.Model):
     def pins(self, arch: str) -> dict[str, str]:
         """source id -> pinned sha256 for one systemd arch (empty before approval)."""
         return {d.source_id: d.sha256 for d in self.digests.all() if d.arch == arch}
+
+    def recipe(self) -> Recipe:
+        """The extension's recipe, guaranteed to know this version.
+
+        Versions proposed through the catalog (API, discovery) are not in the recipe file; they
+        get an entry with this version's ``vars`` and no pins (pins come from ``pins()``).
+        """
+        from builds.pipeline.recipe import VersionSpec
+
+        recipe = self.extension.recipe()
+        if self.version in recipe.versions:
+            return recipe
+        spec = VersionSpec(sha256={}, vars=dict(self.vars), deprecated=self.deprecated)
+        return dataclasses.replace(recipe, versions={**recipe.versions, self.version: spec})
 
 
 class UpstreamDigest(models.Model):
