@@ -1,6 +1,51 @@
-from django.http import HttpRequest, JsonResponse
+"""Portal-wide pages: home, API tokens, health."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+from rest_framework.authtoken.models import Token
+
+from catalog.models import Membership
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness for load balancers and docker-compose healthchecks."""
     return JsonResponse({"status": "ok"})
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    """Signed-out visitors meet the sign-in page; members see their teams and recent work."""
+    if not request.user.is_authenticated:
+        return redirect("login")
+    memberships = Membership.objects.filter(user=request.user).select_related("team").order_by("team__name")
+    return render(request, "portal/home.html", {"memberships": memberships})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_tokens(request: HttpRequest) -> HttpResponse:
+    """One REST token per user (DRF authtoken, the same one `POST /api/auth/token/` returns).
+
+    Creating replaces any existing token, so a leaked token is revoked by making a new one. The
+    full key is shown once, right after creation; later visits show only its first characters.
+    """
+    new_key = ""
+    if request.method == "POST":
+        action = request.POST.get("action")
+        if action == "create":
+            Token.objects.filter(user=request.user).delete()
+            new_key = Token.objects.create(user=request.user).key
+            messages.success(request, "New API token created. Copy it now: it will not be shown again.")
+        elif action == "revoke":
+            deleted, _ = Token.objects.filter(user=request.user).delete()
+            messages.success(request, "API token revoked." if deleted else "You had no API token.")
+            return redirect("api-tokens")
+        else:
+            messages.error(request, "Unknown action.")
+            return redirect("api-tokens")
+    token = Token.objects.filter(user=request.user).first()
+    return render(request, "portal/api_tokens.html", {"token": token, "new_key": new_key})
