@@ -60,7 +60,9 @@ class UpstreamServer:
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
         httpd.daemon_threads = True
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="upstream", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="upstream", daemon=True
+        )
         self._thread.start()
         return self
 
