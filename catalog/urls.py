@@ -1,3 +1,10 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from catalog import views
+
+app_name = "catalog"
+
+urlpatterns = [
+    path("catalog/", views.extension_list, name="extension-list"),
+    path("catalog/<str:name>/", views.extension_detail, name="extension-detail"),
+]
