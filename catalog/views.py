@@ -9,7 +9,12 @@ from django.shortcuts import render
 from catalog.errors import CatalogError, CatalogNotFound
 from catalog.forms import ExtensionSearchForm
 from catalog.models import Extension, Role
-from catalog.selectors import extension_detail_queryset, extension_get_for_user, extensions_visible_to, team_role
+from catalog.selectors import (
+    extension_detail_queryset,
+    extension_get_for_user,
+    extensions_visible_to,
+    team_role,
+)
 
 
 @login_required
