@@ -154,9 +154,16 @@ class Extension(models.Model):
         return self.delivery != Delivery.SOURCE_BUILD_REQUIRED
 
     def recipe(self) -> Recipe:
-        """The pipeline's view of this extension, parsed from ``recipe_text``."""
+        """The pipeline's view of this extension, parsed from ``recipe_text``.
+
+        Uploaded extensions have a generated recipe built from their uploads (catalog.uploads).
+        """
         from builds.pipeline.recipe import parse_recipe
 
+        if self.origin == Origin.UPLOAD:
+            from catalog.uploads import upload_recipe
+
+            return upload_recipe(self)
         return parse_recipe(self.recipe_text, source=f"{self.name}.yaml")
 
 

@@ -1,0 +1,673 @@
+"""Writes to the catalog: sync of built-in recipes, the approval flow, custom extensions, discovery.
+
+Services are the only catalog code that speaks both languages (models and pipeline objects).
+They check roles themselves (``actor``), so pages, the API and tasks share one set of rules;
+callers fetch objects through the scoped selectors first, so invisible things are already 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from builds.pipeline.errors import PipelineError
+from builds.pipeline.recipe import Recipe, load_recipe, parse_recipe
+from catalog import discovery, uploads
+from catalog.errors import CatalogConflict, CatalogError
+from catalog.models import (
+    ApprovalAction,
+    ApprovalRecord,
+    Extension,
+    ExtensionVersion,
+    Origin,
+    Role,
+    Team,
+    UploadedArchive,
+    UpstreamDigest,
+    VersionStatus,
+)
+from catalog.permissions import require_team_role
+from catalog.selectors import version_sort_key
+
+log = logging.getLogger(__name__)
+
+BUILTIN_RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+BUILTIN_LABEL = "built-in recipe"
+DISCOVERY_LABEL = "upstream discovery"
+PINNING_LABEL = "digest pinning"
+
+
+# --------------------------------------------------------------------------------------------
+# Extensions from recipes
+
+
+def _extension_fields(recipe: Recipe, text: str) -> dict[str, Any]:
+    """The denormalised columns of an Extension, from its recipe."""
+    return {
+        "description": recipe.description,
+        "homepage": recipe.homepage,
+        "category": recipe.category,
+        "delivery": recipe.delivery,
+        "arches": list(recipe.arches),
+        "recipe_text": text,
+        "recipe_digest": recipe.digest,
+        "requires": [list(group) for group in recipe.requires],
+        "conflicts": list(recipe.conflicts),
+        "replaces_builtin": list(recipe.replaces_builtin),
+        "min_flatcar": recipe.min_flatcar or "",
+        "minor_pinning": recipe.minor_pinning,
+    }
+
+
+def _record(
+    version: ExtensionVersion, action: str, *, actor: Any = None, label: str = "", reason: str = ""
+) -> ApprovalRecord:
+    return ApprovalRecord.objects.create(
+        version=version,
+        action=action,
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        actor_label=label or (actor.get_username() if actor is not None else "system"),
+        reason=reason,
+    )
+
+
+def _recipe_pins(recipe: Recipe, version: str) -> dict[str, dict[str, str]] | None:
+    """arch -> source id -> sha256 when the recipe pins every source of every arch, else None."""
+    spec = recipe.versions[version]
+    if not recipe.sources:
+        return None
+    pins: dict[str, dict[str, str]] = {}
+    for arch in recipe.arches:
+        arch_pins = spec.sha256.get(arch, {})
+        if any(source.id not in arch_pins for source in recipe.sources):
+            return None
+        pins[arch] = dict(arch_pins)
+    return pins
+
+
+def _store_recipe_pins(version: ExtensionVersion, recipe: Recipe, pins: dict[str, dict[str, str]]) -> bool:
+    """Write the recipe's pins as UpstreamDigest rows; True when anything changed."""
+    wanted = {}
+    for arch, per_source in pins.items():
+        for source in recipe.resolve(version.version, arch, pins=per_source):
+            wanted[(arch, source.id)] = (source.url, per_source[source.id])
+    current = {(d.arch, d.source_id): (d.url, d.sha256) for d in version.digests.all()}
+    if current == wanted:
+        return False
+    version.digests.all().delete()
+    UpstreamDigest.objects.bulk_create(
+        UpstreamDigest(
+            version=version, arch=arch, source_id=source_id, url=url, sha256=digest, origin="recipe"
+        )
+        for (arch, source_id), (url, digest) in sorted(wanted.items())
+    )
+    return True
+
+
+@dataclass
+class SyncReport:
+    """What ``catalog_sync`` did, per extension name."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.updated)
+
+
+class CatalogSyncError(CatalogError):
+    """Some recipe files did not load; nothing was written."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        lines = "; ".join(f"{path}: {reason}" for path, reason in errors)
+        super().__init__("catalog.invalid-recipes", f"{len(errors)} recipe file(s) did not load: {lines}")
+
+
+def catalog_sync(*, recipes_dir: Path | str = BUILTIN_RECIPES_DIR) -> SyncReport:
+    """Load the built-in recipe files into the global catalog, idempotently.
+
+    Every file is loaded first; if any fails, ``CatalogSyncError`` lists them all and nothing is
+    written. New versions become ``proposed`` unless the recipe pins every source of every arch,
+    in which case they are approved with those pins by the built-in recipe (no user). Versions
+    that vanish from a file are kept: flavours may still use them.
+    """
+    recipes: list[tuple[Recipe, str]] = []
+    errors: list[tuple[str, str]] = []
+    for path in sorted(Path(recipes_dir).glob("*.yaml")):
+        try:
+            recipe = load_recipe(path)
+        except PipelineError as exc:
+            prefix = f"{path}: "
+            message = exc.message[len(prefix) :] if exc.message.startswith(prefix) else exc.message
+            errors.append((str(path), message))
+            continue
+        recipes.append((recipe, path.read_text(encoding="utf-8")))
+    if errors:
+        raise CatalogSyncError(errors)
+
+    report = SyncReport()
+    with transaction.atomic():
+        for recipe, text in recipes:
+            outcome = _sync_one(recipe, text)
+            getattr(report, outcome).append(recipe.name)
+    return report
+
+
+def _sync_one(recipe: Recipe, text: str) -> str:
+    fields = _extension_fields(recipe, text)
+    extension = Extension.objects.filter(team__isnull=True, name=recipe.name).first()
+    outcome = "unchanged"
+    if extension is None:
+        extension = Extension.objects.create(name=recipe.name, team=None, origin=Origin.BUILTIN, **fields)
+        outcome = "added"
+    elif any(getattr(extension, key) != value for key, value in fields.items()):
+        for key, value in fields.items():
+            setattr(extension, key, value)
+        extension.save()
+        outcome = "updated"
+
+    existing = {v.version: v for v in extension.versions.prefetch_related("digests")}
+    for name, spec in recipe.versions.items():
+        version = existing.get(name)
+        pins = _recipe_pins(recipe, name)
+        if version is None:
+            version = ExtensionVersion.objects.create(
+                extension=extension,
+                version=name,
+                proposed_via="built-in",
+                vars=dict(spec.vars),
+                deprecated=spec.deprecated,
+            )
+            _record(
+                version, ApprovalAction.PROPOSED, label=BUILTIN_LABEL, reason="Listed in the recipe file."
+            )
+            if pins is not None:
+                _approve_with_recipe_pins(version, recipe, pins)
+            outcome = "updated" if outcome == "unchanged" else outcome
+            continue
+        changed = False
+        if version.vars != dict(spec.vars):
+            version.vars = dict(spec.vars)
+            changed = True
+        if version.deprecated != spec.deprecated:
+            version.deprecated = spec.deprecated
+            _record(
+                version,
+                ApprovalAction.DEPRECATED,
+                label=BUILTIN_LABEL,
+                reason="Deprecated in the recipe file." if spec.deprecated else "No longer deprecated.",
+            )
+            changed = True
+        if changed:
+            version.save(update_fields=["vars", "deprecated"])
+        if pins is not None and version.status in (VersionStatus.PROPOSED, VersionStatus.APPROVED):
+            if version.status == VersionStatus.PROPOSED:
+                _approve_with_recipe_pins(version, recipe, pins)
+                changed = True
+            elif _store_recipe_pins(version, recipe, pins):
+                _record(
+                    version, ApprovalAction.PINNED, label=BUILTIN_LABEL, reason="Pins changed in the recipe."
+                )
+                changed = True
+        if changed and outcome == "unchanged":
+            outcome = "updated"
+    return outcome
+
+
+def _approve_with_recipe_pins(
+    version: ExtensionVersion, recipe: Recipe, pins: dict[str, dict[str, str]]
+) -> None:
+    _store_recipe_pins(version, recipe, pins)
+    version.status = VersionStatus.APPROVED
+    version.decided_by = None
+    version.decided_at = timezone.now()
+    version.reason = "sha256 pinned in the built-in recipe."
+    version.pinning_error = ""
+    version.save(update_fields=["status", "decided_by", "decided_at", "reason", "pinning_error"])
+    _record(version, ApprovalAction.APPROVED, label=BUILTIN_LABEL, reason=version.reason)
+
+
+# --------------------------------------------------------------------------------------------
+# The approval flow
+
+
+def version_propose(
+    *,
+    extension: Extension,
+    version: str,
+    actor: Any = None,
+    vars: dict[str, str] | None = None,
+    reason: str = "",
+    via: str = "user",
+) -> ExtensionVersion:
+    """File a new version of ``extension`` for a curator to decide on (builder or above).
+
+    The version must fit the recipe: its URLs must fill in for every arch (unknown template
+    variables are refused here, not at build time).
+    """
+    if actor is not None:
+        require_team_role(actor, extension.team, Role.BUILDER, action="propose a version")
+    if extension.origin == Origin.UPLOAD:
+        raise CatalogError(
+            "version.upload-only",
+            f"{extension.name} is an uploaded extension: upload the new version instead.",
+        )
+    candidate = ExtensionVersion(extension=extension, version=version, vars=dict(vars or {}))
+    _check_version_fits_recipe(candidate)
+    try:
+        with transaction.atomic():
+            candidate.proposed_by = actor if actor is not None and actor.is_authenticated else None
+            candidate.proposed_via = via
+            candidate.save()
+    except IntegrityError:
+        raise CatalogConflict(
+            "version.exists", f"{extension.name} {version} has already been proposed."
+        ) from None
+    label = DISCOVERY_LABEL if via == "discovery" else ""
+    _record(candidate, ApprovalAction.PROPOSED, actor=actor, label=label, reason=reason)
+    return candidate
+
+
+def _check_version_fits_recipe(version: ExtensionVersion) -> None:
+    """Raise CatalogError unless the recipe resolves for this version on every arch."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9.,_+-]{1,128}", version.version):
+        raise CatalogError(
+            "version.invalid",
+            f"{version.version!r} is not a valid version: use letters, digits and . , _ + - only.",
+        )
+    for key, value in version.vars.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise CatalogError("version.invalid", "vars must map names to strings.")
+    try:
+        recipe = version.recipe()
+        if recipe.bakeable:
+            for arch in recipe.arches:
+                recipe.resolve(version.version, arch)
+    except PipelineError as exc:
+        raise CatalogError("version.invalid", exc.message) from exc
+    except KeyError as exc:
+        raise CatalogError(
+            "version.invalid",
+            f"The recipe's URLs need the variable {exc.args[0]!r}; give it in 'vars'.",
+        ) from exc
+
+
+def version_approve(*, version: ExtensionVersion, actor: Any, reason: str = "") -> ExtensionVersion:
+    """A curator approves: the version goes to ``pinning`` and a task fetches and pins digests.
+
+    The task is queued once the transaction commits, so it never sees an uncommitted version.
+    """
+    require_team_role(actor, version.extension.team, Role.CURATOR, action="approve a version")
+    with transaction.atomic():
+        locked = ExtensionVersion.objects.select_for_update().get(pk=version.pk)
+        if locked.status != VersionStatus.PROPOSED:
+            raise CatalogConflict(
+                "version.not-proposed",
+                f"{version} is {locked.status}; only proposed versions can be approved.",
+            )
+        locked.status = VersionStatus.PINNING
+        locked.decided_by = actor
+        locked.decided_at = timezone.now()
+        locked.reason = reason
+        locked.pinning_error = ""
+        locked.save(update_fields=["status", "decided_by", "decided_at", "reason", "pinning_error"])
+        _record(locked, ApprovalAction.APPROVED, actor=actor, reason=reason)
+
+        from catalog.tasks import pin_version_digests
+
+        version_id = locked.pk
+        transaction.on_commit(lambda: pin_version_digests.delay(version_id))
+    return locked
+
+
+def version_reject(*, version: ExtensionVersion, actor: Any, reason: str) -> ExtensionVersion:
+    """A curator rejects a proposed version, saying why."""
+    require_team_role(actor, version.extension.team, Role.CURATOR, action="reject a version")
+    if not reason or not reason.strip():
+        raise CatalogError("reason.required", "Say why the version is rejected (reason).")
+    with transaction.atomic():
+        locked = ExtensionVersion.objects.select_for_update().get(pk=version.pk)
+        if locked.status != VersionStatus.PROPOSED:
+            raise CatalogConflict(
+                "version.not-proposed",
+                f"{version} is {locked.status}; only proposed versions can be rejected.",
+            )
+        locked.status = VersionStatus.REJECTED
+        locked.decided_by = actor
+        locked.decided_at = timezone.now()
+        locked.reason = reason.strip()
+        locked.save(update_fields=["status", "decided_by", "decided_at", "reason"])
+        _record(locked, ApprovalAction.REJECTED, actor=actor, reason=locked.reason)
+    return locked
+
+
+def version_deprecate(
+    *, version: ExtensionVersion, actor: Any, reason: str = "", deprecated: bool = True
+) -> ExtensionVersion:
+    """Stop (or resume) offering a version for new flavours; existing flavours keep building."""
+    require_team_role(actor, version.extension.team, Role.CURATOR, action="deprecate a version")
+    if version.deprecated != deprecated:
+        version.deprecated = deprecated
+        version.save(update_fields=["deprecated"])
+        _record(
+            version,
+            ApprovalAction.DEPRECATED,
+            actor=actor,
+            reason=reason or ("Deprecated." if deprecated else "No longer deprecated."),
+        )
+    return version
+
+
+def _fetcher() -> Any:
+    from builds.pipeline.fetch import DEFAULT_MAX_BYTES, Fetcher
+
+    return Fetcher(
+        settings.FETCH_CACHE_DIR,
+        mirrors=settings.UPSTREAM_MIRRORS,
+        max_bytes=getattr(settings, "UPSTREAM_MAX_BYTES", DEFAULT_MAX_BYTES),
+    )
+
+
+def version_pin_digests(*, version_id: int) -> ExtensionVersion | None:
+    """Fetch every upstream file of an approved version for every arch and pin its sha256.
+
+    On success the version becomes ``approved`` with one UpstreamDigest per (arch, source). On a
+    fetch error it goes back to ``proposed`` with the error recorded, so a curator can retry.
+    Pins already known (from the recipe or an upload) are enforced, not replaced.
+    """
+    version = ExtensionVersion.objects.select_related("extension").filter(pk=version_id).first()
+    if version is None or version.status != VersionStatus.PINNING:
+        return version  # deleted, or a duplicate delivery of the task: nothing to do
+    results: list[tuple[str, str, str, str, int]] = []
+    try:
+        recipe = version.recipe()
+        if recipe.bakeable:
+            if version.extension.origin == Origin.UPLOAD:
+                uploaded_archive_materialize(version=version)
+            with _fetcher() as fetcher:
+                for arch in recipe.arches:
+                    for source in recipe.resolve(version.version, arch, pins=version.pins(arch)):
+                        fetched = fetcher.fetch(source.url, sha256=source.sha256, label=source.label)
+                        results.append((arch, source.id, source.url, fetched.sha256, fetched.size))
+    except (PipelineError, CatalogError) as exc:
+        _pinning_failed(version, f"{exc.code}: {exc.message}")
+        return version
+    except OSError as exc:
+        _pinning_failed(version, f"fetch.io-error: {exc}")
+        return version
+
+    with transaction.atomic():
+        locked = ExtensionVersion.objects.select_for_update().get(pk=version.pk)
+        if locked.status != VersionStatus.PINNING:
+            return locked
+        now = timezone.now()
+        known = {(d.arch, d.source_id): d for d in locked.digests.all()}
+        for arch, source_id, url, digest, size in results:
+            row = known.pop((arch, source_id), None)
+            if row is None:
+                row = UpstreamDigest(version=locked, arch=arch, source_id=source_id, origin="fetched")
+            row.url, row.sha256, row.size, row.fetched_at = url, digest, size, now
+            row.save()
+        for stale in known.values():
+            stale.delete()
+        locked.status = VersionStatus.APPROVED
+        locked.pinning_error = ""
+        locked.save(update_fields=["status", "pinning_error"])
+        summary = ", ".join(f"{arch} {source_id} {digest[:12]}" for arch, source_id, _, digest, _ in results)
+        _record(locked, ApprovalAction.PINNED, label=PINNING_LABEL, reason=summary or "Nothing to fetch.")
+    return locked
+
+
+def _pinning_failed(version: ExtensionVersion, error: str) -> None:
+    log.warning("pinning %s failed: %s", version, error)
+    with transaction.atomic():
+        locked = ExtensionVersion.objects.select_for_update().get(pk=version.pk)
+        if locked.status != VersionStatus.PINNING:
+            return
+        locked.status = VersionStatus.PROPOSED
+        locked.pinning_error = error
+        locked.save(update_fields=["status", "pinning_error"])
+        _record(locked, ApprovalAction.PIN_FAILED, label=PINNING_LABEL, reason=error)
+    version.refresh_from_db()
+
+
+# --------------------------------------------------------------------------------------------
+# Custom extensions
+
+
+def _check_name_free(team: Team, name: str) -> None:
+    if Extension.objects.filter(Q(team__isnull=True) | Q(team=team), name=name).exists():
+        raise CatalogConflict(
+            "extension.name-taken",
+            f"An extension called {name!r} already exists in the global catalog or in team {team.slug}; "
+            "choose another name.",
+        )
+
+
+def extension_create_custom(
+    *,
+    team: Team,
+    actor: Any,
+    recipe_text: str | None = None,
+    archive: uploads.CustomArchive | None = None,
+) -> Extension:
+    """Add a team's private extension: a recipe (YAML) or an uploaded archive of files.
+
+    Recipes are validated by the pipeline's loader; their versions are proposed (pins in the
+    recipe are enforced when a curator approves). Archives are unpacked by the pipeline's strict
+    unpacker into a scratch directory and refused if hostile; see ``catalog.uploads``.
+    """
+    require_team_role(actor, team, Role.BUILDER, action="add a custom extension")
+    if (recipe_text is None) == (archive is None):
+        raise CatalogError("extension.invalid", "Send either a recipe or an archive, not both or neither.")
+    if recipe_text is not None:
+        return _extension_create_from_recipe(team=team, actor=actor, text=recipe_text)
+    assert archive is not None
+    return _extension_add_upload(team=team, actor=actor, archive=archive)
+
+
+def _extension_create_from_recipe(*, team: Team, actor: Any, text: str) -> Extension:
+    try:
+        recipe = parse_recipe(text, source="recipe")
+    except PipelineError as exc:
+        raise CatalogError(exc.code, exc.message) from exc
+    with transaction.atomic():
+        _check_name_free(team, recipe.name)
+        extension = Extension.objects.create(
+            name=recipe.name,
+            team=team,
+            origin=Origin.RECIPE,
+            created_by=actor,
+            **_extension_fields(recipe, text),
+        )
+        for name, spec in recipe.versions.items():
+            version = ExtensionVersion.objects.create(
+                extension=extension,
+                version=name,
+                proposed_by=actor,
+                proposed_via="user",
+                vars=dict(spec.vars),
+                deprecated=spec.deprecated,
+            )
+            _record(version, ApprovalAction.PROPOSED, actor=actor, reason="Listed in the team's recipe.")
+    return extension
+
+
+def _extension_add_upload(*, team: Team, actor: Any, archive: uploads.CustomArchive) -> Extension:
+    """Validate the archive, then create the extension (or add a version to the team's own)."""
+    checked = uploads.validate_archive(archive)
+    with transaction.atomic():
+        extension = Extension.objects.filter(team=team, name=archive.name).first()
+        if extension is None:
+            _check_name_free(team, archive.name)
+            extension = Extension(name=archive.name, team=team, origin=Origin.UPLOAD, created_by=actor)
+        elif extension.origin != Origin.UPLOAD:
+            raise CatalogConflict(
+                "extension.name-taken",
+                f"{archive.name!r} is a recipe extension of team {team.slug}; "
+                "choose another name for the upload.",
+            )
+        else:
+            previous = UploadedArchive.objects.filter(version__extension=extension).first()
+            if previous is not None and previous.kind != checked.kind:
+                raise CatalogError(
+                    "upload.kind-changed",
+                    f"Earlier versions of {archive.name} were uploaded as {previous.kind}; upload a "
+                    f"{previous.kind} archive.",
+                )
+            if extension.versions.filter(version=archive.version).exists():
+                raise CatalogConflict(
+                    "version.exists", f"{archive.name} {archive.version} was already uploaded."
+                )
+        extension.description = archive.description or extension.description
+        extension.category = archive.category
+        extension.arches = list(archive.arches)
+        extension.delivery = "bake"
+        extension.recipe_text = "# generated on upload; replaced below\n"
+        extension.recipe_digest = ""
+        extension.save()
+        version = ExtensionVersion.objects.create(
+            extension=extension, version=archive.version, proposed_by=actor, proposed_via="upload"
+        )
+        UploadedArchive.objects.create(
+            version=version,
+            file_name=archive.file_name,
+            kind=checked.kind,
+            sha256=checked.sha256,
+            size=checked.size,
+            data=archive.data,
+            uploaded_by=actor,
+        )
+        extension.recipe_text = uploads.render_upload_recipe(extension)
+        extension.recipe_digest = hashlib.sha256(extension.recipe_text.encode()).hexdigest()
+        extension.save(update_fields=["recipe_text", "recipe_digest"])
+        recipe = extension.recipe()
+        for arch in recipe.arches:
+            for source in recipe.resolve(version.version, arch):
+                UpstreamDigest.objects.create(
+                    version=version,
+                    arch=arch,
+                    source_id=source.id,
+                    url=source.url,
+                    sha256=checked.sha256,
+                    size=checked.size,
+                    origin="upload",
+                    fetched_at=timezone.now(),
+                )
+        _record(
+            version,
+            ApprovalAction.PROPOSED,
+            actor=actor,
+            reason=f"Uploaded {archive.file_name} ({checked.size} bytes, sha256 {checked.sha256}).",
+        )
+    return extension
+
+
+def uploaded_archive_materialize(*, version: ExtensionVersion) -> Path:
+    """Write an uploaded version's archive where its recipe's ``file://`` URL points.
+
+    Builds call this before fetching an uploaded extension's sources, so any worker host with
+    database access can bake it; the fetcher then verifies the pinned sha256 as for any upstream.
+    """
+    upload = UploadedArchive.objects.get(version=version)
+    return uploads.write_archive(
+        uploads.archive_path(version.extension, version.version, upload.kind), upload
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Upstream discovery
+
+
+@dataclass
+class DiscoveryReport:
+    proposed: list[str] = field(default_factory=list)  # "name version"
+    errors: list[str] = field(default_factory=list)
+
+
+def upstream_discover(
+    *, api_url: str | None = None, extensions: Iterable[Extension] | None = None, max_pages: int = 10
+) -> DiscoveryReport:
+    """List new GitHub releases of recipe extensions and file proposals (never approvals).
+
+    Only releases newer than the newest known version are proposed, so a first run does not
+    flood curators with history; drafts and prereleases are skipped. A new version copies the
+    template ``vars`` of the newest known one (e.g. wasmcloud's nats version); the curator checks
+    them before approving.
+    """
+    base = (api_url or settings.GITHUB_API_URL).rstrip("/")
+    report = DiscoveryReport()
+    candidates = extensions if extensions is not None else Extension.objects.exclude(origin=Origin.UPLOAD)
+    for extension in candidates:
+        try:
+            recipe = extension.recipe()
+        except PipelineError as exc:
+            report.errors.append(f"{extension.name}: {exc.message}")
+            continue
+        source = discovery.github_source(recipe)
+        if source is None:
+            continue
+        known = list(extension.versions.values_list("version", "vars"))
+        if not known:
+            continue
+        newest_version, newest_vars = max(known, key=lambda item: version_sort_key(item[0]))
+        seen = {v for v, _ in known}
+        prefixed = all(v.startswith("v") for v, _ in known)
+        try:
+            tags = discovery.list_release_tags(base, source.owner, source.repo, max_pages=max_pages)
+        except discovery.DiscoveryError as exc:
+            report.errors.append(f"{extension.name}: {exc}")
+            continue
+        for tag in tags:
+            version = source.version_from_tag(tag, v_prefixed=prefixed)
+            if version is None or version in seen:
+                continue
+            if version_sort_key(version) <= version_sort_key(newest_version):
+                continue
+            seen.add(version)
+            try:
+                version_propose(
+                    extension=extension,
+                    version=version,
+                    actor=None,
+                    vars=dict(newest_vars or {}),
+                    via="discovery",
+                    reason=f"GitHub release {tag} of {source.owner}/{source.repo}; vars copied from "
+                    f"{newest_version}.",
+                )
+            except CatalogError as exc:
+                report.errors.append(f"{extension.name} {version}: {exc.message}")
+                continue
+            report.proposed.append(f"{extension.name} {version}")
+    return report
+
+
+__all__ = [
+    "CatalogSyncError",
+    "DiscoveryReport",
+    "SyncReport",
+    "catalog_sync",
+    "extension_create_custom",
+    "uploaded_archive_materialize",
+    "upstream_discover",
+    "version_approve",
+    "version_deprecate",
+    "version_pin_digests",
+    "version_propose",
+    "version_reject",
+]

@@ -1,0 +1,20 @@
+"""Celery tasks of the catalog: thin, they load ids and call one service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from catalog import services
+
+
+@shared_task(name="catalog.pin_version_digests", acks_late=True)
+def pin_version_digests(version_id: int) -> None:
+    """Fetch and pin the upstream digests of a version a curator approved."""
+    services.version_pin_digests(version_id=version_id)
+
+
+@shared_task(name="catalog.discover_upstream_releases")
+def discover_upstream_releases() -> list[str]:
+    """Periodic: file proposals for new upstream releases (never approves anything)."""
+    report = services.upstream_discover()
+    return report.proposed

@@ -1,0 +1,281 @@
+"""Custom extensions uploaded as an archive of files (a tarball or zip laid out as ``usr/...``).
+
+How an upload becomes a bakeable extension:
+
+1. The archive is unpacked by the pipeline's strict unpacker into a scratch directory, which
+   refuses path traversal, links leaving the tree, device nodes, FIFOs, setuid/setgid files and
+   archives over the size limits; then every file must sit under ``usr/`` (not ``usr/sbin``, not
+   an ``os-release`` or ``extension-release.d`` file). Anything else is a 400 with the reason.
+2. The archive bytes are kept as uploaded in ``UploadedArchive`` (the database), with their
+   sha256; each upload is one version of the extension.
+3. The extension's recipe is generated: one source ``upload`` with a ``file://`` URL template
+   ``<FETCH_CACHE_DIR>/uploads/<team>/<name>/{version}.<kind>``, one install rule
+   ``{from: usr, to: usr}``, and every version pinned to its upload's sha256.
+4. Builds call ``catalog.services.uploaded_archive_materialize(version=...)`` before fetching:
+   it writes the bytes to that path (any worker host with database access can), and the
+   fetcher then verifies the pin like for any upstream download.
+
+The recipe of an uploaded extension is built here rather than parsed: it is generated, not
+written by a person, and a first upload has a single version, which the loader's "at least two
+versions" rule for hand-written recipes would refuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+from django.conf import settings
+
+from builds.pipeline.errors import PipelineError
+from builds.pipeline.recipe import (
+    CATEGORIES,
+    SYSTEMD_ARCHES,
+    InstallRule,
+    Recipe,
+    SourceTemplate,
+    VersionSpec,
+    guess_archive_kind,
+)
+from catalog.errors import CatalogError
+
+if TYPE_CHECKING:
+    from catalog.models import Extension, UploadedArchive
+
+DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
+UPLOAD_KINDS = ("tar.gz", "tgz", "tar.xz", "tar.zst", "zip")
+SOURCE_ID = "upload"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9.,_+-]{1,128}$")
+_FORBIDDEN = ("usr/sbin", "usr/lib/os-release", "usr/lib/extension-release.d")
+
+
+def max_upload_bytes() -> int:
+    return int(getattr(settings, "CUSTOM_UPLOAD_MAX_BYTES", DEFAULT_MAX_UPLOAD_BYTES))
+
+
+@dataclass(frozen=True)
+class CustomArchive:
+    """An upload as received: what the user called it, and the bytes."""
+
+    name: str
+    version: str
+    file_name: str
+    data: bytes
+    description: str = ""
+    category: str = "tool"
+    arches: tuple[str, ...] = SYSTEMD_ARCHES
+
+
+@dataclass(frozen=True)
+class CheckedArchive:
+    kind: str
+    sha256: str
+    size: int
+
+
+def _refuse(code: str, message: str) -> CatalogError:
+    return CatalogError(code, message)
+
+
+def validate_archive(archive: CustomArchive) -> CheckedArchive:
+    """Check the metadata and unpack the archive strictly into a scratch directory.
+
+    Raises CatalogError (400) with a sentence naming the problem; returns kind, sha256 and size.
+    """
+    if not _NAME_RE.match(archive.name):
+        raise _refuse(
+            "upload.invalid-name", f"{archive.name!r} is not a valid name: use a-z, 0-9, '-' and '_'."
+        )
+    if not _VERSION_RE.match(archive.version):
+        raise _refuse(
+            "upload.invalid-version",
+            f"{archive.version!r} is not a valid version: use letters, digits and . , _ + - only.",
+        )
+    if archive.category not in CATEGORIES:
+        raise _refuse("upload.invalid-category", f"category must be one of {', '.join(CATEGORIES)}.")
+    if not archive.arches or any(a not in SYSTEMD_ARCHES for a in archive.arches):
+        raise _refuse(
+            "upload.invalid-arches", f"arches must be a non-empty subset of {', '.join(SYSTEMD_ARCHES)}."
+        )
+    limit = max_upload_bytes()
+    if len(archive.data) > limit:
+        raise _refuse(
+            "upload.too-large",
+            f"The archive is {len(archive.data)} bytes; uploads are limited to {limit} bytes.",
+        )
+    kind = guess_archive_kind(archive.file_name)
+    if kind not in UPLOAD_KINDS:
+        raise _refuse(
+            "upload.unsupported-kind",
+            f"{archive.file_name!r} is not a supported archive: "
+            "upload a .tar.gz, .tgz, .tar.xz, .tar.zst or .zip.",
+        )
+    with tempfile.TemporaryDirectory(prefix="bakehouse-upload-") as scratch:
+        path = Path(scratch, "upload." + kind)
+        path.write_bytes(archive.data)
+        tree = Path(scratch, "tree")
+        tree.mkdir()
+        _unpack_strictly(path, kind, tree)
+        _check_layout(tree)
+    return CheckedArchive(kind=kind, sha256=hashlib.sha256(archive.data).hexdigest(), size=len(archive.data))
+
+
+def _unpack_strictly(path: Path, kind: str, dest: Path) -> None:
+    from builds.pipeline import archive as pipeline_archive
+
+    limits_type = getattr(pipeline_archive, "UnpackLimits", None)
+    kwargs = {}
+    if limits_type is not None:
+        kwargs["limits"] = limits_type(
+            max_total_bytes=int(
+                getattr(settings, "CUSTOM_UPLOAD_MAX_UNPACKED_BYTES", DEFAULT_MAX_UNPACKED_BYTES)
+            )
+        )
+    try:
+        pipeline_archive.unpack(path, kind, dest, **kwargs)
+    except PipelineError as exc:
+        raise _refuse(exc.code, f"The archive was refused: {exc.message}") from exc
+
+
+def _check_layout(tree: Path) -> None:
+    """Everything under usr/, nothing where a sysext must not write, no special files."""
+    files = 0
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for entry in [*dirnames, *filenames]:
+            full = Path(dirpath, entry)
+            rel = full.relative_to(tree).as_posix()
+            if rel.split("/")[0] != "usr":
+                raise _refuse(
+                    "upload.outside-usr",
+                    f"{rel!r} is outside usr/: an uploaded sysext holds its files under usr/ "
+                    "(e.g. usr/bin/tool).",
+                )
+            if any(rel == bad or rel.startswith(bad + "/") for bad in _FORBIDDEN):
+                raise _refuse("upload.forbidden-path", f"{rel!r} must not be shipped in a sysext.")
+            mode = full.lstat().st_mode
+            if stat.S_ISREG(mode):
+                files += 1
+                if mode & (stat.S_ISUID | stat.S_ISGID):
+                    raise _refuse(
+                        "upload.setuid", f"{rel!r} is setuid/setgid; images must not carry such files."
+                    )
+            elif not (stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                raise _refuse("upload.special-file", f"{rel!r} is not a regular file, directory or symlink.")
+    if files == 0:
+        raise _refuse("upload.empty", "The archive holds no files under usr/.")
+
+
+def archive_dir(extension: Extension) -> Path:
+    team = extension.team.slug if extension.team is not None else "_global"
+    return Path(settings.FETCH_CACHE_DIR).resolve() / "uploads" / team / extension.name
+
+
+def archive_path(extension: Extension, version: str, kind: str) -> Path:
+    return archive_dir(extension) / f"{version}.{kind}"
+
+
+def write_archive(path: Path, upload: UploadedArchive) -> Path:
+    """Write the upload's bytes to ``path`` (atomically) unless an identical file is there."""
+    data = bytes(upload.data)
+    if hashlib.sha256(data).hexdigest() != upload.sha256:
+        raise CatalogError(
+            "upload.corrupt", f"The stored archive {upload.file_name} no longer matches its sha256."
+        )
+    if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == upload.sha256:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+    return path
+
+
+def _uploads(extension: Extension) -> list[tuple[str, str, str, bool]]:
+    """(version, kind, sha256, deprecated) of every uploaded version, oldest first."""
+    from catalog.models import UploadedArchive
+
+    rows = UploadedArchive.objects.filter(version__extension=extension).order_by("version__proposed_at", "pk")
+    return [
+        (u.version.version, u.kind, u.sha256, u.version.deprecated) for u in rows.select_related("version")
+    ]
+
+
+def upload_recipe(extension: Extension) -> Recipe:
+    """The pipeline recipe of an uploaded extension (see the module docstring)."""
+    uploads = _uploads(extension)
+    kind = uploads[0][1] if uploads else "tar.gz"
+    arches = {arch: "" for arch in extension.arches}
+    url = f"{archive_dir(extension).as_uri()}/{{version}}.{kind}"
+    source = SourceTemplate(
+        id=SOURCE_ID,
+        url=url,
+        archive=kind,
+        strip_components=0,
+        arches=None,
+        checksum_url=None,
+        install=(InstallRule(source="usr", to="usr"),),
+    )
+    versions = {
+        version: VersionSpec(
+            sha256={arch: {SOURCE_ID: digest} for arch in arches}, vars={}, deprecated=deprecated
+        )
+        for version, _, digest, deprecated in uploads
+    }
+    return Recipe(
+        name=extension.name,
+        description=extension.description,
+        homepage=extension.homepage,
+        category=extension.category,
+        delivery="bake",
+        arches=arches,
+        sources=(source,),
+        files={},
+        start=(),
+        reload_manager=False,
+        release_id="_any",
+        minor_pinning=False,
+        requires=(),
+        conflicts=(),
+        replaces_builtin=(),
+        min_flatcar=None,
+        versions=versions,
+        digest=hashlib.sha256(render_upload_recipe(extension).encode()).hexdigest(),
+    )
+
+
+def render_upload_recipe(extension: Extension) -> str:
+    """The generated recipe as YAML, for people to read (the same content ``upload_recipe`` builds)."""
+    uploads = _uploads(extension)
+    kind = uploads[0][1] if uploads else "tar.gz"
+    document = {
+        "name": extension.name,
+        "description": extension.description or f"Custom extension {extension.name}",
+        "category": extension.category,
+        "arches": {arch: "" for arch in extension.arches},
+        "sources": [
+            {
+                "id": SOURCE_ID,
+                "url": f"{archive_dir(extension).as_uri()}/{{version}}.{kind}",
+                "archive": kind,
+                "install": [{"from": "usr", "to": "usr"}],
+            }
+        ],
+        "versions": {
+            version: {
+                "sha256": dict.fromkeys(extension.arches, digest),
+                **({"deprecated": True} if dep else {}),
+            }
+            for version, _, digest, dep in uploads
+        },
+    }
+    header = "# Generated from uploaded archives; the archives are kept in the portal's database.\n"
+    return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
