@@ -146,6 +146,13 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("BUILD_SOFT_TIME_LIMIT", 3600, minimum=10)
 CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 120
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)  # unit tests only
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    # Files proposals for new upstream releases; never approves (catalog.tasks).
+    "catalog-discover-upstream-releases": {
+        "task": "catalog.discover_upstream_releases",
+        "schedule": 6 * 3600,
+    },
+}
 
 # --- Artifacts, signing, upstreams ------------------------------------------------------------
 ARTIFACT_DIR = env_path("ARTIFACT_DIR", VAR_DIR / "artifacts")
