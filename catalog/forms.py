@@ -22,3 +22,62 @@ class ExtensionSearchForm(forms.Form):
         label="Category", required=False, choices=[("", "Any category"), *Category.choices]
     )
     arch = forms.ChoiceField(label="Arch", required=False, choices=ARCH_CHOICES)
+
+
+class VersionProposeForm(forms.Form):
+    version = forms.CharField(
+        label="Version",
+        max_length=128,
+        help_text="As the upstream tags it, e.g. 28.0.4 or v1.32.2 (letters, digits and . , _ + -).",
+    )
+    vars = forms.CharField(
+        label="Template variables",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Only if the recipe's URLs need more than the version: one NAME=value per line.",
+    )
+    reason = forms.CharField(
+        label="Why this version", required=False, widget=forms.Textarea(attrs={"rows": 2}), max_length=2000
+    )
+
+    def clean_vars(self) -> dict[str, str]:
+        parsed: dict[str, str] = {}
+        for number, line in enumerate(self.cleaned_data["vars"].splitlines(), start=1):
+            if not line.strip():
+                continue
+            name, sep, value = line.partition("=")
+            if not sep or not name.strip():
+                raise forms.ValidationError(f"Line {number} is not NAME=value.")
+            parsed[name.strip()] = value.strip()
+        return parsed
+
+
+class VersionDecisionForm(forms.Form):
+    decision = forms.ChoiceField(
+        label="Decision",
+        choices=[("approve", "Approve (then pin every upstream digest)"), ("reject", "Reject")],
+        widget=forms.RadioSelect,
+    )
+    reason = forms.CharField(
+        label="Reason",
+        required=False,
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Recorded in the audit trail. Required to reject.",
+    )
+
+
+class CustomRecipeForm(forms.Form):
+    """A team's private extension defined by a recipe (the same YAML as the built-in ones)."""
+
+    team = forms.ChoiceField(label="Team")
+    recipe = forms.CharField(
+        label="Recipe (YAML)",
+        widget=forms.Textarea(attrs={"rows": 16, "spellcheck": "false"}),
+        max_length=64 * 1024,
+        help_text="Same format as catalog/recipes/*.yaml; a curator approves each version it lists.",
+    )
+
+    def __init__(self, *args, teams, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["team"].choices = [(t.slug, t.name) for t in teams]

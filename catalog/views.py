@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from django import forms
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
 
+from catalog import services
 from catalog.errors import CatalogError, CatalogNotFound
-from catalog.forms import ExtensionSearchForm
+from catalog.forms import CustomRecipeForm, ExtensionSearchForm, VersionDecisionForm, VersionProposeForm
 from catalog.models import Extension, Role
+from catalog.permissions import teams_of
 from catalog.selectors import (
     extension_detail_queryset,
     extension_get_for_user,
     extensions_visible_to,
     team_role,
+    version_get_for_user,
 )
 
 
@@ -60,3 +67,109 @@ def catalog_error_page(request: HttpRequest, exc: CatalogError, *, back: str = "
     return render(
         request, "error.html", {"message": exc.message, "code": exc.code, "back": back}, status=exc.status
     )
+
+
+def extension_url(extension: Extension) -> str:
+    url = reverse("catalog:extension-detail", args=[extension.name])
+    return f"{url}?team={extension.team.slug}" if extension.team_id else url
+
+
+def _attach_error(form: forms.Form, exc: CatalogError, field_for_code: dict[str, str]) -> None:
+    """Show a service's refusal next to the field it concerns (or above the form)."""
+    prefix = exc.code.split(".", 1)[0]
+    field = field_for_code.get(exc.code) or field_for_code.get(prefix)
+    form.add_error(field if field in form.fields else None, exc.message)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def version_propose(request: HttpRequest, name: str) -> HttpResponse:
+    """A builder files a new version of an extension for the curators."""
+    try:
+        extension = _visible_extension(request, name)
+    except CatalogError as exc:
+        return catalog_error_page(request, exc)
+    form = VersionProposeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            version = services.version_propose(
+                extension=extension,
+                version=form.cleaned_data["version"].strip(),
+                vars=form.cleaned_data["vars"],
+                reason=form.cleaned_data["reason"],
+                actor=request.user,
+            )
+        except CatalogError as exc:
+            if exc.status == 403:
+                return catalog_error_page(request, exc, back=extension_url(extension))
+            _attach_error(form, exc, {"version": "version"})
+        else:
+            messages.success(request, f"{version} proposed; a curator will review it.")
+            return redirect(extension_url(extension))
+    return render(request, "catalog/version_propose.html", {"extension": extension, "form": form})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def version_review(request: HttpRequest, pk: int) -> HttpResponse:
+    """A curator approves (digests get pinned by a task) or rejects a proposed version, with a reason."""
+    try:
+        version = version_get_for_user(request.user, version_id=pk)
+    except CatalogNotFound as exc:
+        raise Http404(exc.message) from None
+    extension = version.extension
+    can_decide = (role := team_role(request.user, extension.team)) is not None and role.at_least(Role.CURATOR)
+    form = VersionDecisionForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        decide = (
+            services.version_approve
+            if form.cleaned_data["decision"] == "approve"
+            else services.version_reject
+        )
+        try:
+            decided = decide(version=version, actor=request.user, reason=form.cleaned_data["reason"])
+        except CatalogError as exc:
+            if exc.status == 403:
+                return catalog_error_page(request, exc, back=extension_url(extension))
+            _attach_error(form, exc, {"reason": "reason"})
+        else:
+            verb = (
+                "approved: its upstream digests are being pinned"
+                if decided.status != "rejected"
+                else "rejected"
+            )
+            messages.success(request, f"{decided} {verb}.")
+            return redirect(extension_url(extension))
+    context = {"version": version, "extension": extension, "form": form, "can_decide": can_decide}
+    return render(request, "catalog/version_review.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def custom_extension_create(request: HttpRequest) -> HttpResponse:
+    """A team adds a private extension from a recipe; its versions await a curator."""
+    teams = [
+        t for t in teams_of(request.user) if (r := team_role(request.user, t)) and r.at_least(Role.BUILDER)
+    ]
+    if not teams:
+        return catalog_error_page(
+            request,
+            CatalogError(
+                "forbidden", "Adding a custom extension needs the builder role in one of your teams."
+            ),
+        )
+    form = CustomRecipeForm(request.POST or None, teams=teams)
+    if request.method == "POST" and form.is_valid():
+        team = next(t for t in teams if t.slug == form.cleaned_data["team"])
+        try:
+            extension = services.extension_create_custom(
+                team=team, actor=request.user, recipe_text=form.cleaned_data["recipe"]
+            )
+        except CatalogError as exc:
+            form.add_error("recipe", exc.message)
+        else:
+            messages.success(
+                request, f"{extension.name} added to team {team.name}; its versions await review."
+            )
+            return redirect(extension_url(extension))
+    return render(request, "catalog/custom_extension.html", {"form": form})
