@@ -1,3 +1,7 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from builds import views
+
+urlpatterns: list = [
+    path("artifacts/<path:key>", views.artifact_download, name="artifact-download"),
+]
