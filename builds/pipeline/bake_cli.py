@@ -1,0 +1,113 @@
+"""``python -m builds.pipeline bake RECIPE.yaml ...``: bake one sysext from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from builds.pipeline.bake import bake_sysext
+from builds.pipeline.errors import PipelineError
+from builds.pipeline.fetch import Fetcher
+from builds.pipeline.image import COMPRESSIONS, IMAGE_FORMATS
+from builds.pipeline.recipe import SYSTEMD_ARCHES, load_recipe
+from builds.pipeline.signing import GpgSigner
+
+
+def _default_cache_dir() -> str:
+    configured = os.environ.get("FETCH_CACHE_DIR")
+    if configured:
+        return configured
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "bakehouse" / "fetch")
+
+
+def _pairs(values: Sequence[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, replacement = value.partition("=")
+        if not sep or not key or not replacement:
+            raise PipelineError("cli.invalid-argument", f"{option} {value!r} must look like FROM=TO")
+        pairs[key] = replacement
+    return pairs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    compressions = sorted({c for cs in COMPRESSIONS.values() for c in cs})
+    parser = argparse.ArgumentParser(
+        prog="python -m builds.pipeline bake",
+        description="Bake a signed sysext image, SHA256SUMS and sysupdate transfer file from a recipe.",
+    )
+    parser.add_argument("recipe", help="recipe YAML file (see catalog/recipes/)")
+    parser.add_argument("--version", required=True, help="version to bake, as listed in the recipe")
+    parser.add_argument("--arch", required=True, choices=SYSTEMD_ARCHES)
+    parser.add_argument("--out", required=True, help="output directory (a flat served directory)")
+    parser.add_argument(
+        "--mirror", action="append", default=[], metavar="FROM=TO", help="rewrite URL prefix FROM to TO"
+    )
+    parser.add_argument("--format", default="squashfs", choices=IMAGE_FORMATS, dest="image_format")
+    parser.add_argument(
+        "--compression", choices=compressions, help="default: gzip for squashfs, lz4hc for erofs"
+    )
+    parser.add_argument("--sign-key", help="armored or binary OpenPGP secret key file")
+    parser.add_argument("--passphrase-file", help="file holding the signing key's passphrase")
+    parser.add_argument("--publish-url", help="URL the directory is served at (writes NAME.conf)")
+    parser.add_argument("--cache-dir", default=None, help="download cache (default: $FETCH_CACHE_DIR)")
+    parser.add_argument(
+        "--pin", action="append", default=[], metavar="SOURCE=SHA256", help="expected digest of a source"
+    )
+    parser.add_argument("--verify", action="store_true", help="merge the image with systemd-sysext first")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    try:
+        return _run(args)
+    except PipelineError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        if exc.output:
+            print(exc.output.rstrip(), file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.passphrase_file and not args.sign_key:
+        raise PipelineError("cli.invalid-argument", "--passphrase-file needs --sign-key")
+    mirrors = _pairs(args.mirror, "--mirror")
+    pins = _pairs(args.pin, "--pin")
+    recipe = load_recipe(args.recipe)
+    print(f"bake {recipe.name} {args.version} {args.arch} -> {args.out}", flush=True)
+
+    def progress(step: str, message: str, fraction: float) -> None:
+        if fraction >= 1.0:
+            print(f"  {step:<10} {message}", flush=True)
+
+    signer = GpgSigner(args.sign_key, args.passphrase_file) if args.sign_key else None
+    try:
+        with Fetcher(args.cache_dir or _default_cache_dir(), mirrors=mirrors) as fetcher:
+            result = bake_sysext(
+                recipe,
+                args.version,
+                args.arch,
+                args.out,
+                fetcher=fetcher,
+                image_format=args.image_format,
+                compression=args.compression,
+                signer=signer,
+                publish_url=args.publish_url,
+                pins=pins or None,
+                progress=progress,
+                verify=args.verify,
+            )
+    finally:
+        if signer is not None:
+            signer.close()
+    for name in result.files:
+        print(f"wrote {result.out_dir / name}")
+    print(
+        f"{result.image_name} sha256 {result.image_sha256} ({result.image_size} bytes, {result.seconds:.2f}s)"
+    )
+    return 0
