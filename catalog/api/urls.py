@@ -1,3 +1,22 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from catalog.api import views
+
+app_name = "catalog-api"
+
+urlpatterns = [
+    path("extensions/", views.ExtensionListView.as_view(), name="extension-list"),
+    path("extensions/<str:name>/", views.ExtensionDetailView.as_view(), name="extension-detail"),
+    path("extensions/<str:name>/versions/", views.VersionProposeView.as_view(), name="version-propose"),
+    path("versions/<int:version_id>/", views.VersionDetailView.as_view(), name="version-detail"),
+    path(
+        "versions/<int:version_id>/approve",
+        views.VersionDecisionView.as_view(decision="approve"),
+        name="version-approve",
+    ),
+    path(
+        "versions/<int:version_id>/reject",
+        views.VersionDecisionView.as_view(decision="reject"),
+        name="version-reject",
+    ),
+]

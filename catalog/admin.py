@@ -1,0 +1,128 @@
+"""Django admin for the catalog: teams and members, extensions, versions with digests and audit."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+
+from catalog.models import (
+    ApprovalRecord,
+    Extension,
+    ExtensionVersion,
+    Membership,
+    Team,
+    UploadedArchive,
+    UpstreamDigest,
+)
+
+
+class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["name", "slug", "created_at"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [MembershipInline]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["user", "team", "role", "created_at"]
+    list_filter = ["role", "team"]
+    search_fields = ["user__username", "team__slug"]
+    autocomplete_fields = ["user", "team"]
+
+
+class VersionInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = ExtensionVersion
+    extra = 0
+    fields = ["version", "status", "deprecated", "proposed_via", "proposed_at", "decided_by", "decided_at"]
+    readonly_fields = ["status", "proposed_via", "proposed_at", "decided_by", "decided_at"]
+    show_change_link = True
+
+
+@admin.register(Extension)
+class ExtensionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["name", "team", "origin", "category", "delivery", "updated_at"]
+    list_filter = ["origin", "category", "delivery", "team"]
+    search_fields = ["name", "description"]
+    readonly_fields = ["recipe_digest", "created_by", "created_at", "updated_at"]
+    inlines = [VersionInline]
+
+
+class DigestInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = UpstreamDigest
+    extra = 0
+    fields = ["arch", "source_id", "url", "sha256", "size", "origin", "fetched_at"]
+    readonly_fields = fields
+
+
+class ApprovalInline(admin.TabularInline):  # type: ignore[type-arg]
+    """The audit trail is append-only, even for admins."""
+
+    model = ApprovalRecord
+    extra = 0
+    fields = ["at", "action", "actor", "actor_label", "reason"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(ExtensionVersion)
+class ExtensionVersionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Status changes belong to the approval flow (services); here they are shown, not edited."""
+
+    list_display = [
+        "extension",
+        "version",
+        "status",
+        "deprecated",
+        "proposed_via",
+        "proposed_at",
+        "decided_by",
+    ]
+    list_filter = ["status", "deprecated", "proposed_via", "extension__team"]
+    search_fields = ["extension__name", "version"]
+    readonly_fields = [
+        "status",
+        "proposed_by",
+        "proposed_via",
+        "proposed_at",
+        "decided_by",
+        "decided_at",
+        "pinning_error",
+    ]
+    inlines = [DigestInline, ApprovalInline]
+
+
+@admin.register(UpstreamDigest)
+class UpstreamDigestAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["version", "arch", "source_id", "sha256", "size", "origin", "fetched_at"]
+    list_filter = ["arch", "origin"]
+    search_fields = ["version__extension__name", "version__version", "sha256", "url"]
+
+
+@admin.register(ApprovalRecord)
+class ApprovalRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["version", "action", "actor", "actor_label", "at"]
+    list_filter = ["action"]
+    search_fields = ["version__extension__name", "version__version", "reason"]
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(UploadedArchive)
+class UploadedArchiveAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["file_name", "version", "kind", "size", "sha256", "uploaded_by", "uploaded_at"]
+    exclude = ["data"]
+    readonly_fields = ["version", "file_name", "kind", "sha256", "size", "uploaded_by", "uploaded_at"]

@@ -1,0 +1,164 @@
+"""Representations of the catalog for the REST API (reads) and the shapes of its inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from builds.pipeline.recipe import SYSTEMD_ARCHES
+from catalog.models import ApprovalRecord, Category, Extension, ExtensionVersion, UpstreamDigest
+
+
+def _username(user: Any) -> str | None:
+    return user.get_username() if user is not None else None
+
+
+class UpstreamDigestSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = UpstreamDigest
+        fields = ["arch", "source_id", "url", "sha256", "size", "origin", "fetched_at"]
+
+
+class ApprovalRecordSerializer(serializers.ModelSerializer):
+    actor = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ApprovalRecord
+        fields = ["action", "actor", "at", "reason"]
+
+    def get_actor(self, record: ApprovalRecord) -> str:
+        return _username(record.actor) or record.actor_label or "system"
+
+
+class ExtensionVersionSerializer(serializers.ModelSerializer):
+    extension = serializers.CharField(source="extension.name", read_only=True)
+    team = serializers.SerializerMethodField()
+    proposed_by = serializers.SerializerMethodField()
+    decided_by = serializers.SerializerMethodField()
+    usable_for_new_flavours = serializers.BooleanField(read_only=True)
+    digests = UpstreamDigestSerializer(many=True, read_only=True)
+    approvals = ApprovalRecordSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = ExtensionVersion
+        fields = [
+            "id",
+            "extension",
+            "team",
+            "version",
+            "status",
+            "deprecated",
+            "usable_for_new_flavours",
+            "vars",
+            "proposed_by",
+            "proposed_via",
+            "proposed_at",
+            "decided_by",
+            "decided_at",
+            "reason",
+            "pinning_error",
+            "digests",
+            "approvals",
+        ]
+
+    def get_team(self, version: ExtensionVersion) -> str | None:
+        team = version.extension.team
+        return team.slug if team is not None else None
+
+    def get_proposed_by(self, version: ExtensionVersion) -> str | None:
+        return _username(version.proposed_by)
+
+    def get_decided_by(self, version: ExtensionVersion) -> str | None:
+        return _username(version.decided_by)
+
+
+class ExtensionListSerializer(serializers.ModelSerializer):
+    team = serializers.SerializerMethodField()
+    selectable = serializers.BooleanField(read_only=True)
+    approved_versions = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Extension
+        fields = [
+            "name",
+            "team",
+            "origin",
+            "description",
+            "homepage",
+            "category",
+            "delivery",
+            "selectable",
+            "arches",
+            "approved_versions",
+        ]
+
+    def get_team(self, extension: Extension) -> str | None:
+        return extension.team.slug if extension.team is not None else None
+
+    def get_approved_versions(self, extension: Extension) -> list[str]:
+        """Versions offered for new flavours (approved, not deprecated)."""
+        return [v.version for v in extension.versions.all() if v.usable_for_new_flavours]
+
+
+class ExtensionDetailSerializer(ExtensionListSerializer):
+    relations = serializers.SerializerMethodField()
+    versions = ExtensionVersionSerializer(many=True, read_only=True)
+
+    class Meta(ExtensionListSerializer.Meta):
+        fields = [
+            *ExtensionListSerializer.Meta.fields,
+            "relations",
+            "recipe_digest",
+            "recipe_text",
+            "created_at",
+            "updated_at",
+            "versions",
+        ]
+
+    def get_relations(self, extension: Extension) -> dict[str, Any]:
+        return {
+            "requires": extension.requires,
+            "conflicts": extension.conflicts,
+            "replaces_builtin": extension.replaces_builtin,
+            "min_flatcar": extension.min_flatcar or None,
+            "minor_pinning": extension.minor_pinning,
+        }
+
+
+class VersionProposeSerializer(serializers.Serializer):
+    version = serializers.CharField(max_length=128)
+    vars = serializers.DictField(child=serializers.CharField(max_length=200), required=False, default=dict)
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class VersionDecisionSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class CustomExtensionSerializer(serializers.Serializer):
+    """Either ``recipe`` (YAML text) or ``file`` (an archive) with its name and version."""
+
+    team = serializers.SlugField(required=False)
+    recipe = serializers.CharField(required=False, trim_whitespace=False, max_length=256 * 1024)
+    file = serializers.FileField(required=False, allow_empty_file=False)
+    name = serializers.CharField(required=False, max_length=64)
+    version = serializers.CharField(required=False, max_length=128)
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+    category = serializers.ChoiceField(choices=Category.choices, required=False, default=Category.TOOL)
+    arches = serializers.CharField(
+        required=False,
+        default=",".join(SYSTEMD_ARCHES),
+        help_text="Comma-separated systemd arches the files suit (default: all).",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        has_recipe, has_file = "recipe" in attrs, "file" in attrs
+        if has_recipe == has_file:
+            raise serializers.ValidationError("Send either 'recipe' (YAML text) or 'file' (an archive).")
+        if has_file:
+            missing = [f for f in ("name", "version") if not attrs.get(f)]
+            if missing:
+                raise serializers.ValidationError({f: "Required with an uploaded file." for f in missing})
+        attrs["arches"] = tuple(a.strip() for a in str(attrs.get("arches", "")).split(",") if a.strip())
+        return attrs

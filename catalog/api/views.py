@@ -1,0 +1,182 @@
+"""REST views of the catalog: a few lines each; scoping in selectors, rules in services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Prefetch
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, status
+from rest_framework.generics import GenericAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from builds.pipeline.errors import PipelineError
+from catalog import services, uploads
+from catalog.api.serializers import (
+    CustomExtensionSerializer,
+    ExtensionDetailSerializer,
+    ExtensionListSerializer,
+    ExtensionVersionSerializer,
+    VersionDecisionSerializer,
+    VersionProposeSerializer,
+)
+from catalog.errors import CatalogError
+from catalog.filters import ExtensionFilter
+from catalog.models import Extension, ExtensionVersion, Role, Team
+from catalog.permissions import has_team_role, team_for_user, teams_of
+from catalog.selectors import (
+    extension_detail_queryset,
+    extension_get_for_user,
+    extensions_visible_to,
+    version_get_for_user,
+)
+
+
+class CatalogAPIError(exceptions.APIException):
+    """A CatalogError as DRF sees it; portal.api renders it as ``{code, message}``."""
+
+    def __init__(self, error: CatalogError) -> None:
+        self.status_code = error.status
+        super().__init__(detail=error.message, code=error.code)
+
+
+class CatalogAPIView(GenericAPIView):  # type: ignore[type-arg]
+    """Turns the catalog's and the pipeline's refusals into JSON errors (never a 500)."""
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, CatalogError):
+            exc = CatalogAPIError(exc)
+        elif isinstance(exc, PipelineError):
+            exc = CatalogAPIError(CatalogError(exc.code, exc.message))
+        return super().handle_exception(exc)
+
+    def team_param(self) -> Team | None:
+        slug = self.request.query_params.get("team")
+        return team_for_user(self.request.user, slug) if slug else None
+
+
+def _with_versions(qs: Any) -> Any:
+    return qs.prefetch_related(
+        Prefetch("versions", queryset=ExtensionVersion.objects.order_by("-proposed_at"))
+    )
+
+
+class ExtensionListView(CatalogAPIView):
+    """GET: the extensions you can see (``?search=&category=&arch=&team=``). POST: add a custom one."""
+
+    serializer_class = ExtensionListSerializer
+
+    def get(self, request: Request) -> Response:
+        qs = ExtensionFilter.from_params(request.query_params).apply(
+            extensions_visible_to(request.user, team=self.team_param())
+        )
+        page = self.paginate_queryset(_with_versions(qs).order_by("name", "team__slug"))
+        data = ExtensionListSerializer(page, many=True).data
+        return self.get_paginated_response(data)
+
+    @extend_schema(request=CustomExtensionSerializer, responses={201: ExtensionDetailSerializer})
+    def post(self, request: Request) -> Response:
+        form = CustomExtensionSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        team = self._target_team(data.get("team"))
+        if "recipe" in data:
+            extension = services.extension_create_custom(
+                team=team, actor=request.user, recipe_text=data["recipe"]
+            )
+        else:
+            upload = data["file"]
+            limit = uploads.max_upload_bytes()
+            if upload.size > limit:
+                raise CatalogError(
+                    "upload.too-large",
+                    f"The archive is {upload.size} bytes; uploads are limited to {limit} bytes.",
+                )
+            archive = uploads.CustomArchive(
+                name=data["name"],
+                version=data["version"],
+                file_name=upload.name or "upload",
+                data=upload.read(),
+                description=data["description"],
+                category=data["category"],
+                arches=data["arches"],
+            )
+            extension = services.extension_create_custom(team=team, actor=request.user, archive=archive)
+        fresh = extension_detail_queryset(request.user, team=team).get(pk=extension.pk)
+        return Response(ExtensionDetailSerializer(fresh).data, status=status.HTTP_201_CREATED)
+
+    def _target_team(self, slug: str | None) -> Team:
+        user = self.request.user
+        if slug:
+            return team_for_user(user, slug)
+        candidates = [t for t in teams_of(user) if has_team_role(user, t, Role.BUILDER)]
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            raise CatalogError("forbidden", "Adding a custom extension needs the builder role in a team.")
+        raise CatalogError("team.required", "You are in several teams: say which one with 'team' (its slug).")
+
+
+class ExtensionDetailView(CatalogAPIView):
+    """One extension with its relations, versions, digests and audit trail (``?team=`` if ambiguous)."""
+
+    serializer_class = ExtensionDetailSerializer
+
+    def get(self, request: Request, name: str) -> Response:
+        team = self.team_param()
+        extension = extension_get_for_user(
+            request.user,
+            name=name,
+            team_slug=team.slug if team else None,
+            queryset=extension_detail_queryset(request.user, team=team),
+        )
+        return Response(ExtensionDetailSerializer(extension).data)
+
+
+class VersionProposeView(CatalogAPIView):
+    """Propose a new version of an extension (builder or above)."""
+
+    serializer_class = VersionProposeSerializer
+
+    @extend_schema(request=VersionProposeSerializer, responses={201: ExtensionVersionSerializer})
+    def post(self, request: Request, name: str) -> Response:
+        team = self.team_param()
+        extension: Extension = extension_get_for_user(
+            request.user, name=name, team_slug=team.slug if team else None
+        )
+        form = VersionProposeSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        version = services.version_propose(
+            extension=extension,
+            version=form.validated_data["version"],
+            actor=request.user,
+            vars=form.validated_data["vars"],
+            reason=form.validated_data["reason"],
+        )
+        return Response(ExtensionVersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+
+class VersionDetailView(CatalogAPIView):
+    serializer_class = ExtensionVersionSerializer
+
+    def get(self, request: Request, version_id: int) -> Response:
+        version = version_get_for_user(request.user, version_id=version_id)
+        return Response(ExtensionVersionSerializer(version).data)
+
+
+class VersionDecisionView(CatalogAPIView):
+    """Approve (then digests are pinned by a task) or reject (reason required): curators only."""
+
+    serializer_class = VersionDecisionSerializer
+    decision = "approve"
+
+    @extend_schema(request=VersionDecisionSerializer, responses={200: ExtensionVersionSerializer})
+    def post(self, request: Request, version_id: int) -> Response:
+        version = version_get_for_user(request.user, version_id=version_id)
+        form = VersionDecisionSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        decide = services.version_approve if self.decision == "approve" else services.version_reject
+        decided = decide(version=version, actor=request.user, reason=form.validated_data["reason"])
+        decided.refresh_from_db()
+        return Response(ExtensionVersionSerializer(decided).data)
