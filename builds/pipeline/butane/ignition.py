@@ -1,0 +1,411 @@
+"""Ignition 3.3.0 / 3.4.0: the validation rules we implement and the JSON the butane tool prints.
+
+Validation works on the JSON-shaped config (camelCase keys) and reports JSON paths; the
+transpiler maps those back to the Butane YAML paths the user wrote. The same functions check the
+Ignition we generate for a flavour, so a rendered config is held to the rules a node applies.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from builds.pipeline.butane.dataurl import DataURLError, decode_data_url
+
+JSONPath = tuple[str | int, ...]
+Kind = Literal["error", "warning"]
+IGNITION_VERSIONS = ("3.3.0", "3.4.0")
+
+UNIT_SUFFIXES = frozenset(
+    {
+        ".service",
+        ".socket",
+        ".device",
+        ".mount",
+        ".automount",
+        ".swap",
+        ".target",
+        ".path",
+        ".timer",
+        ".snapshot",
+        ".slice",
+        ".scope",
+    }
+)
+SYSTEMD_LINE_MAX = 2048
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One validation finding on a JSON path of an Ignition config."""
+
+    kind: Kind
+    path: JSONPath
+    message: str
+
+
+def go_path_clean(path: str) -> str:
+    """Go's ``path.Clean`` (POSIX ``normpath`` keeps a leading ``//``; Go does not)."""
+    if path == "":
+        return "."
+    rooted = path.startswith("/")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts and parts[-1] != "..":
+                parts.pop()
+            elif not rooted:
+                parts.append("..")
+            continue
+        parts.append(part)
+    cleaned = "/".join(parts)
+    if rooted:
+        return "/" + cleaned
+    return cleaned or "."
+
+
+def go_quote(text: str) -> str:
+    """Go's ``%q`` for ordinary text: double quotes, backslash escapes, printable UTF-8 kept."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def path_ext(name: str) -> str:
+    """Go's ``path.Ext``: the suffix from the last dot of the last element."""
+    for index in range(len(name) - 1, -1, -1):
+        if name[index] == "/":
+            break
+        if name[index] == ".":
+            return name[index:]
+    return ""
+
+
+def parse_unit(contents: str) -> list[tuple[str, str, str]]:
+    """(section, option, value) triples the way go-systemd's ``unit.Deserialize`` reads a unit.
+
+    Raises ValueError with go-systemd's wording on input it rejects.
+    """
+    options: list[tuple[str, str, str]] = []
+    section: str | None = None
+    lines = contents.split("\n")
+    index = 0
+    while index < len(lines):
+        raw = lines[index]
+        index += 1
+        if len(raw.encode("utf-8", "surrogatepass")) > SYSTEMD_LINE_MAX:
+            raise ValueError(f"line too long (max {SYSTEMD_LINE_MAX} bytes)")
+        line = raw.strip()
+        if section is None:
+            # Everything before the first section header is skipped, as go-systemd does.
+            start = raw.find("[")
+            if start < 0 or any(raw.lstrip().startswith(c) for c in "#;"):
+                continue
+            line = raw[start:].strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            end = line.find("]")
+            if end < 0:
+                raise ValueError("unable to find end of section")
+            name, garbage = line[1:end], line[end + 1 :].strip()
+            if garbage:
+                raise ValueError(f"found garbage after section name {name}: {go_quote(garbage)}")
+            section = name
+            continue
+        if "=" not in line:
+            raise ValueError("unexpected newline encountered while parsing option name")
+        key, _, value = line.partition("=")
+        value = value.strip()
+        while value.endswith("\\") and index < len(lines):
+            value = value[:-1] + " " + lines[index].strip()
+            index += 1
+        options.append((section or "", key.strip(), value))
+    return options
+
+
+def _url_problem(source: str) -> str | None:
+    try:
+        parsed = urllib.parse.urlsplit(source)
+    except ValueError:
+        return "unable to parse url"
+    scheme = parsed.scheme.lower() if ":" in source else ""
+    if scheme in ("http", "https", "tftp", "gs", "s3", "arn"):
+        return None
+    if scheme == "data":
+        try:
+            decode_data_url(source)
+        except DataURLError:
+            return "unable to parse url"
+        return None
+    return "invalid url scheme"
+
+
+class _Validator:
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.issues: list[Issue] = []
+
+    def error(self, path: JSONPath, message: str | None) -> None:
+        if message:
+            self.issues.append(Issue("error", path, message))
+
+    def warn(self, path: JSONPath, message: str | None) -> None:
+        if message:
+            self.issues.append(Issue("warning", path, message))
+
+    def resource(self, res: dict[str, Any], path: JSONPath, *, source_required: bool = False) -> None:
+        compression = res.get("compression")
+        if compression is not None and compression not in ("", "gzip"):
+            self.error((*path, "compression"), "invalid compression method")
+        hash_value = res.get("verification", {}).get("hash")
+        if hash_value is not None and res.get("source") is None:
+            self.error(
+                (*path, "verification", "hash"), "source must be specified if verification is specified"
+            )
+        source = res.get("source")
+        if source is None:
+            if source_required:
+                self.error((*path, "source"), "source is required")
+        else:
+            self.error((*path, "source"), _url_problem(source))
+        headers = res.get("httpHeaders", [])
+        if headers:
+            scheme = urllib.parse.urlsplit(source or "").scheme.lower() if source else ""
+            if not source:
+                self.error((*path, "httpHeaders"), "unable to parse url")
+            elif scheme not in ("http", "https"):
+                self.error((*path, "httpHeaders"), "cannot use HTTP headers with this source scheme")
+            for index, header in enumerate(headers):
+                if not header.get("name"):
+                    self.error((*path, "httpHeaders", index, "name"), "HTTP header name can't be empty")
+            self.duplicates(headers, (*path, "httpHeaders"), "name")
+        if hash_value is not None:
+            hash_path = (*path, "verification", "hash")
+            function, sep, digest = hash_value.partition("-")
+            if not sep:
+                self.error(hash_path, "malformed hash specifier")
+            elif function not in ("sha256", "sha512"):
+                self.error(hash_path, "unrecognized hash function")
+            elif len(digest) != (64 if function == "sha256" else 128):
+                self.error(hash_path, "incorrect size for hash sum")
+
+    def node(self, node: dict[str, Any], path: JSONPath) -> None:
+        node_path = node.get("path", "")
+        if node_path == "":
+            self.error((*path, "path"), "path not specified")
+        elif not node_path.startswith("/"):
+            self.error((*path, "path"), "path not absolute")
+        elif go_path_clean(node_path) != node_path:
+            self.error((*path, "path"), "path is not fully simplified")
+        for owner in ("user", "group"):
+            value = node.get(owner, {})
+            if value.get("id") is not None and value.get("name"):
+                self.error((*path, owner), "cannot set both id and name")
+
+    def mode(self, mode: int | None, path: JSONPath) -> None:
+        if mode is None:
+            return
+        if mode < 0 or mode > 0o7777:
+            self.error(path, "illegal file mode")
+        elif mode & 0o7000 and self.version == "3.3.0":
+            self.warn(path, "setuid/setgid/sticky bits are not supported in spec versions older than 3.4.0")
+
+    def duplicates(self, items: list[Any], path: JSONPath, key: str | None) -> None:
+        seen: set[Any] = set()
+        for index, item in enumerate(items):
+            value = item.get(key) if key is not None else item
+            if value in seen:
+                self.error((*path, index) if key is None else (*path, index, key), "duplicate entry defined")
+            seen.add(value)
+
+    def storage(self, storage: dict[str, Any]) -> None:
+        base: JSONPath = ("storage",)
+        files = storage.get("files", [])
+        directories = storage.get("directories", [])
+        links = storage.get("links", [])
+        for index, directory in enumerate(directories):
+            self.node(directory, (*base, "directories", index))
+            self.mode(directory.get("mode"), (*base, "directories", index, "mode"))
+        for index, file in enumerate(files):
+            path = (*base, "files", index)
+            self.node(file, path)
+            self.mode(file.get("mode"), (*path, "mode"))
+            contents = file.get("contents", {})
+            self.resource(contents, (*path, "contents"))
+            for append_index, appended in enumerate(file.get("append", [])):
+                self.resource(appended, (*path, "append", append_index))
+            if file.get("overwrite") is True and contents.get("source") is None:
+                self.error((*path, "overwrite"), "overwrite must be false if source is unspecified")
+        for index, link in enumerate(links):
+            path = (*base, "links", index)
+            self.node(link, path)
+            if not link.get("target"):
+                self.error((*path, "target"), "link target is required")
+        # files, directories and links share one path namespace
+        seen: set[str] = set()
+        for section, items in (("directories", directories), ("files", files), ("links", links)):
+            for index, item in enumerate(items):
+                if item.get("path") in seen:
+                    self.error((*base, section, index, "path"), "duplicate entry defined")
+                seen.add(item.get("path", ""))
+        link_paths = [link.get("path", "") for link in links]
+        for section, items, message in (
+            ("directories", directories, "directory path includes link in config"),
+            ("files", files, "file path includes link in config"),
+            ("links", links, "link path includes link in config"),
+        ):
+            for index, item in enumerate(items):
+                if any(item.get("path", "").startswith(lp + "/") for lp in link_paths):
+                    self.error((*base, section, index), message)
+        directory_paths = {d.get("path") for d in directories}
+        for index, link in enumerate(links):
+            if link.get("hard") is not True:
+                continue
+            target = go_path_clean(link.get("target", ""))
+            if not target.startswith("/"):
+                target = go_path_clean(link.get("path", "") + "/" + link.get("target", ""))
+            if target in directory_paths:
+                self.error((*base, "links", index), "hard link target is a directory")
+            for owner in ("user", "group"):
+                for field in ("id", "name"):
+                    if link.get(owner, {}).get(field) is not None:
+                        self.warn((*base, "links", index, owner, field), "user/group ignored for hard link")
+
+    def systemd(self, systemd: dict[str, Any]) -> None:
+        units = systemd.get("units", [])
+        for index, unit in enumerate(units):
+            path: JSONPath = ("systemd", "units", index)
+            name = unit.get("name", "")
+            if path_ext(name) not in UNIT_SUFFIXES:
+                self.error((*path, "name"), "invalid systemd unit extension")
+            contents = unit.get("contents")
+            options: list[tuple[str, str, str]] = []
+            if contents is not None:
+                try:
+                    options = parse_unit(contents)
+                except ValueError as exc:
+                    self.error((*path, "contents"), f"invalid unit content: {exc}")
+            if unit.get("enabled") is True and contents and options:
+                if not any(section == "Install" for section, _, _ in options):
+                    message = (
+                        f"unit {go_quote(name)} is enabled, but has no install section so enable does nothing"
+                    )
+                    self.warn((*path, "contents"), message)
+            dropins = unit.get("dropins", [])
+            for dropin_index, dropin in enumerate(dropins):
+                dropin_path = (*path, "dropins", dropin_index)
+                if dropin.get("contents") is not None:
+                    try:
+                        parse_unit(dropin["contents"])
+                    except ValueError as exc:
+                        self.error((*dropin_path, "contents"), f"invalid unit content: {exc}")
+                if path_ext(dropin.get("name", "")) != ".conf":
+                    self.error((*dropin_path, "name"), "invalid systemd drop-in extension")
+            self.duplicates(dropins, (*path, "dropins"), "name")
+        self.duplicates(units, ("systemd", "units"), "name")
+
+    def config(self, cfg: dict[str, Any]) -> None:
+        version = cfg.get("ignition", {}).get("version")
+        if version != self.version:
+            self.error(("ignition", "version"), "unsupported config version")
+        ignition = cfg.get("ignition", {})
+        for index, merge in enumerate(ignition.get("config", {}).get("merge", [])):
+            self.resource(merge, ("ignition", "config", "merge", index), source_required=True)
+        if "replace" in ignition.get("config", {}):
+            self.resource(
+                ignition["config"]["replace"], ("ignition", "config", "replace"), source_required=True
+            )
+        cas = ignition.get("security", {}).get("tls", {}).get("certificateAuthorities", [])
+        for index, ca in enumerate(cas):
+            self.resource(
+                ca, ("ignition", "security", "tls", "certificateAuthorities", index), source_required=True
+            )
+        kargs = cfg.get("kernelArguments", {})
+        for section in ("shouldExist", "shouldNotExist"):
+            self.duplicates(kargs.get(section, []), ("kernelArguments", section), None)
+        passwd = cfg.get("passwd", {})
+        self.duplicates(passwd.get("users", []), ("passwd", "users"), "name")
+        self.duplicates(passwd.get("groups", []), ("passwd", "groups"), "name")
+        self.storage(cfg.get("storage", {}))
+        self.systemd(cfg.get("systemd", {}))
+        self.systemd_conflicts(cfg)
+
+    def systemd_conflicts(self, cfg: dict[str, Any]) -> None:
+        unit_paths: set[str] = set()
+        for unit in cfg.get("systemd", {}).get("units", []):
+            name = unit.get("name", "")
+            if unit.get("contents"):
+                unit_paths.add("/etc/systemd/system/" + name)
+            for dropin in unit.get("dropins", []):
+                if dropin.get("contents"):
+                    unit_paths.add(f"/etc/systemd/system/{name}.d/{dropin.get('name', '')}")
+        for section in ("files", "directories", "links"):
+            for index, item in enumerate(cfg.get("storage", {}).get(section, [])):
+                if item.get("path") in unit_paths:
+                    self.error(
+                        ("storage", section, index, "path"), "path conflicts with systemd unit or dropin"
+                    )
+
+
+def validate_ignition(cfg: dict[str, Any], version: str) -> list[Issue]:
+    """Check an Ignition config (JSON-shaped dict) against the 3.3.0/3.4.0 rules we implement."""
+    if version not in IGNITION_VERSIONS:
+        raise ValueError(f"unsupported Ignition version {version!r}")
+    validator = _Validator(version)
+    validator.config(cfg)
+    return validator.issues
+
+
+def _replace_surrogates(text: str) -> str:
+    # Go's encoder writes invalid UTF-8 as U+FFFD; lone surrogates are Python's equivalent.
+    return (
+        text.encode("utf-8", "replace").decode("utf-8")
+        if any("\ud800" <= ch <= "\udfff" for ch in text)
+        else text
+    )
+
+
+def _sanitize(value: Any) -> Any:
+    if isinstance(value, str):
+        return _replace_surrogates(value)
+    if isinstance(value, dict):
+        return {k: _sanitize(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_sanitize(v) for v in value]
+    return value
+
+
+def to_json(cfg: dict[str, Any], *, pretty: bool = False) -> str:
+    """Serialize like Go's ``json.Marshal``/``MarshalIndent(.., "", "  ")`` (HTML-safe escapes)."""
+    if pretty:
+        text = json.dumps(_sanitize(cfg), ensure_ascii=False, indent=2, separators=(",", ": "))
+    else:
+        text = json.dumps(_sanitize(cfg), ensure_ascii=False, separators=(",", ":"))
+    # Safe outside strings too: these characters only ever occur inside JSON strings here.
+    return (
+        text.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
+
+
+def iter_resources(cfg: dict[str, Any]) -> Iterator[tuple[JSONPath, dict[str, Any]]]:
+    """Every resource of a config with its path (used to compare data URLs semantically)."""
+    for index, file in enumerate(cfg.get("storage", {}).get("files", [])):
+        if "contents" in file:
+            yield ("storage", "files", index, "contents"), file["contents"]
+        for append_index, appended in enumerate(file.get("append", [])):
+            yield ("storage", "files", index, "append", append_index), appended
+    ignition = cfg.get("ignition", {})
+    for index, merge in enumerate(ignition.get("config", {}).get("merge", [])):
+        yield ("ignition", "config", "merge", index), merge
+    if "replace" in ignition.get("config", {}):
+        yield ("ignition", "config", "replace"), ignition["config"]["replace"]
+    for index, ca in enumerate(ignition.get("security", {}).get("tls", {}).get("certificateAuthorities", [])):
+        yield ("ignition", "security", "tls", "certificateAuthorities", index), ca

@@ -1,0 +1,267 @@
+"""The Butane ``variant: flatcar`` schema (1.0.0 and 1.1.0) and the typed decode of a YAML tree.
+
+Decoding follows go-yaml v3 into Butane's Go structs: unknown keys are skipped (and reported
+later as "Unused key" warnings), type mismatches and repeated fields are collected as go-yaml's
+``unmarshal errors``. Every decoded value remembers where it came from (``marks``), so messages
+carry the YAML path, line and column the way Butane prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from builds.pipeline.butane import yamlscalars as ys
+from builds.pipeline.butane.yamlscalars import Mark
+
+Path = tuple[str | int, ...]
+ScalarKind = Literal["str", "string", "int", "bool"]  # "string": Go non-pointer string (null -> "")
+
+
+@dataclass(frozen=True)
+class Scalar:
+    kind: ScalarKind
+
+
+@dataclass(frozen=True)
+class ListOf:
+    item: Spec
+    go_item: str
+
+
+@dataclass(frozen=True)
+class Struct:
+    go_name: str
+    fields: dict[str, Spec]
+
+
+@dataclass(frozen=True)
+class Opaque:
+    """A section we do not translate (disks, raid, ...): kept as raw nodes, rejected later."""
+
+    go_name: str
+
+
+Spec = Scalar | ListOf | Struct | Opaque
+
+STR, STRING, INT, BOOL = Scalar("str"), Scalar("string"), Scalar("int"), Scalar("bool")
+
+
+def _base(pkg: str, v11: bool) -> Struct:
+    """Butane's base config struct (``base/v0_4`` for flatcar 1.0.0, ``base/v0_5`` for 1.1.0)."""
+
+    def s(name: str, fields: dict[str, Spec]) -> Struct:
+        return Struct(f"{pkg}.{name}", fields)
+
+    def lst(item: Spec) -> ListOf:
+        go = item.go_name if isinstance(item, (Struct, Opaque)) else "string"
+        return ListOf(item, go)
+
+    verification = s("Verification", {"hash": STR})
+    header = s("HTTPHeader", {"name": STRING, "value": STR})
+    resource = s(
+        "Resource",
+        {
+            "compression": STR,
+            "http_headers": lst(header),
+            "source": STR,
+            "inline": STR,
+            "local": STR,
+            "verification": verification,
+        },
+    )
+    node_user = s("NodeUser", {"id": INT, "name": STR})
+    node_group = s("NodeGroup", {"id": INT, "name": STR})
+    node: dict[str, Spec] = {"group": node_group, "user": node_user, "path": STRING, "overwrite": BOOL}
+    file = s("File", {**node, "contents": resource, "append": lst(resource), "mode": INT})
+    directory = s("Directory", {**node, "mode": INT})
+    link = s("Link", {**node, "target": STR, "hard": BOOL})
+    tree = s("Tree", {"local": STRING, "path": STR})
+    luks = s("Luks", {})  # only looked at for clevis; the whole section is rejected
+    storage = s(
+        "Storage",
+        {
+            "directories": lst(directory),
+            "disks": lst(Opaque(f"{pkg}.Disk")),
+            "files": lst(file),
+            "filesystems": lst(Opaque(f"{pkg}.Filesystem")),
+            "links": lst(link),
+            "luks": lst(Opaque(luks.go_name)),
+            "raid": lst(Opaque(f"{pkg}.Raid")),
+            "trees": lst(tree),
+        },
+    )
+    dropin_fields: dict[str, Spec] = {"contents": STR, "name": STRING}
+    unit_fields: dict[str, Spec] = {"contents": STR, "enabled": BOOL, "mask": BOOL, "name": STRING}
+    if v11:
+        dropin_fields["contents_local"] = STR
+        unit_fields["contents_local"] = STR
+    dropin = s("Dropin", dropin_fields)
+    unit = s("Unit", {**unit_fields, "dropins": lst(dropin)})
+    systemd = s("Systemd", {"units": lst(unit)})
+    user_fields: dict[str, Spec] = {
+        "gecos": STR,
+        "groups": lst(STR),
+        "home_dir": STR,
+        "name": STRING,
+        "no_create_home": BOOL,
+        "no_log_init": BOOL,
+        "no_user_group": BOOL,
+        "password_hash": STR,
+        "primary_group": STR,
+        "should_exist": BOOL,
+        "ssh_authorized_keys": lst(STR),
+        "shell": STR,
+        "system": BOOL,
+        "uid": INT,
+    }
+    if v11:
+        user_fields["ssh_authorized_keys_local"] = lst(STR)
+    user = s("PasswdUser", user_fields)
+    group = s(
+        "PasswdGroup",
+        {"gid": INT, "name": STRING, "password_hash": STR, "should_exist": BOOL, "system": BOOL},
+    )
+    passwd = s("Passwd", {"users": lst(user), "groups": lst(group)})
+    kargs = s("KernelArguments", {"should_exist": lst(STR), "should_not_exist": lst(STR)})
+    ignition = s(
+        "Ignition",
+        {
+            "config": s("IgnitionConfig", {"merge": lst(resource), "replace": resource}),
+            "proxy": s("Proxy", {"http_proxy": STR, "https_proxy": STR, "no_proxy": lst(STR)}),
+            "security": s("Security", {"tls": s("TLS", {"certificate_authorities": lst(resource)})}),
+            "timeouts": s("Timeouts", {"http_response_headers": INT, "http_total": INT}),
+        },
+    )
+    return Struct(
+        "Config",
+        {
+            "variant": STRING,
+            "version": STRING,
+            "ignition": ignition,
+            "kernel_arguments": kargs,
+            "passwd": passwd,
+            "storage": storage,
+            "systemd": systemd,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class SpecVersion:
+    """One supported Butane flatcar spec version and what it targets."""
+
+    butane: str
+    ignition: str
+    schema: Struct
+
+
+def _config(pkg: str, flatcar_pkg: str, v11: bool) -> Struct:
+    base = _base(pkg, v11)
+    return Struct(f"{flatcar_pkg}.Config", base.fields)
+
+
+SPEC_VERSIONS: dict[str, SpecVersion] = {
+    "1.0.0": SpecVersion("1.0.0", "3.3.0", _config("v0_4", "v1_0", v11=False)),
+    "1.1.0": SpecVersion("1.1.0", "3.4.0", _config("v0_5", "v1_1", v11=True)),
+}
+
+
+@dataclass
+class Decoded:
+    """The typed value of a document plus where every part of it came from."""
+
+    value: dict[str, Any]
+    marks: dict[Path, Mark] = field(default_factory=dict)  # value nodes by YAML path
+    key_marks: dict[Path, Mark] = field(default_factory=dict)  # key nodes by YAML path
+    nodes: dict[Path, yaml.Node] = field(default_factory=dict)  # raw nodes of opaque sections
+    unused: list[tuple[Path, Mark]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # go-yaml "line N: ..." type errors
+
+
+def decode(root: yaml.Node | None, schema: Struct) -> Decoded:
+    out = Decoded({})
+    if root is None or ys.is_null(root):
+        return out
+    value = _decode(root, schema, (), out)
+    out.value = value if isinstance(value, dict) else {}
+    return out
+
+
+def _decode(node: yaml.Node, spec: Spec, path: Path, out: Decoded) -> Any:
+    out.marks[path] = ys.mark_of(node)
+    if isinstance(spec, Opaque):
+        out.nodes[path] = node
+        _record_marks(node, path, out)
+        return node
+    if isinstance(spec, Scalar):
+        try:
+            if spec.kind == "int":
+                return ys.to_int(node)
+            if spec.kind == "bool":
+                return ys.to_bool(node)
+            text = ys.to_str(node)
+            return "" if text is None and spec.kind == "string" else text
+        except ys.ScalarError as exc:
+            out.errors.append(str(exc))
+            return None
+    if ys.is_null(node):
+        return None
+    if isinstance(spec, ListOf):
+        if not isinstance(node, yaml.SequenceNode):
+            out.errors.append(ys.cannot_unmarshal(node, f"[]{spec.go_item}"))
+            return None
+        items = []
+        for index, child in enumerate(node.value):
+            item = _decode(child, spec.item, (*path, index), out)
+            if item is None and isinstance(spec.item, Struct):
+                item = {}
+            elif item is None and isinstance(spec.item, Scalar) and spec.item.kind in ("str", "string"):
+                item = ""  # a null element of a Go []string is ""
+            items.append(item)
+        return items
+    if not isinstance(node, yaml.MappingNode):
+        out.errors.append(ys.cannot_unmarshal(node, spec.go_name))
+        return None
+    result: dict[str, Any] = {}
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            continue  # a complex key can never name a field
+        key = key_node.value
+        key_mark = ys.mark_of(key_node)
+        if key in seen:
+            if key in spec.fields:
+                out.errors.append(f"line {key_mark.line}: field {key} already set in type {spec.go_name}")
+            else:
+                out.errors.append(
+                    f'line {key_mark.line}: mapping key "{key}" already defined at line {seen[key]}'
+                )
+            continue
+        seen[key] = key_mark.line
+        child_path = (*path, key)
+        out.key_marks[child_path] = key_mark
+        child_spec = spec.fields.get(key)
+        if child_spec is None:
+            out.unused.append((child_path, key_mark))
+            out.marks[child_path] = ys.mark_of(value_node)
+            continue
+        value = _decode(value_node, child_spec, child_path, out)
+        if value is not None:
+            result[key] = value
+    return result
+
+
+def _record_marks(node: yaml.Node, path: Path, out: Decoded) -> None:
+    """Marks of an untyped subtree, so errors inside it still carry a line and column."""
+    out.marks[path] = ys.mark_of(node)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                out.key_marks[(*path, key_node.value)] = ys.mark_of(key_node)
+                _record_marks(value_node, (*path, key_node.value), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, child in enumerate(node.value):
+            _record_marks(child, (*path, index), out)

@@ -1,0 +1,790 @@
+"""Butane ``variant: flatcar`` 1.0.0/1.1.0 -> Ignition 3.3.0/3.4.0, as the butane tool does it.
+
+The stages and their failure texts are the tool's: parse, read variant/version, decode with
+go-yaml rules, validate the source (unused keys, one source per resource, decimal-looking modes),
+translate (data URLs, files dir, trees), validate the generated Ignition and map its findings back
+to the YAML path, line and column the user wrote. Disks, RAID, filesystems and LUKS are refused
+with a "not supported" error instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path as FSPath
+from typing import Any, Literal
+
+import yaml
+
+from builds.pipeline.butane import schema
+from builds.pipeline.butane import yamlscalars as ys
+from builds.pipeline.butane.dataurl import make_data_url
+from builds.pipeline.butane.ignition import JSONPath, to_json, validate_ignition
+from builds.pipeline.butane.schema import Path, SpecVersion
+
+ERR_SOURCE_INVALID = "source config is invalid"
+ERR_GENERATED_INVALID = "config generated was invalid"
+ERR_NO_FILES_DIR = (
+    "local file paths are relative to a files directory that must be specified with -d/--files-dir"
+)
+ERR_FILES_DIR_ESCAPE = "local file path traverses outside the files directory"
+ERR_TOO_MANY_SOURCES = "only one of the following can be set: inline, local, source"
+ERR_TOO_MANY_SYSTEMD_SOURCES = "only one of the following can be set: contents, contents_local"
+ERR_DECIMAL_MODE = (
+    "unreasonable mode would be reasonable if specified in octal; remember to add a leading zero"
+)
+ERR_NODE_EXISTS = "matching filesystem node has existing contents or different type"
+ERR_TREE_NOT_DIRECTORY = "root of tree must be a directory"
+ERR_TREE_FILE_TYPE = "trees may only contain files, directories, and symlinks"
+ERR_TREE_NO_LOCAL = "local is required"
+ERR_CLEVIS = "clevis is not supported in this spec version"
+UNSUPPORTED_SECTIONS = ("disks", "filesystems", "luks", "raid")
+_SEMVER = re.compile(
+    r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One error or warning, printed like butane: ``error at $.a.0.b, line L col C: text``."""
+
+    kind: Literal["error", "warning"]
+    path: Path
+    text: str
+    line: int | None = None
+    column: int | None = None
+
+    @property
+    def json_path(self) -> str:
+        return "$" + "".join(f".{part}" for part in self.path)
+
+    def __str__(self) -> str:
+        where = f", line {self.line} col {self.column}" if self.line is not None else ""
+        return f"{self.kind} at {self.json_path}{where}: {self.text}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "path": self.json_path,
+            "line": self.line,
+            "column": self.column,
+            "message": self.text,
+        }
+
+
+@dataclass
+class Result:
+    """What a transpile run produced: the config (None on failure), messages, fatal error text."""
+
+    config: dict[str, Any] | None
+    messages: list[Message] = field(default_factory=list)
+    error: str | None = None
+    ignition_version: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def has_warnings(self) -> bool:
+        return any(m.kind == "warning" for m in self.messages)
+
+    def json(self, *, pretty: bool = False) -> str:
+        if self.config is None:
+            raise ValueError("no config was produced")
+        return to_json(self.config, pretty=pretty)
+
+
+class _Report:
+    def __init__(self, decoded: schema.Decoded | None = None) -> None:
+        self.decoded = decoded
+        self.messages: list[Message] = []
+
+    def add(self, kind: Literal["error", "warning"], path: Path, text: str, *, key: bool = False) -> None:
+        mark = None
+        if self.decoded is not None:
+            marks = self.decoded.key_marks if key else self.decoded.marks
+            mark = marks.get(path)
+        self.messages.append(
+            Message(kind, path, text, mark.line if mark else None, mark.column if mark else None)
+        )
+
+    def error(self, path: Path, text: str) -> None:
+        self.add("error", path, text)
+
+    def warn(self, path: Path, text: str) -> None:
+        self.add("warning", path, text)
+
+    @property
+    def fatal(self) -> bool:
+        return any(m.kind == "error" for m in self.messages)
+
+
+def _is_typical_mode(mode: int, directory: bool) -> bool:
+    if mode == 0:
+        return True
+    had_r = had_w = had_x = False
+    for perm in (mode & 0o7, (mode & 0o70) >> 3, (mode & 0o700) >> 6):
+        r, w, x = bool(perm & 4), bool(perm & 2), bool(perm & 1)
+        if (not r and had_r) or (not w and had_w) or (not x and had_x):
+            return False
+        if x and had_r and not had_x:
+            return False
+        if (w or x) and not r:
+            return False
+        had_r, had_w, had_x = had_r or r, had_w or w, had_x or x
+    if not had_r:
+        return False
+    if directory:
+        if not had_x or mode & 0o4000:
+            return False
+        if mode & 0o3000 and not had_w:
+            return False
+    else:
+        if mode & 0o6000 and (not had_x or mode & 2):
+            return False
+        if mode & 0o1000:
+            return False
+    return True
+
+
+def decimal_mode_warning(mode: int, directory: bool) -> bool:
+    """True when ``mode`` looks like an octal mode typed in decimal (``644``)."""
+    if mode < 0 or mode > 7777:
+        return False
+    corrected = 0
+    for divisor in (1000, 100, 10, 1):
+        digit = (mode // divisor) % 10
+        if digit > 7:
+            return False
+        corrected = (corrected << 3) | digit
+    return not _is_typical_mode(mode, directory) and _is_typical_mode(corrected, directory)
+
+
+class _Translator:
+    def __init__(self, spec: SpecVersion, decoded: schema.Decoded, files_dir: str | None, report: _Report):
+        self.spec = spec
+        self.decoded = decoded
+        self.files_dir = files_dir
+        self.report = report
+        self.translations: dict[JSONPath, Path] = {}
+
+    def note(self, json_path: JSONPath, yaml_path: Path) -> None:
+        self.translations[json_path] = yaml_path
+
+    # -- local files ------------------------------------------------------------------------
+    def read_local(self, local: str, yaml_path: Path) -> bytes | None:
+        if not self.files_dir:
+            self.report.error(yaml_path, ERR_NO_FILES_DIR)
+            return None
+        resolved = self.local_path(local)
+        if resolved is None:
+            self.report.error(yaml_path, ERR_FILES_DIR_ESCAPE)
+            return None
+        try:
+            return FSPath(resolved).read_bytes()
+        except FileNotFoundError:
+            self.report.error(yaml_path, f"open {resolved}: no such file or directory")
+        except IsADirectoryError:
+            self.report.error(yaml_path, f"read {resolved}: is a directory")
+        except OSError as exc:
+            self.report.error(yaml_path, f"open {resolved}: {exc.strerror or exc}")
+        return None
+
+    def local_path(self, local: str) -> str | None:
+        """The file ``local`` names under the files dir, or None if it would leave the dir.
+
+        Symlinks are resolved before the check: the files dir may hold hostile content.
+        """
+        assert self.files_dir is not None
+        base = os.path.abspath(self.files_dir)
+        joined = posixpath.normpath(base + "/" + local)
+        real_base = os.path.realpath(base)
+        real = os.path.realpath(joined)
+        for candidate, root in ((joined, base), (real, real_base)):
+            if candidate != root and not candidate.startswith(root.rstrip("/") + "/"):
+                return None
+        return joined
+
+    # -- resources ----------------------------------------------------------------------------
+    def resource(self, res: dict[str, Any], yp: Path, jp: JSONPath) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        self.note(jp, yp)
+        if "compression" in res:
+            out["compression"] = res["compression"]
+            self.note((*jp, "compression"), (*yp, "compression"))
+        headers = res.get("http_headers")
+        if headers:
+            out["httpHeaders"] = []
+            for index, header in enumerate(headers):
+                entry: dict[str, Any] = {"name": header.get("name", "")}
+                if header.get("value") is not None:
+                    entry["value"] = header["value"]
+                out["httpHeaders"].append(entry)
+                self.note((*jp, "httpHeaders", index), (*yp, "http_headers", index))
+                self.note((*jp, "httpHeaders", index, "name"), (*yp, "http_headers", index, "name"))
+                self.note((*jp, "httpHeaders", index, "value"), (*yp, "http_headers", index, "value"))
+            self.note((*jp, "httpHeaders"), (*yp, "http_headers"))
+        if "source" in res:
+            out["source"] = res["source"]
+            self.note((*jp, "source"), (*yp, "source"))
+        data: bytes | None = None
+        data_key = ""
+        if "inline" in res:
+            data, data_key = res["inline"].encode("utf-8", "surrogatepass"), "inline"
+        elif "local" in res:
+            data, data_key = self.read_local(res["local"], (*yp, "local")), "local"
+        if data is not None:
+            encoded = make_data_url(data, res.get("compression"))
+            out["source"] = encoded.url
+            self.note((*jp, "source"), (*yp, data_key))
+            if encoded.compression is not None:
+                out["compression"] = encoded.compression
+                self.note((*jp, "compression"), (*yp, data_key))
+        hash_value = res.get("verification", {}).get("hash")
+        if hash_value is not None:
+            out["verification"] = {"hash": hash_value}
+            self.note((*jp, "verification"), (*yp, "verification"))
+            self.note((*jp, "verification", "hash"), (*yp, "verification", "hash"))
+        return _ordered(out, ("compression", "httpHeaders", "source", "verification"))
+
+    # -- storage ------------------------------------------------------------------------------
+    def node(self, item: dict[str, Any], yp: Path, jp: JSONPath) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        self.note(jp, yp)
+        for owner in ("group", "user"):
+            value = item.get(owner)
+            if value:
+                owned = {k: value[k] for k in ("id", "name") if k in value}
+                if owned:
+                    out[owner] = owned
+                    self.note((*jp, owner), (*yp, owner))
+                    for key in owned:
+                        self.note((*jp, owner, key), (*yp, owner, key))
+        if "overwrite" in item:
+            out["overwrite"] = item["overwrite"]
+        out["path"] = item.get("path", "")
+        for key in ("overwrite", "path"):
+            self.note((*jp, key), (*yp, key))
+        return out
+
+    def storage(self, storage: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        directories = []
+        for index, item in enumerate(storage.get("directories", [])):
+            yp, jp = ("storage", "directories", index), ("storage", "directories", index)
+            entry = self.node(item, yp, jp)
+            if "mode" in item:
+                entry["mode"] = item["mode"]
+                self.note((*jp, "mode"), (*yp, "mode"))
+            directories.append(_ordered(entry, ("group", "overwrite", "path", "user", "mode")))
+        files = []
+        for index, item in enumerate(storage.get("files", [])):
+            yp = jp = ("storage", "files", index)
+            entry = self.node(item, yp, jp)
+            appended = [
+                self.resource(res, (*yp, "append", i), (*jp, "append", i))
+                for i, res in enumerate(item.get("append", []))
+            ]
+            if appended:
+                entry["append"] = appended
+                self.note((*jp, "append"), (*yp, "append"))
+            if "contents" in item:
+                contents = self.resource(item["contents"], (*yp, "contents"), (*jp, "contents"))
+                if contents:
+                    entry["contents"] = contents
+            if "mode" in item:
+                entry["mode"] = item["mode"]
+                self.note((*jp, "mode"), (*yp, "mode"))
+            files.append(entry)
+        links = []
+        for index, item in enumerate(storage.get("links", [])):
+            yp = jp = ("storage", "links", index)
+            entry = self.node(item, yp, jp)
+            for key in ("hard", "target"):
+                if key in item:
+                    entry[key] = item[key]
+                    self.note((*jp, key), (*yp, key))
+            links.append(entry)
+        self.trees(storage.get("trees", []), files, links, directories)
+        file_order = ("group", "overwrite", "path", "user", "append", "contents", "mode")
+        link_order = ("group", "overwrite", "path", "user", "hard", "target")
+        if directories:
+            out["directories"] = directories
+        if files:
+            out["files"] = [_ordered(f, file_order) for f in files]
+        if links:
+            out["links"] = [_ordered(link, link_order) for link in links]
+        for key in ("directories", "files", "links"):
+            self.note(("storage", key), ("storage", key))
+        return out
+
+    def trees(
+        self,
+        trees: list[dict[str, Any]],
+        files: list[dict[str, Any]],
+        links: list[dict[str, Any]],
+        directories: list[dict[str, Any]],
+    ) -> None:
+        for index, tree in enumerate(trees):
+            yp: Path = ("storage", "trees", index)
+            if not self.files_dir:
+                self.report.error(yp, ERR_NO_FILES_DIR)
+                return
+            root = self.local_path(tree.get("local", ""))
+            if root is None:
+                self.report.error(yp, ERR_FILES_DIR_ESCAPE)
+                continue
+            try:
+                root_info = os.stat(root)
+            except OSError:
+                self.report.error(yp, f"stat {root}: no such file or directory")
+                continue
+            if not stat.S_ISDIR(root_info.st_mode):
+                self.report.error(yp, ERR_TREE_NOT_DIRECTORY)
+                continue
+            dest_base = tree.get("path") or "/"
+            for src, info in _walk(root):
+                rel = os.path.relpath(src, root)
+                dest = posixpath.normpath(posixpath.join(dest_base, rel.replace(os.sep, "/")))
+                if dest.startswith("//"):
+                    dest = dest[1:]
+                if stat.S_ISDIR(info.st_mode):
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    self.tree_file(src, dest, info, yp, files, links, directories)
+                elif stat.S_ISLNK(info.st_mode):
+                    self.tree_link(src, dest, yp, files, links, directories)
+                else:
+                    self.report.error(yp, ERR_TREE_FILE_TYPE)
+
+    def tree_file(
+        self,
+        src: str,
+        dest: str,
+        info: os.stat_result,
+        yp: Path,
+        files: list[dict[str, Any]],
+        links: list[dict[str, Any]],
+        directories: list[dict[str, Any]],
+    ) -> None:
+        index = next((i for i, f in enumerate(files) if f.get("path") == dest), None)
+        if index is not None:
+            existing = files[index]
+            if existing.get("contents", {}).get("source"):
+                self.report.error(yp, ERR_NODE_EXISTS)
+                return
+        else:
+            if any(item.get("path") == dest for item in (*links, *directories)):
+                self.report.error(yp, ERR_NODE_EXISTS)
+                return
+            files.append({"path": dest})
+            index = len(files) - 1
+            self.note(("storage", "files", index), yp)
+        file = files[index]
+        try:
+            data = FSPath(src).read_bytes()
+        except OSError as exc:
+            self.report.error(yp, f"open {src}: {exc.strerror or exc}")
+            return
+        contents = dict(file.get("contents", {}))
+        encoded = make_data_url(data, contents.get("compression"))
+        contents["source"] = encoded.url
+        if encoded.compression is not None:
+            contents["compression"] = encoded.compression
+        file["contents"] = _ordered(contents, ("compression", "httpHeaders", "source", "verification"))
+        jp = ("storage", "files", index)
+        for suffix in (("contents",), ("contents", "source"), ("contents", "compression")):
+            self.note((*jp, *suffix), yp)
+        if "mode" not in file:
+            file["mode"] = 0o755 if info.st_mode & 0o111 else 0o644
+            self.note((*jp, "mode"), yp)
+
+    def tree_link(
+        self,
+        src: str,
+        dest: str,
+        yp: Path,
+        files: list[dict[str, Any]],
+        links: list[dict[str, Any]],
+        directories: list[dict[str, Any]],
+    ) -> None:
+        index = next((i for i, link in enumerate(links) if link.get("path") == dest), None)
+        if index is not None:
+            if links[index].get("target"):
+                self.report.error(yp, ERR_NODE_EXISTS)
+                return
+        else:
+            if any(item.get("path") == dest for item in (*files, *directories)):
+                self.report.error(yp, ERR_NODE_EXISTS)
+                return
+            links.append({"path": dest})
+            index = len(links) - 1
+            self.note(("storage", "links", index), yp)
+        links[index]["target"] = os.readlink(src).replace(os.sep, "/")
+        self.note(("storage", "links", index, "target"), yp)
+
+    # -- systemd ------------------------------------------------------------------------------
+    def contents(self, item: dict[str, Any], entry: dict[str, Any], yp: Path, jp: JSONPath) -> None:
+        if "contents" in item:
+            entry["contents"] = item["contents"]
+            self.note((*jp, "contents"), (*yp, "contents"))
+        if item.get("contents_local"):
+            data = self.read_local(item["contents_local"], (*yp, "contents_local"))
+            if data is not None:
+                entry["contents"] = data.decode("utf-8", "replace")
+                self.note((*jp, "contents"), (*yp, "contents_local"))
+
+    def systemd(self, systemd: dict[str, Any]) -> dict[str, Any]:
+        units = []
+        for index, unit in enumerate(systemd.get("units", [])):
+            yp = jp = ("systemd", "units", index)
+            self.note(jp, yp)
+            entry: dict[str, Any] = {}
+            self.contents(unit, entry, yp, jp)
+            dropins = []
+            for d_index, dropin in enumerate(unit.get("dropins", [])):
+                dyp = djp = (*yp, "dropins", d_index)
+                self.note(djp, dyp)
+                d_entry: dict[str, Any] = {}
+                self.contents(dropin, d_entry, dyp, djp)
+                d_entry["name"] = dropin.get("name", "")
+                self.note((*djp, "name"), (*dyp, "name"))
+                dropins.append(d_entry)
+            if dropins:
+                entry["dropins"] = dropins
+                self.note((*jp, "dropins"), (*yp, "dropins"))
+            for key in ("enabled", "mask"):
+                if key in unit:
+                    entry[key] = unit[key]
+                    self.note((*jp, key), (*yp, key))
+            entry["name"] = unit.get("name", "")
+            self.note((*jp, "name"), (*yp, "name"))
+            units.append(entry)
+        return {"units": units} if units else {}
+
+    # -- passwd -------------------------------------------------------------------------------
+    def passwd(self, passwd: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        user_keys = (
+            ("gecos", "gecos"),
+            ("groups", "groups"),
+            ("homeDir", "home_dir"),
+            ("name", "name"),
+            ("noCreateHome", "no_create_home"),
+            ("noLogInit", "no_log_init"),
+            ("noUserGroup", "no_user_group"),
+            ("passwordHash", "password_hash"),
+            ("primaryGroup", "primary_group"),
+            ("shouldExist", "should_exist"),
+            ("sshAuthorizedKeys", "ssh_authorized_keys"),
+            ("shell", "shell"),
+            ("system", "system"),
+            ("uid", "uid"),
+        )
+        group_keys = (
+            ("gid", "gid"),
+            ("name", "name"),
+            ("passwordHash", "password_hash"),
+            ("shouldExist", "should_exist"),
+            ("system", "system"),
+        )
+        groups = [
+            self.renamed(g, group_keys, ("passwd", "groups", i))
+            for i, g in enumerate(passwd.get("groups", []))
+        ]
+        users = []
+        for index, user in enumerate(passwd.get("users", [])):
+            yp = ("passwd", "users", index)
+            entry = self.renamed(user, user_keys, yp)
+            keys = list(entry.get("sshAuthorizedKeys", []))
+            local_files = user.get("ssh_authorized_keys_local", [])
+            if local_files:
+                local_yp = (*yp, "ssh_authorized_keys_local")
+                if not self.files_dir:
+                    self.report.error(local_yp, ERR_NO_FILES_DIR)
+                else:
+                    for file_index, local in enumerate(local_files):
+                        data = self.read_local(local, (*local_yp, file_index))
+                        if data is None:
+                            continue
+                        for line in re.split(r"\r?\n", data.decode("utf-8", "replace")):
+                            if line:
+                                self.note((*yp, "sshAuthorizedKeys", len(keys)), (*local_yp, file_index))
+                                keys.append(line)
+            if keys:
+                entry["sshAuthorizedKeys"] = keys
+            users.append(_ordered(entry, tuple(k for k, _ in user_keys)))
+        if groups:
+            out["groups"] = groups
+        if users:
+            out["users"] = users
+        return out
+
+    def renamed(self, item: dict[str, Any], keys: tuple[tuple[str, str], ...], yp: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        self.note(yp, yp)
+        for json_key, yaml_key in keys:
+            value = item.get(yaml_key)
+            if yaml_key == "name":
+                value = item.get("name", "")
+            if value is None or value == []:
+                continue
+            out[json_key] = value
+            self.note((*yp, json_key), (*yp, yaml_key))
+            if isinstance(value, list):
+                for index in range(len(value)):
+                    self.note((*yp, json_key, index), (*yp, yaml_key, index))
+        return out
+
+    # -- ignition -----------------------------------------------------------------------------
+    def ignition(self, ignition: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        config = ignition.get("config", {})
+        cfg_out: dict[str, Any] = {}
+        merges = [
+            self.resource(r, ("ignition", "config", "merge", i), ("ignition", "config", "merge", i))
+            for i, r in enumerate(config.get("merge", []))
+        ]
+        if merges:
+            cfg_out["merge"] = merges
+        if config.get("replace"):
+            replace = self.resource(
+                config["replace"], ("ignition", "config", "replace"), ("ignition", "config", "replace")
+            )
+            if replace:
+                cfg_out["replace"] = replace
+        if cfg_out:
+            out["config"] = cfg_out
+        proxy = ignition.get("proxy", {})
+        proxy_out = {
+            json_key: proxy[yaml_key]
+            for json_key, yaml_key in (
+                ("httpProxy", "http_proxy"),
+                ("httpsProxy", "https_proxy"),
+                ("noProxy", "no_proxy"),
+            )
+            if proxy.get(yaml_key) not in (None, [])
+        }
+        if proxy_out:
+            out["proxy"] = proxy_out
+        cas = ignition.get("security", {}).get("tls", {}).get("certificate_authorities", [])
+        ca_path = ("ignition", "security", "tls")
+        ca_out = [
+            self.resource(
+                r, (*ca_path, "certificate_authorities", i), (*ca_path, "certificateAuthorities", i)
+            )
+            for i, r in enumerate(cas)
+        ]
+        if ca_out:
+            out["security"] = {"tls": {"certificateAuthorities": ca_out}}
+        timeouts = ignition.get("timeouts", {})
+        timeouts_out = {
+            json_key: timeouts[yaml_key]
+            for json_key, yaml_key in (
+                ("httpResponseHeaders", "http_response_headers"),
+                ("httpTotal", "http_total"),
+            )
+            if yaml_key in timeouts
+        }
+        if timeouts_out:
+            out["timeouts"] = timeouts_out
+        out["version"] = self.spec.ignition
+        return out
+
+    def translate(self) -> dict[str, Any]:
+        value = self.decoded.value
+        result: dict[str, Any] = {"ignition": self.ignition(value.get("ignition", {}))}
+        kargs = value.get("kernel_arguments", {})
+        kargs_out = {
+            json_key: kargs[yaml_key]
+            for json_key, yaml_key in (
+                ("shouldExist", "should_exist"),
+                ("shouldNotExist", "should_not_exist"),
+            )
+            if kargs.get(yaml_key)
+        }
+        for json_key, yaml_key in (("shouldExist", "should_exist"), ("shouldNotExist", "should_not_exist")):
+            for index in range(len(kargs.get(yaml_key, []))):
+                self.note(("kernelArguments", json_key, index), ("kernel_arguments", yaml_key, index))
+        if kargs_out:
+            result["kernelArguments"] = kargs_out
+        passwd = self.passwd(value.get("passwd", {}))
+        if passwd:
+            result["passwd"] = passwd
+        storage = self.storage(value.get("storage", {}))
+        if storage:
+            result["storage"] = storage
+        systemd = self.systemd(value.get("systemd", {}))
+        if systemd:
+            result["systemd"] = systemd
+        return result
+
+    def yaml_path(self, json_path: JSONPath) -> Path:
+        """The YAML path a JSON path came from (nearest translated ancestor as a fallback)."""
+        for end in range(len(json_path), 0, -1):
+            found = self.translations.get(json_path[:end])
+            if found is not None:
+                return found
+        return json_path
+
+
+def _ordered(item: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
+    return {key: item[key] for key in order if key in item}
+
+
+def _walk(root: str) -> list[tuple[str, os.stat_result]]:
+    """Go's ``filepath.Walk`` order: lexical, depth first, symlinks not followed."""
+    found: list[tuple[str, os.stat_result]] = []
+
+    def visit(path: str) -> None:
+        info = os.lstat(path)
+        found.append((path, info))
+        if stat.S_ISDIR(info.st_mode):
+            for name in sorted(os.listdir(path)):
+                visit(os.path.join(path, name))
+
+    for name in sorted(os.listdir(root)):
+        visit(os.path.join(root, name))
+    return found
+
+
+def _validate_source(decoded: schema.Decoded, report: _Report) -> None:
+    for unused_path, _mark in decoded.unused:
+        report.add("warning", unused_path, f"Unused key {unused_path[-1]}", key=True)
+    value = decoded.value
+    storage = value.get("storage", {})
+
+    def check_resource(res: dict[str, Any], path: Path) -> None:
+        chosen = [key for key in ("local", "inline", "source") if key in res]
+        if len(chosen) > 1:
+            report.error((*path, chosen[-1]), ERR_TOO_MANY_SOURCES)
+
+    for index, item in enumerate(storage.get("files", [])):
+        path: Path = ("storage", "files", index)
+        if "contents" in item:
+            check_resource(item["contents"], (*path, "contents"))
+        for a_index, res in enumerate(item.get("append", [])):
+            check_resource(res, (*path, "append", a_index))
+        if item.get("mode") is not None and decimal_mode_warning(item["mode"], directory=False):
+            report.warn((*path, "mode"), ERR_DECIMAL_MODE)
+    for index, item in enumerate(storage.get("directories", [])):
+        if item.get("mode") is not None and decimal_mode_warning(item["mode"], directory=True):
+            report.warn(("storage", "directories", index, "mode"), ERR_DECIMAL_MODE)
+    for index, tree in enumerate(storage.get("trees", [])):
+        if not tree.get("local"):
+            report.error(("storage", "trees", index), ERR_TREE_NO_LOCAL)
+    ignition = value.get("ignition", {})
+    for index, res in enumerate(ignition.get("config", {}).get("merge", [])):
+        check_resource(res, ("ignition", "config", "merge", index))
+    if "replace" in ignition.get("config", {}):
+        check_resource(ignition["config"]["replace"], ("ignition", "config", "replace"))
+    for index, res in enumerate(
+        ignition.get("security", {}).get("tls", {}).get("certificate_authorities", [])
+    ):
+        check_resource(res, ("ignition", "security", "tls", "certificate_authorities", index))
+    for index, unit in enumerate(value.get("systemd", {}).get("units", [])):
+        unit_path: Path = ("systemd", "units", index)
+        if "contents" in unit and "contents_local" in unit:
+            report.error((*unit_path, "contents_local"), ERR_TOO_MANY_SYSTEMD_SOURCES)
+        for d_index, dropin in enumerate(unit.get("dropins", [])):
+            if "contents" in dropin and "contents_local" in dropin:
+                report.error((*unit_path, "dropins", d_index, "contents_local"), ERR_TOO_MANY_SYSTEMD_SOURCES)
+    # Flatcar has no clevis; the rest of these sections we do not translate at all.
+    for section in UNSUPPORTED_SECTIONS:
+        entries = storage.get(section) or []
+        clevis_seen = False
+        for index, node in enumerate(entries):
+            if section == "luks" and _clevis_present(node):
+                report.error(("storage", "luks", index, "clevis"), ERR_CLEVIS)
+                clevis_seen = True
+        if entries and not clevis_seen:
+            report.error(
+                ("storage", section),
+                f"storage.{section} is not supported by this transpiler (Bakehouse configures files, "
+                "links, units and users only); partition and format disks with the butane tool instead",
+            )
+
+
+def _clevis_present(node: Any) -> bool:
+    if not isinstance(node, yaml.MappingNode):
+        return False
+    for key, value in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.value == "clevis":
+            return _has_content(value)
+    return False
+
+
+def _has_content(node: yaml.Node) -> bool:
+    if isinstance(node, yaml.MappingNode):
+        return any(_has_content(v) for _, v in node.value)
+    if isinstance(node, yaml.SequenceNode):
+        return bool(node.value)
+    return not ys.is_null(node)
+
+
+def read_header(root: yaml.Node | None) -> tuple[str, str]:
+    """variant and version, decoded as go-yaml decodes them into butane's first-pass struct."""
+    variant = version = ""
+    if root is None or ys.is_null(root):
+        return variant, version
+    if not isinstance(root, yaml.MappingNode):
+        raise ys.ScalarError(
+            "yaml: unmarshal errors:\n  " + ys.cannot_unmarshal(root, "config.commonVersion")
+        )
+    errors = []
+    for key, value in root.value:
+        if isinstance(key, yaml.ScalarNode) and key.value in ("variant", "version"):
+            try:
+                text = ys.to_str(value) or ""
+            except ys.ScalarError as exc:
+                errors.append(str(exc))
+                continue
+            if key.value == "variant":
+                variant = text
+            else:
+                version = text
+    if errors:
+        raise ys.ScalarError("yaml: unmarshal errors:\n  " + "\n  ".join(errors))
+    return variant, version
+
+
+def transpile(source: str | bytes, files_dir: str | None = None) -> Result:
+    """Translate Butane text to Ignition, reporting what butane would report."""
+    if isinstance(source, bytes):
+        try:
+            source = source.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            return Result(None, [], "Error unmarshaling yaml: yaml: invalid leading UTF-8 octet")
+    try:
+        root = ys.compose(source)
+        variant, version = read_header(root)
+    except (ys.YAMLSyntaxError, ys.ScalarError) as exc:
+        return Result(None, [], f"Error unmarshaling yaml: {exc}")
+    if variant == "":
+        return Result(None, [], "Error parsing variant; must be specified")
+    if not _SEMVER.match(version):
+        return Result(None, [], "Error parsing version; must be a valid semver")
+    spec = schema.SPEC_VERSIONS.get(version) if variant == "flatcar" else None
+    if spec is None:
+        return Result(None, [], f"No translator exists for variant {variant} with version {version}")
+    decoded = schema.decode(root, spec.schema)
+    if decoded.errors:
+        detail = "yaml: unmarshal errors:\n  " + "\n  ".join(decoded.errors)
+        return Result(None, [], f"Error unmarshaling yaml: {detail}", spec.ignition)
+    report = _Report(decoded)
+    _validate_source(decoded, report)
+    if report.fatal:
+        return Result(None, report.messages, ERR_SOURCE_INVALID, spec.ignition)
+    translator = _Translator(spec, decoded, files_dir, report)
+    config = translator.translate()
+    if report.fatal:
+        return Result(None, report.messages, ERR_SOURCE_INVALID, spec.ignition)
+    for issue in validate_ignition(config, spec.ignition):
+        report.add(issue.kind, translator.yaml_path(issue.path), issue.message)
+    if report.fatal:
+        return Result(None, report.messages, ERR_GENERATED_INVALID, spec.ignition)
+    return Result(config, report.messages, None, spec.ignition)

@@ -1,0 +1,197 @@
+"""YAML the way Butane's parser (go-yaml v3) reads it, on top of PyYAML's composer.
+
+PyYAML resolves scalars by YAML 1.1 (``yes`` is a bool, ``0644`` an int everywhere), while Butane
+decodes with go-yaml v3 straight into typed Go fields: a string field keeps the scalar's source
+text, a bool field takes ``true``/``false`` plus the 1.1 spellings, an int field takes Go's integer
+syntaxes. So we only use PyYAML to build the node tree (with marks) and resolve each scalar here,
+per field type, with go-yaml's rules and its error wording.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import yaml
+
+NULL_VALUES = frozenset({"", "~", "null", "Null", "NULL"})
+TRUE_VALUES = frozenset({"true", "True", "TRUE"})
+FALSE_VALUES = frozenset({"false", "False", "FALSE"})
+# go-yaml accepts these only when the target field is a bool (YAML 1.1 compatibility).
+LEGACY_TRUE = frozenset({"y", "Y", "yes", "Yes", "YES", "on", "On", "ON"})
+LEGACY_FALSE = frozenset({"n", "N", "no", "No", "NO", "off", "Off", "OFF"})
+_SPECIAL_FLOATS = frozenset(
+    {".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf", "-.Inf", "-.INF", ".nan", ".NaN", ".NAN"}
+)
+_YAML_STYLE_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+_TIMESTAMP = re.compile(
+    r"^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}"
+    r"(([Tt]|[ \t]+)[0-9]{1,2}:[0-9]{2}:[0-9]{2}(\.[0-9]*)?([ \t]*(Z|[-+][0-9]{1,2}(:[0-9]{2})?))?)?$"
+)
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_UINT64_MAX = (1 << 64) - 1
+
+Tag = Literal["!!null", "!!bool", "!!int", "!!float", "!!str", "!!timestamp", "!!map", "!!seq"]
+
+
+@dataclass(frozen=True)
+class Mark:
+    """1-based line and column, as go-yaml reports them."""
+
+    line: int
+    column: int
+
+
+class YAMLSyntaxError(Exception):
+    """The document is not YAML at all; ``str()`` is go-yaml-like (``yaml: line N: ...``)."""
+
+
+def mark_of(node: yaml.Node) -> Mark:
+    return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def compose(text: str) -> yaml.Node | None:
+    """The first document's node tree (go-yaml's decoder also reads only the first one)."""
+    try:
+        documents = yaml.compose_all(text, Loader=yaml.SafeLoader)
+        return next(iter(documents), None)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise YAMLSyntaxError(f"yaml: line {line}: {problem}") from exc
+    except yaml.YAMLError as exc:
+        raise YAMLSyntaxError(f"yaml: {exc}") from exc
+
+
+def is_plain(node: yaml.ScalarNode) -> bool:
+    return node.style is None
+
+
+def _go_parse_int(text: str) -> int | None:
+    """Go's ``strconv.ParseInt(text, 0, 64)`` (prefixes 0x, 0o, 0b, legacy leading-0 octal)."""
+    body, sign = text, 1
+    if body[:1] in "+-" and body:
+        sign = -1 if body[0] == "-" else 1
+        body = body[1:]
+    if not body:
+        return None
+    base, digits = 10, body
+    lower = body[:2].lower()
+    if lower == "0x":
+        base, digits = 16, body[2:]
+    elif lower == "0o":
+        base, digits = 8, body[2:]
+    elif lower == "0b":
+        base, digits = 2, body[2:]
+    elif body[0] == "0" and len(body) > 1:
+        base, digits = 8, body[1:]
+    alphabet = "0123456789abcdef"[:base]
+    if not digits or any(ch not in alphabet for ch in digits.lower()):
+        return None
+    value = sign * int(digits, base)
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        # ParseUint may still take it (no sign); the caller handles that case.
+        return None
+    return value
+
+
+def resolve(node: yaml.ScalarNode) -> tuple[Tag, object]:
+    """go-yaml v3's ``resolve()`` for one scalar: its tag and value (quoted scalars are strings)."""
+    text = node.value
+    if not is_plain(node):
+        return "!!str", text
+    if text in NULL_VALUES:
+        return "!!null", None
+    if text in TRUE_VALUES:
+        return "!!bool", True
+    if text in FALSE_VALUES:
+        return "!!bool", False
+    if text in _SPECIAL_FLOATS:
+        return "!!float", math.nan if "nan" in text.lower() else (-math.inf if text[0] == "-" else math.inf)
+    if text[:1] in "+-.0123456789":
+        if _TIMESTAMP.match(text):
+            return "!!timestamp", text
+        plain = text.replace("_", "")
+        as_int = _go_parse_int(plain)
+        if as_int is not None:
+            return "!!int", as_int
+        if plain.isdigit() and int(plain) <= _UINT64_MAX and not plain.startswith("0"):
+            return "!!int", int(plain)
+        if _YAML_STYLE_FLOAT.match(plain):
+            return "!!float", float(plain)
+        for prefix, sign in (("0b", 1), ("-0b", -1)):
+            if plain.startswith(prefix) and plain[len(prefix) :] and set(plain[len(prefix) :]) <= {"0", "1"}:
+                return "!!int", sign * int(plain[len(prefix) :], 2)
+        if plain.startswith("0o") and plain[2:] and set(plain[2:]) <= set("01234567"):
+            return "!!int", int(plain[2:], 8)
+    return "!!str", text
+
+
+def node_tag(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "!!map"
+    if isinstance(node, yaml.SequenceNode):
+        return "!!seq"
+    assert isinstance(node, yaml.ScalarNode)
+    return resolve(node)[0]
+
+
+def is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and resolve(node)[0] == "!!null"
+
+
+def cannot_unmarshal(node: yaml.Node, go_type: str) -> str:
+    """go-yaml's type error text, e.g. ``line 6: cannot unmarshal !!str `true` into bool``."""
+    tag = node_tag(node)
+    shown = ""
+    if isinstance(node, yaml.ScalarNode):
+        value = node.value
+        shown = f" `{value[:7]}...`" if len(value) > 10 else f" `{value}`"
+    return f"line {mark_of(node).line}: cannot unmarshal {tag}{shown} into {go_type}"
+
+
+class ScalarError(Exception):
+    """A scalar does not fit its field; ``str()`` is go-yaml's ``line N: cannot unmarshal ...``."""
+
+
+def to_str(node: yaml.Node) -> str | None:
+    """A Go ``*string`` field: the scalar's source text, or None for null."""
+    if not isinstance(node, yaml.ScalarNode):
+        raise ScalarError(cannot_unmarshal(node, "string"))
+    if is_plain(node) and node.value in NULL_VALUES:
+        return None
+    return str(node.value)
+
+
+def to_bool(node: yaml.Node) -> bool | None:
+    """A Go ``*bool`` field: true/false, or a 1.1 spelling (even quoted, as go-yaml does)."""
+    if not isinstance(node, yaml.ScalarNode):
+        raise ScalarError(cannot_unmarshal(node, "bool"))
+    tag, value = resolve(node)
+    if tag == "!!null":
+        return None
+    if tag == "!!bool":
+        return bool(value)
+    if tag == "!!str":
+        if value in LEGACY_TRUE:
+            return True
+        if value in LEGACY_FALSE:
+            return False
+    raise ScalarError(cannot_unmarshal(node, "bool"))
+
+
+def to_int(node: yaml.Node) -> int | None:
+    """A Go ``*int`` field: decimal, 0x/0o/0b, legacy 0644 octal; floats truncate like go-yaml."""
+    if not isinstance(node, yaml.ScalarNode):
+        raise ScalarError(cannot_unmarshal(node, "int"))
+    tag, value = resolve(node)
+    if tag == "!!null":
+        return None
+    if tag == "!!int" and isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
+        return value
+    if tag == "!!float" and isinstance(value, float) and math.isfinite(value) and abs(value) < 2.0**63:
+        return int(value)
+    raise ScalarError(cannot_unmarshal(node, "int"))
