@@ -136,6 +136,27 @@ class CatalogSyncError(CatalogError):
         super().__init__("catalog.invalid-recipes", f"{len(errors)} recipe file(s) did not load: {lines}")
 
 
+def recipe_relation_problems(recipes: list[tuple[Recipe, str]]) -> list[tuple[str, str]]:
+    """(file, reason) for relations naming an extension the catalog does not have.
+
+    The built-in catalog must be closed: ``requires`` and ``conflicts`` name built-in
+    extensions, and an extension cannot require something it conflicts with.
+    """
+    names = {recipe.name for recipe, _ in recipes}
+    problems: list[tuple[str, str]] = []
+    for recipe, path in recipes:
+        for i, group in enumerate(recipe.requires):
+            unknown = [name for name in group if name not in names]
+            if unknown:
+                problems.append((path, f"requires[{i}]: unknown extension(s) {', '.join(unknown)}"))
+            if all(name in recipe.conflicts for name in group):
+                problems.append((path, f"requires[{i}]: every choice is also listed in conflicts"))
+        for name in recipe.conflicts:
+            if name not in names:
+                problems.append((path, f"conflicts: unknown extension {name}"))
+    return problems
+
+
 def catalog_sync(*, recipes_dir: Path | str = BUILTIN_RECIPES_DIR) -> SyncReport:
     """Load the built-in recipe files into the global catalog, idempotently.
 
@@ -155,6 +176,10 @@ def catalog_sync(*, recipes_dir: Path | str = BUILTIN_RECIPES_DIR) -> SyncReport
             errors.append((str(path), message))
             continue
         recipes.append((recipe, path.read_text(encoding="utf-8")))
+    if not errors:
+        errors = recipe_relation_problems(
+            [(recipe, str(Path(recipes_dir) / f"{recipe.name}.yaml")) for recipe, _ in recipes]
+        )
     if errors:
         raise CatalogSyncError(errors)
 

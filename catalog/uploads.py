@@ -124,26 +124,25 @@ def validate_archive(archive: CustomArchive) -> CheckedArchive:
         path.write_bytes(archive.data)
         tree = Path(scratch, "tree")
         tree.mkdir()
-        _unpack_strictly(path, kind, tree)
+        _unpack_strictly(path, kind, tree, archive.file_name)
         _check_layout(tree)
     return CheckedArchive(kind=kind, sha256=hashlib.sha256(archive.data).hexdigest(), size=len(archive.data))
 
 
-def _unpack_strictly(path: Path, kind: str, dest: Path) -> None:
-    from builds.pipeline import archive as pipeline_archive
+def _unpack_strictly(path: Path, kind: str, dest: Path, file_name: str) -> None:
+    from builds.pipeline.archive import UnpackLimits, unpack
 
-    limits_type = getattr(pipeline_archive, "UnpackLimits", None)
-    kwargs = {}
-    if limits_type is not None:
-        kwargs["limits"] = limits_type(
-            max_total_bytes=int(
-                getattr(settings, "CUSTOM_UPLOAD_MAX_UNPACKED_BYTES", DEFAULT_MAX_UNPACKED_BYTES)
-            )
-        )
+    max_bytes = int(getattr(settings, "CUSTOM_UPLOAD_MAX_UNPACKED_BYTES", DEFAULT_MAX_UNPACKED_BYTES))
     try:
-        pipeline_archive.unpack(path, kind, dest, **kwargs)
+        result = unpack(path, kind, dest, limits=UnpackLimits(max_total_bytes=max_bytes), file_name=file_name)
     except PipelineError as exc:
         raise _refuse(exc.code, f"The archive was refused: {exc.message}") from exc
+    # The unpacker clears setuid/setgid bits of upstream tarballs; from a user it is a refusal.
+    if result.cleared_mode_bits:
+        raise _refuse(
+            "upload.setuid",
+            f"{result.cleared_mode_bits[0]!r} is setuid, setgid or sticky; images must not carry such files.",
+        )
 
 
 def _check_layout(tree: Path) -> None:
