@@ -771,20 +771,86 @@ def transpile(source: str | bytes, files_dir: str | None = None) -> Result:
     spec = schema.SPEC_VERSIONS.get(version) if variant == "flatcar" else None
     if spec is None:
         return Result(None, [], f"No translator exists for variant {variant} with version {version}")
+    return transpile_document(root, spec, files_dir)
+
+
+def transpile_document(root: yaml.Node | None, spec: SpecVersion, files_dir: str | None = None) -> Result:
+    """Decode, validate, translate and re-validate one composed Butane document."""
+    result, _decoded = _transpile_document(root, spec, files_dir)
+    return result
+
+
+def _transpile_document(
+    root: yaml.Node | None, spec: SpecVersion, files_dir: str | None
+) -> tuple[Result, schema.Decoded]:
     decoded = schema.decode(root, spec.schema)
     if decoded.errors:
         detail = "yaml: unmarshal errors:\n  " + "\n  ".join(decoded.errors)
-        return Result(None, [], f"Error unmarshaling yaml: {detail}", spec.ignition)
+        return Result(None, [], f"Error unmarshaling yaml: {detail}", spec.ignition), decoded
     report = _Report(decoded)
     _validate_source(decoded, report)
     if report.fatal:
-        return Result(None, report.messages, ERR_SOURCE_INVALID, spec.ignition)
+        return Result(None, report.messages, ERR_SOURCE_INVALID, spec.ignition), decoded
     translator = _Translator(spec, decoded, files_dir, report)
     config = translator.translate()
     if report.fatal:
-        return Result(None, report.messages, ERR_SOURCE_INVALID, spec.ignition)
+        return Result(None, report.messages, ERR_SOURCE_INVALID, spec.ignition), decoded
     for issue in validate_ignition(config, spec.ignition):
         report.add(issue.kind, translator.yaml_path(issue.path), issue.message)
     if report.fatal:
-        return Result(None, report.messages, ERR_GENERATED_INVALID, spec.ignition)
-    return Result(config, report.messages, None, spec.ignition)
+        return Result(None, report.messages, ERR_GENERATED_INVALID, spec.ignition), decoded
+    return Result(config, report.messages, None, spec.ignition), decoded
+
+
+_LINE_PREFIX = re.compile(r"line (\d+): ")
+
+
+def _fatal_messages(error: str) -> list[Message]:
+    """Turn a fatal parse error into messages, one per go-yaml ``line N: ...`` entry."""
+    lines = [part.strip() for part in error.split("\n") if part.strip()]
+    found = []
+    for part in lines:
+        match = _LINE_PREFIX.search(part)
+        if match and not part.endswith("unmarshal errors:"):
+            found.append(Message("error", (), part[match.end() :], int(match.group(1)), None))
+    return found or [Message("error", (), error)]
+
+
+def parse_fragment(text: str, spec_version: str) -> tuple[list[Message], dict[str, Any]]:
+    """Validate a free-form Butane fragment and return its messages and its typed value.
+
+    The fragment may omit ``variant``/``version``; when present they must match the flavour's.
+    Local files are not available to fragments (there is no files dir on the server).
+    """
+    spec = schema.SPEC_VERSIONS.get(spec_version)
+    if spec is None:
+        raise ValueError(f"unsupported Butane spec version {spec_version!r}")
+    try:
+        root = ys.compose(text)
+        variant, version = read_header(root)
+    except (ys.YAMLSyntaxError, ys.ScalarError) as exc:
+        return _fatal_messages(str(exc)), {}
+    if root is not None and not ys.is_null(root) and not isinstance(root, yaml.MappingNode):
+        return [Message("error", (), "a Butane fragment must be a mapping", *_line_col(root))], {}
+    header_problems = []
+    if variant not in ("", "flatcar"):
+        header_problems.append(f"variant must be flatcar, not {variant!r}")
+    if version not in ("", spec_version):
+        header_problems.append(f"version must be {spec_version} to match the flavour, not {version!r}")
+    if header_problems:
+        return [Message("error", (), problem) for problem in header_problems], {}
+    result, decoded = _transpile_document(root, spec, None)
+    if result.error is not None and not result.messages:
+        return _fatal_messages(result.error), {}
+    return result.messages, decoded.value
+
+
+def validate_fragment(text: str, spec_version: str) -> list[Message]:
+    """Errors and warnings (with path, line, column) for a user's Butane fragment; [] if clean."""
+    messages, _value = parse_fragment(text, spec_version)
+    return messages
+
+
+def _line_col(node: yaml.Node) -> tuple[int, int]:
+    mark = ys.mark_of(node)
+    return mark.line, mark.column
