@@ -20,6 +20,7 @@ import pytest
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.fetch import Fetcher
 from builds.pipeline.recipe import SYSTEMD_ARCHES, Recipe, load_recipe, load_recipes
+from builds.pipeline.tree import UnpackedSource, assemble_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES_DIR = ROOT / "catalog" / "recipes"
@@ -324,3 +325,39 @@ def test_units_are_coherent(name: str, recipes: dict[str, Recipe]) -> None:
                 # /etc cannot be shipped: defaults are copied from /usr/share (or elsewhere in /usr).
                 assert fields[1].startswith("/etc/"), line
                 assert fields[6].lstrip("/") in recipe.files, f"{name}: {line} copies a file it does not ship"
+
+
+def _stand_in_member(pattern: str) -> str:
+    """An archive path that the install pattern matches (``bin/*`` -> ``bin/stand-in``)."""
+    return re.sub(r"\[[^\]]*\]", "a", pattern).replace("*", "stand-in").replace("?", "x")
+
+
+@pytest.mark.parametrize("name", _bake_names())
+def test_recipe_assembles_into_a_valid_sysext_tree(name: str, recipes: dict[str, Recipe], tmp_path) -> None:
+    """Fed archives laid out the way the install rules expect, the real tree assembler accepts the
+    recipe for every arch: no two rules write one path, started units exist, unit and drop-in
+    names are valid, and extension-release names the recipe."""
+    recipe = recipes[name]
+    version = next(iter(recipe.versions))
+    for arch in recipe.arches:
+        unpacked = []
+        for source in recipe.resolve(version, arch):
+            where = tmp_path / arch / "sources" / source.id
+            if source.archive == "file":
+                where.parent.mkdir(parents=True, exist_ok=True)
+                where.write_bytes(b"\x7fELF stand-in\n")
+            else:
+                for rule in source.install:
+                    member = where / _stand_in_member(rule.source or "")
+                    member.parent.mkdir(parents=True, exist_ok=True)
+                    member.write_bytes(b"\x7fELF stand-in\n")
+            unpacked.append(UnpackedSource(source=source, path=where))
+        root = tmp_path / arch / "tree"
+        summary = assemble_tree(recipe, arch, unpacked, root)
+        assert summary.files >= len(recipe.sources) + len(recipe.files) + 1
+        release = (root / f"usr/lib/extension-release.d/extension-release.{name}").read_text()
+        assert f"ARCHITECTURE={arch}" in release
+        for start in recipe.start:
+            dropin = root / f"usr/lib/systemd/system/{start.target}.d/10-{start.unit.rsplit('.', 1)[0]}.conf"
+            assert f"Upholds={start.unit}" in dropin.read_text()
+        assert not (root / "usr/sbin").exists()
