@@ -42,5 +42,6 @@ class ExtensionFilter:
             qs = qs.filter(category=self.category)
         if self.arch:
             # JSON containment is not portable to SQLite; the catalog is small enough for this.
-            qs = qs.filter(pk__in=[e.pk for e in qs.only("pk", "arches") if self.arch in (e.arches or [])])
+            rows = qs.values_list("pk", "arches")
+            qs = qs.filter(pk__in=[pk for pk, arches in rows if self.arch in (arches or [])])
         return qs

@@ -29,6 +29,8 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{len(exc.errors)} recipe file(s) did not load; nothing was written."
             ) from None
+        if options.get("verbosity", 1) < 1:
+            return
         for outcome in ("added", "updated", "unchanged"):
             names = getattr(report, outcome)
             if names and outcome != "unchanged":
