@@ -1,0 +1,80 @@
+"""Tokens for automation: ``POST /api/auth/token/`` trades a username and password for a token.
+
+The token is DRF's (one per user, the same one the API tokens page shows); send it as
+``Authorization: Token KEY``. Browsers use their session instead.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth import authenticate
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.authtoken.models import Token
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle
+from rest_framework.views import APIView
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(max_length=4096, trim_whitespace=False, style={"input_type": "password"})
+
+
+class TokenSerializer(serializers.Serializer):
+    token = serializers.CharField()
+    username = serializers.CharField()
+
+
+class AuthTokenErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class TokenThrottle(AnonRateThrottle):
+    """Slows password guessing from one address."""
+
+    scope = "auth-token"
+    rate = "30/min"
+
+
+class ObtainTokenView(APIView):
+    """Exchange a username and password for the user's API token (created on first use)."""
+
+    authentication_classes: list = []  # no session, so no CSRF check for scripts
+    permission_classes = [AllowAny]
+    throttle_classes = [TokenThrottle]
+
+    @extend_schema(
+        request=TokenRequestSerializer,
+        responses={
+            200: TokenSerializer,
+            400: OpenApiResponse(
+                AuthTokenErrorSerializer, description="Missing fields or wrong credentials."
+            ),
+        },
+        auth=[],
+        tags=["auth"],
+    )
+    def post(self, request: Request) -> Response:
+        form = TokenRequestSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        user = authenticate(
+            request._request,
+            username=form.validated_data["username"],
+            password=form.validated_data["password"],
+        )
+        if user is None:  # unknown user, wrong password and inactive account look the same
+            return Response(
+                {
+                    "code": "invalid-credentials",
+                    "message": "Unable to sign in with that username and password.",
+                },
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        token, _ = Token.objects.get_or_create(user=user)
+        return Response({"token": token.key, "username": user.get_username()})
+
+
+obtain_token = ObtainTokenView.as_view()
