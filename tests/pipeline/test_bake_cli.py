@@ -1,0 +1,116 @@
+"""``python -m builds.pipeline bake``: the command line a user (or CI job) runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from builds.pipeline.bake_cli import main
+from builds.pipeline.signing import GpgSigner, verify_like_systemd
+from tests.pipeline.bake_support import make_signing_key, write_recipe
+from tests.pipeline.test_bake import PUBLISH, UPSTREAM, hello_members, serve
+from tests.upstream import UpstreamServer, make_tar
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def arguments(recipe: Path, out: Path, upstream: UpstreamServer, cache: Path, *extra: str) -> list[str]:
+    return [
+        str(recipe), "--version", "v1.2.3", "--arch", "x86-64", "--out", str(out),
+        "--mirror", f"{UPSTREAM}={upstream.url('/dl/')}", "--cache-dir", str(cache), *extra,
+    ]  # fmt: skip
+
+
+def test_bake_prints_steps_and_writes_signed_files(
+    upstream: UpstreamServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve(upstream, "v1.2.3", "x86_64", make_tar(hello_members()))
+    key, phrase = make_signing_key(tmp_path)
+    out = tmp_path / "out"
+    code = main(
+        arguments(
+            write_recipe(tmp_path),
+            out,
+            upstream,
+            tmp_path / "cache",
+            "--sign-key",
+            str(key),
+            "--passphrase-file",
+            str(phrase),
+            "--publish-url",
+            PUBLISH,
+        )
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    for step in ("fetch", "unpack", "assemble", "image", "audit", "checksums", "sign", "transfer", "publish"):
+        assert f"  {step} " in printed
+    assert "s)" in printed  # each step shows its time
+    assert sorted(p.name for p in out.iterdir()) == [
+        "SHA256SUMS", "SHA256SUMS.gpg", "hello-v1.2.3-x86-64.raw", "hello.conf",
+    ]  # fmt: skip
+    with GpgSigner(key, phrase) as signer:
+        (tmp_path / "ring.gpg").write_bytes(signer.export_public_keyring())
+    verify_like_systemd(out / "SHA256SUMS", out / "SHA256SUMS.gpg", tmp_path / "ring.gpg")
+
+
+def test_failure_prints_code_and_sentence(
+    upstream: UpstreamServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve(upstream, "v1.2.3", "x86_64", make_tar(hello_members()))
+    out = tmp_path / "out"
+    code = main(
+        arguments(
+            write_recipe(tmp_path),
+            out,
+            upstream,
+            tmp_path / "cache",
+            "--pin",
+            "hello-{version}-{arch}.tar.gz=" + "0" * 64,
+        )
+    )
+    assert code == 1
+    assert capsys.readouterr().err.startswith("error: fetch.sha256-mismatch: ")
+    assert not out.exists()
+
+
+def test_invalid_recipe(upstream: UpstreamServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = write_recipe(tmp_path, category="games")
+    out = tmp_path / "out"
+    assert main(arguments(recipe, out, upstream, tmp_path / "cache")) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: recipe.invalid: ") and "category" in error
+    assert not out.exists()
+
+
+def test_wrong_passphrase_file(
+    upstream: UpstreamServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve(upstream, "v1.2.3", "x86_64", make_tar(hello_members()))
+    key, _ = make_signing_key(tmp_path)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not it\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    extra = ("--sign-key", str(key), "--passphrase-file", str(wrong))
+    assert main(arguments(write_recipe(tmp_path), out, upstream, tmp_path / "cache", *extra)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: sign.bad-passphrase: ")
+    assert "not it" not in err
+    assert list(out.iterdir()) == []
+
+
+def test_module_entry_point(upstream: UpstreamServer, tmp_path: Path) -> None:
+    serve(upstream, "v1.2.3", "x86_64", make_tar(hello_members()))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "builds.pipeline", "bake"]
+    command += arguments(write_recipe(tmp_path), out, upstream, tmp_path / "cache", "--compression", "zstd")
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "hello-v1.2.3-x86-64.raw sha256 " in done.stdout
+    assert (out / "hello-v1.2.3-x86-64.raw").is_file()
+    bad = subprocess.run([*command[:4], "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "--sign-key" in bad.stdout
