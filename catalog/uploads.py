@@ -120,7 +120,9 @@ def validate_archive(archive: CustomArchive) -> CheckedArchive:
             "upload a .tar.gz, .tgz, .tar.xz, .tar.zst or .zip.",
         )
     with tempfile.TemporaryDirectory(prefix="bakehouse-upload-") as scratch:
-        path = Path(scratch, "upload." + kind)
+        # Named after the user's file so the unpacker's messages speak of it.
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(archive.file_name).name)[:100] or "upload"
+        path = Path(scratch, stem if stem.endswith("." + kind) else f"{stem}.{kind}")
         path.write_bytes(archive.data)
         tree = Path(scratch, "tree")
         tree.mkdir()
@@ -258,7 +260,7 @@ def render_upload_recipe(extension: Extension) -> str:
     document = {
         "name": extension.name,
         "description": extension.description or f"Custom extension {extension.name}",
-        "category": extension.category,
+        "category": str(extension.category),
         "arches": {arch: "" for arch in extension.arches},
         "sources": [
             {

@@ -145,7 +145,7 @@ class CustomExtensionSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, max_length=64)
     version = serializers.CharField(required=False, max_length=128)
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
-    category = serializers.ChoiceField(choices=Category.choices, required=False, default=Category.TOOL)
+    category = serializers.ChoiceField(choices=Category.choices, required=False, default="tool")
     arches = serializers.CharField(
         required=False,
         default=",".join(SYSTEMD_ARCHES),
