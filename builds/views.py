@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
-from django.views.decorators.http import require_safe
+import json
+from typing import Any
 
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import Prefetch
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
+
+from builds import selectors, services
 from builds.adapters.store import ArtifactNotFound, ArtifactStoreError, get_artifact_store
+from builds.flavours import MAX_FRAGMENT_BYTES, FlavourInvalid, flavour_choices_resolve, fragment_problems
+from builds.forms import (
+    CHANNELS,
+    STEP1_FIELDS,
+    STEP3_FIELDS,
+    ComposerState,
+    OptionsForm,
+    TargetForm,
+    WebhookForm,
+    error_place,
+    extension_rows,
+    flavour_state,
+    options_initial,
+    relation_hints,
+)
+from builds.models import Arch, Artifact, ArtifactKind, Build, BuildImage, BuildState, Flavour
+from catalog.models import Delivery, ExtensionVersion, Role, Team
+from catalog.permissions import has_team_role
+from catalog.selectors import extensions_visible_to, versions_usable_for_new_flavours
 
 
 @require_safe
@@ -35,3 +64,471 @@ def artifact_download(request: HttpRequest, key: str) -> HttpResponse:
         "no-cache" if key.rsplit("/", 1)[-1].startswith("SHA256SUMS") else "max-age=300"
     )
     return response
+
+
+# --- pages ----------------------------------------------------------------------------------------
+# Reads go through builds.selectors / catalog.selectors, writes through builds.services; the
+# flavour rules live in builds.flavours. Another team's flavour or build is a 404, as in the API.
+
+STEPS = (
+    (1, "builds:compose-target", "Target"),
+    (2, "builds:compose-extensions", "Extensions"),
+    (3, "builds:compose-options", "Options"),
+    (4, "builds:compose-review", "Review"),
+)
+
+
+def _step_links(state: ComposerState, current: int) -> list[dict[str, Any]]:
+    query = state.urlencode()
+    return [
+        {"number": n, "label": label, "url": f"{reverse(name)}?{query}", "current": n == current}
+        for n, name, label in STEPS
+    ]
+
+
+def _builder_teams(user: Any) -> list[Team]:
+    return list(selectors.teams_where_user_is(user=user, at_least=Role.BUILDER).order_by("name"))
+
+
+def _state_team(request: HttpRequest, state: ComposerState) -> Team | None:
+    return next((t for t in _builder_teams(request.user) if t.slug == state.team), None)
+
+
+def _redirect_to_step(number: int, state: ComposerState) -> HttpResponse:
+    name = next(n for step, n, _ in STEPS if step == number)
+    return redirect(f"{reverse(name)}?{state.urlencode()}")
+
+
+def _no_team_page(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "error.html",
+        {
+            "title": "No team to build in",
+            "message": "Composing a flavour needs the builder role in a team; ask a team admin to add you.",
+        },
+        status=403,
+    )
+
+
+def _flavour_problems(state: ComposerState, team: Team) -> dict[str, list[str]]:
+    """Every problem ``builds.flavours`` finds with the state (empty when it would be accepted)."""
+    try:
+        flavour_choices_resolve(
+            team=team, previous=_previous_versions(state, team), **state.flavour_arguments()
+        )
+    except FlavourInvalid as invalid:
+        return invalid.errors
+    return {}
+
+
+def _previous_versions(state: ComposerState, team: Team) -> list[ExtensionVersion]:
+    flavour = _revision_of(state, team)
+    return list(flavour.extension_versions.all()) if flavour else []
+
+
+def _revision_of(state: ComposerState, team: Team) -> Flavour | None:
+    flavour_id = state.get("revision_of")
+    if not flavour_id:
+        return None
+    return Flavour.objects.filter(pk=flavour_id, team=team).first()
+
+
+def _errors_for_step(problems: dict[str, list[str]], step: int) -> dict[str, list[str]]:
+    """The problems that belong to ``step``, keyed by the form field ('' for the step itself)."""
+    found: dict[str, list[str]] = {}
+    for key, reasons in problems.items():
+        where, field = error_place(key)
+        if where == step:
+            found.setdefault(field, []).extend(reasons)
+    return found
+
+
+def _attach(form: forms.Form, errors: dict[str, list[str]]) -> None:
+    for field, reasons in errors.items():
+        for reason in reasons:
+            form.add_error(field if field in form.fields else None, reason)
+
+
+@login_required
+@require_safe
+def compose_target(request: HttpRequest) -> HttpResponse:
+    """Step 1: team, name, arch and Flatcar channel."""
+    teams = _builder_teams(request.user)
+    if not teams:
+        return _no_team_page(request)
+    state = ComposerState.from_request_data(request.GET)
+    if "go" in request.GET:
+        form = TargetForm(request.GET, teams=teams)
+        if form.is_valid():
+            return _redirect_to_step(2, state)
+    else:
+        initial = {
+            "team": state.team or teams[0].slug,
+            "arch": state.arch or "x86-64",
+            "channel": state.channel,
+        }
+        initial.update({f: state.get(f) for f in ("name", "description") if state.get(f)})
+        form = TargetForm(initial=initial, teams=teams)
+    context = {
+        "form": form,
+        "steps": _step_links(state, 1),
+        "hidden": state.hidden_pairs(STEP1_FIELDS),
+        "revision_of": state.get("revision_of"),
+    }
+    return render(request, "builds/compose_target.html", context)
+
+
+@login_required
+@require_safe
+def compose_extensions(request: HttpRequest) -> HttpResponse:
+    """Step 2: one version per extension, with requires/conflicts hints as you pick."""
+    state = ComposerState.from_request_data(request.GET)
+    team = _state_team(request, state)
+    if team is None or state.arch not in Arch.values:
+        messages.info(request, "Choose a team and an architecture first.")
+        return _redirect_to_step(1, state)
+    usable = versions_usable_for_new_flavours(request.user, team=team, arch=state.arch)
+    # A flavour being revised may keep the deprecated versions it already had.
+    kept = [v for v in _previous_versions(state, team) if v.deprecated and state.arch in v.extension.arches]
+    rows = extension_rows([*usable, *kept], state.picks)
+    step_errors: dict[str, list[str]] = {}
+    if "go" in request.GET:
+        step_errors = _errors_for_step(_flavour_problems(state, team), 2)
+        if not step_errors:
+            return _redirect_to_step(3, state)
+    unavailable = extensions_visible_to(request.user, team=team).exclude(
+        pk__in=[row.extension.pk for row in rows]
+    )
+    context = {
+        "state": state,
+        "team": team,
+        "rows": rows,
+        "hints": relation_hints(rows, state, step_url=reverse("builds:compose-extensions")),
+        "unavailable": [
+            e
+            for e in unavailable
+            if e.delivery == Delivery.SOURCE_BUILD_REQUIRED or state.arch not in e.arches
+        ],
+        "errors": [reason for reasons in step_errors.values() for reason in reasons],
+        "steps": _step_links(state, 2),
+        "hidden": state.hidden_pairs((), own_extensions=True),
+        "relations_json": {
+            row.extension.name: {
+                "requires": row.extension.requires,
+                "conflicts": row.extension.conflicts,
+                "latest": row.versions[0].version,
+                "replaces": row.extension.replaces_builtin,
+            }
+            for row in rows
+        },
+    }
+    return render(request, "builds/compose_extensions.html", context)
+
+
+@login_required
+@require_safe
+def compose_options(request: HttpRequest) -> HttpResponse:
+    """Step 3: updates, signing, SSH keys, hostname and a Butane fragment checked inline."""
+    state = ComposerState.from_request_data(request.GET)
+    team = _state_team(request, state)
+    if team is None or state.arch not in Arch.values:
+        return _redirect_to_step(1, state)
+    if "go" in request.GET:
+        form = OptionsForm(request.GET)
+        if form.is_valid():
+            problems = _flavour_problems(state, team)
+            _attach(form, _errors_for_step(problems, 3))
+            if form.is_valid():
+                return _redirect_to_step(4, state)
+    else:
+        form = OptionsForm(initial=options_initial(state))
+    context = {
+        "form": form,
+        "state": state,
+        "butane_version": state.butane_version,
+        "steps": _step_links(state, 3),
+        "hidden": state.hidden_pairs(STEP3_FIELDS),
+        "replaced": sorted(
+            {
+                name
+                for version in versions_usable_for_new_flavours(request.user, team=team)
+                if version.extension.name in state.picks
+                for name in version.extension.replaces_builtin
+            }
+        ),
+    }
+    return render(request, "builds/compose_options.html", context)
+
+
+@login_required
+@require_safe
+def compose_review(request: HttpRequest) -> HttpResponse:
+    """Step 4: the flavour ID, the Butane it will publish, and the Build button."""
+    state = ComposerState.from_request_data(request.GET)
+    team = _state_team(request, state)
+    if team is None:
+        return _redirect_to_step(1, state)
+    problems: dict[int, list[str]] = {}
+    choices = None
+    try:
+        choices = flavour_choices_resolve(
+            team=team, previous=_previous_versions(state, team), **state.flavour_arguments()
+        )
+    except FlavourInvalid as invalid:
+        for key, reasons in invalid.errors.items():
+            problems.setdefault(error_place(key)[0], []).extend(reasons)
+    existing = Flavour.objects.filter(pk=choices.flavour_id()).first() if choices else None
+    context = {
+        "state": state,
+        "team": team,
+        "choices": choices,
+        "flavour_id": choices.flavour_id() if choices else "",
+        "document": json.dumps(choices.document(), indent=2, sort_keys=True) if choices else "",
+        "butane": flavour_butane_preview(choices, existing) if choices else "",
+        "existing": existing,
+        "problems": [
+            (n, label, f"{reverse(name)}?{state.urlencode()}", problems[n])
+            for n, name, label in STEPS
+            if n in problems
+        ],
+        "steps": _step_links(state, 4),
+        "hidden": state.hidden_pairs(()),
+    }
+    return render(request, "builds/compose_review.html", context)
+
+
+@login_required
+@require_POST
+def compose_build(request: HttpRequest) -> HttpResponse:
+    """Store the flavour (same choices, same ID) and start its build, then show the build."""
+    state = ComposerState.from_request_data(request.POST)
+    team = _state_team(request, state)
+    if team is None:
+        return _no_team_page(request)
+    try:
+        flavour, _created = services.flavour_create(
+            user=request.user, team=team, revision_of=_revision_of(state, team), **state.flavour_arguments()
+        )
+        build, created = services.build_request(flavour=flavour, user=request.user)
+    except FlavourInvalid:
+        messages.error(request, "The flavour has problems; fix them before building.")
+        return _redirect_to_step(4, state)
+    except services.BuildRefused as refused:
+        return _refused_page(request, refused)
+    if not created and build.state == BuildState.SUCCEEDED:
+        messages.info(request, "This flavour is already built: the same choices give the same artifacts.")
+        return redirect("builds:flavour-detail", flavour.pk)
+    return redirect("builds:build-detail", build.pk)
+
+
+@login_required
+@require_POST
+def compose_check_fragment(request: HttpRequest) -> JsonResponse:
+    """Inline validation of the Butane fragment as the user types (JSON for the options step)."""
+    fragment = request.POST.get("fragment", "")
+    version = CHANNELS.get(request.POST.get("channel", ""), CHANNELS["stable"])[1]
+    if len(fragment.encode("utf-8")) > MAX_FRAGMENT_BYTES:
+        return JsonResponse({"problems": [f"The fragment is larger than {MAX_FRAGMENT_BYTES} bytes."]})
+    problems = fragment_problems(fragment, version) if fragment.strip() else []
+    return JsonResponse({"problems": problems, "butane_version": version})
+
+
+def _refused_page(request: HttpRequest, refused: services.BuildRefused) -> HttpResponse:
+    context = {"message": refused.message, "code": refused.code, "back": request.META.get("HTTP_REFERER", "")}
+    return render(request, "error.html", context, status=refused.status)
+
+
+def _latest_artifact_text(flavour: Flavour, kind: str) -> str:
+    """The text of the flavour's latest successfully published ``kind`` artifact ('' if none)."""
+    artifact = (
+        Artifact.objects.filter(flavour=flavour, kind=kind, build__state=BuildState.SUCCEEDED)
+        .order_by("-build__finished_at")
+        .first()
+    )
+    if artifact is None:
+        return ""
+    try:
+        return get_artifact_store().get_bytes(artifact.key).decode("utf-8")
+    except (ArtifactNotFound, ArtifactStoreError):
+        return ""
+
+
+def flavour_butane_preview(choices: Any, existing: Flavour | None = None) -> str:
+    """The Butane a review shows: the published one when these choices were already built."""
+    return _latest_artifact_text(existing, ArtifactKind.BUTANE) if existing else ""
+
+
+# --- builds -------------------------------------------------------------------------------------
+
+
+def _visible_build(request: HttpRequest, build_id: Any) -> Build:
+    images = BuildImage.objects.select_related("extension_version__extension", "image").order_by(
+        "extension_version__extension__name"
+    )
+    queryset = selectors.builds_visible_to(user=request.user).prefetch_related(
+        "steps", "artifacts", Prefetch("images", queryset=images)
+    )
+    return get_object_or_404(queryset, pk=build_id)
+
+
+def step_duration_text(step: Any) -> str:
+    """How long a finished step took, for people: "0.4 s", "12 s", "3 min 5 s" ('' while running)."""
+    if step.finished_at is None:
+        return ""
+    seconds = (step.finished_at - step.started_at).total_seconds()
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+@login_required
+@require_safe
+def build_detail(request: HttpRequest, build_id: Any) -> HttpResponse:
+    """Progress, current step, per-extension rows, log, verification; live with JS, complete without."""
+    build = _visible_build(request, build_id)
+    log_lines = list(selectors.build_log_lines(build=build, limit=5000))
+    context = {
+        "build": build,
+        "flavour": build.flavour,
+        "steps": [(step, step_duration_text(step)) for step in build.steps.all()],
+        "images": build.images.all(),
+        "artifacts": build.artifacts.all(),
+        "log_lines": log_lines,
+        "log_after": log_lines[-1].seq if log_lines else 0,
+        "queue_position": selectors.build_queue_position(build=build),
+        "can_build": has_team_role(request.user, build.flavour.team, Role.BUILDER),
+        "retries": build.retries.order_by("-created_at"),
+    }
+    return render(request, "builds/build_detail.html", context)
+
+
+@login_required
+@require_POST
+def build_cancel(request: HttpRequest, build_id: Any) -> HttpResponse:
+    build = _visible_build(request, build_id)
+    if not has_team_role(request.user, build.flavour.team, Role.BUILDER):
+        return _forbidden(request, "cancel builds", build.flavour.team)
+    try:
+        services.build_cancel(build=build, user=request.user)
+    except services.BuildRefused as refused:
+        messages.error(request, refused.message)
+    else:
+        messages.success(request, "Cancel requested: the build stops at its next checkpoint.")
+    return redirect("builds:build-detail", build.pk)
+
+
+@login_required
+@require_POST
+def build_retry(request: HttpRequest, build_id: Any) -> HttpResponse:
+    build = _visible_build(request, build_id)
+    if not has_team_role(request.user, build.flavour.team, Role.BUILDER):
+        return _forbidden(request, "retry builds", build.flavour.team)
+    try:
+        retried, _created = services.build_retry(build=build, user=request.user)
+    except services.BuildRefused as refused:
+        messages.error(request, refused.message)
+        return redirect("builds:build-detail", build.pk)
+    return redirect("builds:build-detail", retried.pk)
+
+
+def _forbidden(request: HttpRequest, action: str, team: Team) -> HttpResponse:
+    message = f"To {action} you need the builder role in team {team.name}."
+    return render(request, "error.html", {"title": "Not allowed", "message": message}, status=403)
+
+
+# --- flavours -----------------------------------------------------------------------------------
+
+
+@login_required
+@require_safe
+def flavour_list(request: HttpRequest) -> HttpResponse:
+    flavours = selectors.flavours_visible_to(user=request.user).prefetch_related(
+        "extension_versions__extension"
+    )
+    return render(request, "builds/flavour_list.html", {"flavours": flavours.order_by("-created_at")})
+
+
+@login_required
+@require_safe
+def flavour_detail(request: HttpRequest, flavour_id: str) -> HttpResponse:
+    """Downloads, the Butane and Ignition with copy buttons, install commands, revisions and builds."""
+    flavour = get_object_or_404(selectors.flavours_visible_to(user=request.user), pk=flavour_id)
+    latest = selectors.flavour_latest_build(flavour=flavour, state=BuildState.SUCCEEDED)
+    artifacts = list(latest.artifacts.order_by("kind", "name")) if latest else []
+    revisions = (
+        Flavour.objects.filter(lineage=flavour.lineage, team=flavour.team)
+        .prefetch_related("builds")
+        .order_by("-revision")
+    )
+    context = {
+        "flavour": flavour,
+        "options": flavour.options,
+        "versions": flavour.extension_versions.select_related("extension").order_by("extension__name"),
+        "latest": latest,
+        "artifacts": artifacts,
+        "public_urls": {a.pk: get_artifact_store().public_url(a.key) for a in artifacts},
+        "butane": _latest_artifact_text(flavour, ArtifactKind.BUTANE),
+        "ignition": _latest_artifact_text(flavour, ArtifactKind.IGNITION),
+        "ignition_url": next(
+            (get_artifact_store().public_url(a.key) for a in artifacts if a.kind == ArtifactKind.IGNITION), ""
+        ),
+        "builds": flavour.builds.order_by("-created_at")[:20],
+        "revisions": revisions,
+        "can_build": has_team_role(request.user, flavour.team, Role.BUILDER),
+        "edit_query": flavour_state(flavour).urlencode(),
+        "document": json.dumps(json.loads(flavour.canonical), indent=2, sort_keys=True),
+    }
+    return render(request, "builds/flavour_detail.html", context)
+
+
+@login_required
+@require_POST
+def flavour_build(request: HttpRequest, flavour_id: str) -> HttpResponse:
+    flavour = get_object_or_404(selectors.flavours_visible_to(user=request.user), pk=flavour_id)
+    if not has_team_role(request.user, flavour.team, Role.BUILDER):
+        return _forbidden(request, "start builds", flavour.team)
+    build, _created = services.build_request(flavour=flavour, user=request.user)
+    return redirect("builds:build-detail", build.pk)
+
+
+# --- teams --------------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    """Members and their roles; webhooks (admins add and remove them)."""
+    team = get_object_or_404(selectors.teams_where_user_is(user=request.user), slug=slug)
+    is_admin = has_team_role(request.user, team, Role.ADMIN)
+    form = WebhookForm(request.POST or None)
+    new_secret = ""
+    if request.method == "POST":
+        if not is_admin:
+            return _forbidden_admin(request, team)
+        if "delete" in request.POST:
+            hooks = selectors.webhooks_visible_to(user=request.user).filter(team=team)
+            hook = get_object_or_404(hooks, pk=request.POST["delete"])
+            hook.delete()  # as the API's DELETE /api/webhooks/{id}/ does: nothing else to undo
+            messages.success(request, f"Webhook {hook.url} removed.")
+            return redirect("builds:team-detail", team.slug)
+        if form.is_valid():
+            hook = services.webhook_create(team=team, user=request.user, url=form.cleaned_data["url"])
+            new_secret = hook.secret
+            messages.success(request, "Webhook added. Copy its secret now: it will not be shown again.")
+            form = WebhookForm()
+    context = {
+        "team": team,
+        "memberships": team.memberships.select_related("user").order_by("user__username"),
+        "webhooks": selectors.webhooks_visible_to(user=request.user).filter(team=team),
+        "is_admin": is_admin,
+        "form": form,
+        "new_secret": new_secret,
+    }
+    return render(request, "builds/team_detail.html", context)
+
+
+def _forbidden_admin(request: HttpRequest, team: Team) -> HttpResponse:
+    message = f"Managing webhooks needs the admin role in team {team.name}."
+    return render(request, "error.html", {"title": "Not allowed", "message": message}, status=403)

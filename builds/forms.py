@@ -1,0 +1,413 @@
+"""Forms of the builds pages, and the composer wizard's state.
+
+The composer keeps every choice in the URL query, so each step is a link a colleague can open.
+``ComposerState`` reads that query and turns it into the arguments of
+``builds.services.flavour_create``; the flavour rules themselves live in ``builds.flavours``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from django import forms
+from django.http import QueryDict
+
+from builds.flavours import BUILTIN_SYSEXTS, COMPRESSIONS, IMAGE_FORMATS, UPDATE_ACTIONS
+from builds.models import Arch
+
+# Flatcar channels and the Butane spec their Ignition understands: LTS-2023 ships Ignition 2.14
+# (spec 3.3.0, Butane 1.0.0); the other channels have Ignition >= 2.15 (Butane 1.1.0).
+CHANNELS = {
+    "stable": ("Stable", "1.1.0"),
+    "beta": ("Beta", "1.1.0"),
+    "alpha": ("Alpha", "1.1.0"),
+    "lts": ("LTS", "1.0.0"),
+}
+UPDATE_ACTION_LABELS = {
+    "refresh": "Refresh the extensions in place (systemd-sysext refresh)",
+    "reboot": "Flag the node as needing a reboot",
+}
+EXTENSION_PREFIX = "x_"
+# Present once the options step has been submitted: from then on an unticked box means "off".
+OPTIONS_MARKER = "o"
+STEP1_FIELDS = ("team", "name", "description", "arch", "channel", "revision_of")
+STEP3_FIELDS = (
+    OPTIONS_MARKER, "updates", "action", "minor_pin", "signed", "masks", "ssh", "hostname", "fragment",
+    "format", "compression",
+)  # fmt: skip
+# Query parameters that only drive the wizard itself and are never part of the state.
+CONTROL_PARAMS = ("go",)
+
+
+@dataclass(frozen=True)
+class ComposerState:
+    """The wizard's choices as read from the query string."""
+
+    query: QueryDict
+
+    @classmethod
+    def from_request_data(cls, data: QueryDict) -> ComposerState:
+        query = data.copy()
+        for name in (*CONTROL_PARAMS, "csrfmiddlewaretoken"):
+            query.pop(name, None)
+        for name in [k for k in query if k.startswith(EXTENSION_PREFIX) and not query.get(k)]:
+            query.pop(name)  # "not included" selects carry no meaning
+        return cls(query)
+
+    def get(self, name: str, default: str = "") -> str:
+        return (self.query.get(name) or default).strip()
+
+    @property
+    def name(self) -> str:
+        return self.get("name")
+
+    @property
+    def team(self) -> str:
+        return self.get("team")
+
+    @property
+    def arch(self) -> str:
+        return self.get("arch")
+
+    @property
+    def channel(self) -> str:
+        channel = self.get("channel", "stable")
+        return channel if channel in CHANNELS else "stable"
+
+    @property
+    def butane_version(self) -> str:
+        return CHANNELS[self.channel][1]
+
+    @property
+    def picks(self) -> dict[str, str]:
+        """Extension name -> chosen version."""
+        return {
+            key[len(EXTENSION_PREFIX) :]: value.strip()
+            for key, value in self.query.items()
+            if key.startswith(EXTENSION_PREFIX) and value.strip()
+        }
+
+    @property
+    def options_chosen(self) -> bool:
+        return OPTIONS_MARKER in self.query
+
+    def options(self) -> dict[str, Any]:
+        """The ``options`` document for ``flavour_create`` (defaults until step 3 is submitted)."""
+        options: dict[str, Any] = {"butane_version": self.butane_version}
+        if not self.options_chosen:
+            return options
+        options.update(
+            updates=self.get("updates") == "on",
+            minor_pinning=self.get("minor_pin") == "on",
+            signed=self.get("signed") == "on",
+            masks=sorted(set(self.query.getlist("masks"))),
+            ssh_keys=[line.strip() for line in self.get("ssh").splitlines() if line.strip()],
+            hostname=self.get("hostname"),
+            butane_fragment=self.query.get("fragment", ""),
+        )
+        for param, option in (
+            ("action", "update_action"),
+            ("format", "image_format"),
+            ("compression", "compression"),
+        ):
+            if self.get(param):
+                options[option] = self.get(param)
+        return options
+
+    def flavour_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of ``flavour_create`` / ``flavour_choices_resolve`` (team excepted)."""
+        return {
+            "name": self.get("name"),
+            "description": self.get("description"),
+            "arch": self.arch,
+            "extensions": [{"name": n, "version": v} for n, v in sorted(self.picks.items())],
+            "options": self.options(),
+        }
+
+    def with_changes(self, **changes: str | None) -> ComposerState:
+        query = self.query.copy()
+        for name, value in changes.items():
+            query.pop(name, None)
+            if value:
+                query[name] = value
+        return ComposerState(query)
+
+    def urlencode(self, *, exclude: Iterable[str] = ()) -> str:
+        skip = set(exclude)
+        pairs = [(k, v) for k, values in self.query.lists() if k not in skip for v in values]
+        return urlencode(pairs)
+
+    def hidden_pairs(
+        self, own_fields: Iterable[str], *, own_extensions: bool = False
+    ) -> list[tuple[str, str]]:
+        """The state a step's form must carry along, minus the fields that step shows."""
+        own = set(own_fields)
+        return [
+            (k, v)
+            for k, values in self.query.lists()
+            if k not in own and not (own_extensions and k.startswith(EXTENSION_PREFIX))
+            for v in values
+        ]
+
+
+def flavour_state(flavour: Any) -> ComposerState:
+    """The composer state that reproduces a stored flavour (to edit it as a new revision)."""
+    options = dict(flavour.options)
+    channel = "lts" if options.get("butane_version") == "1.0.0" else "stable"
+    query = QueryDict(mutable=True)
+    query.update(
+        {
+            "team": flavour.team.slug,
+            "name": flavour.name,
+            "description": flavour.description,
+            "arch": flavour.arch,
+            "channel": channel,
+            "revision_of": flavour.pk,
+            OPTIONS_MARKER: "1",
+            "action": options.get("update_action", ""),
+            "ssh": "\n".join(options.get("ssh_keys", [])),
+            "hostname": options.get("hostname", ""),
+            "fragment": options.get("butane_fragment", ""),
+            "format": options.get("image_format", ""),
+            "compression": options.get("compression", ""),
+        }
+    )
+    for flag, option in (("updates", "updates"), ("minor_pin", "minor_pinning"), ("signed", "signed")):
+        if options.get(option, True):
+            query[flag] = "on"
+    query.setlist("masks", list(options.get("masks", [])))
+    for version in flavour.extension_versions.select_related("extension"):
+        query[EXTENSION_PREFIX + version.extension.name] = version.version
+    return ComposerState.from_request_data(query)
+
+
+# --- step forms ---------------------------------------------------------------------------------
+
+
+class TargetForm(forms.Form):
+    """Step 1: who owns it, what it is called, which arch and Flatcar channel."""
+
+    team = forms.ChoiceField(label="Team")
+    name = forms.CharField(label="Flavour name", max_length=100, help_text="e.g. edge-docker")
+    description = forms.CharField(label="Description", required=False, max_length=2000)
+    arch = forms.ChoiceField(
+        label="Architecture", choices=Arch.choices, widget=forms.RadioSelect, initial="x86-64"
+    )
+    channel = forms.ChoiceField(
+        label="Target Flatcar channel",
+        choices=[(key, label) for key, (label, _) in CHANNELS.items()],
+        initial="stable",
+        help_text="LTS nodes get a Butane 1.0.0 config (Ignition 3.3.0); the others Butane 1.1.0.",
+    )
+
+    def __init__(self, *args: Any, teams: Iterable[Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["team"].choices = [(t.slug, t.name) for t in teams]
+
+
+class OptionsForm(forms.Form):
+    """Step 3: updates, signing, access and an optional Butane fragment."""
+
+    updates = forms.BooleanField(
+        label="Keep extensions up to date with systemd-sysupdate", required=False, initial=True
+    )
+    action = forms.ChoiceField(
+        label="When an update arrives",
+        choices=[(action, UPDATE_ACTION_LABELS[action]) for action in UPDATE_ACTIONS],
+        initial="refresh",
+        required=False,
+    )
+    minor_pin = forms.BooleanField(
+        label="Stay on the chosen minor line where a recipe supports it (Kubernetes)",
+        required=False,
+        initial=True,
+    )
+    signed = forms.BooleanField(
+        label="Sign SHA256SUMS; nodes verify the signature before updating", required=False, initial=True
+    )
+    masks = forms.MultipleChoiceField(
+        label="Mask Flatcar's bundled extensions",
+        choices=[(name, f"Flatcar's bundled {name}") for name in BUILTIN_SYSEXTS],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Extensions that replace a bundled one mask it anyway.",
+    )
+    ssh = forms.CharField(
+        label="SSH public keys for user core",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
+        help_text="One OpenSSH public key per line.",
+    )
+    hostname = forms.CharField(label="Hostname", required=False, max_length=253)
+    fragment = forms.CharField(
+        label="Butane fragment",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false", "data-validate-fragment": ""}),
+        help_text="Extra Butane YAML (variant flatcar) merged into the config, checked as you type.",
+    )
+    format = forms.ChoiceField(
+        label="Image format",
+        choices=[(f, f) for f in IMAGE_FORMATS],
+        initial=IMAGE_FORMATS[0],
+        required=False,
+    )
+    compression = forms.ChoiceField(
+        label="Image compression",
+        choices=[(c, c) for c in COMPRESSIONS],
+        initial=COMPRESSIONS[0],
+        required=False,
+    )
+
+
+def options_initial(state: ComposerState) -> dict[str, Any]:
+    """Initial values of the options form from the state (for a step opened from a link)."""
+    if not state.options_chosen:
+        return {}
+    return {
+        "updates": state.get("updates") == "on",
+        "action": state.get("action") or "refresh",
+        "minor_pin": state.get("minor_pin") == "on",
+        "signed": state.get("signed") == "on",
+        "masks": state.query.getlist("masks"),
+        "ssh": state.get("ssh"),
+        "hostname": state.get("hostname"),
+        "fragment": state.query.get("fragment", ""),
+        "format": state.get("format") or IMAGE_FORMATS[0],
+        "compression": state.get("compression") or COMPRESSIONS[0],
+    }
+
+
+# Which wizard step and field a flavour validation error belongs to.
+ERROR_PLACES: Mapping[str, tuple[int, str]] = {
+    "name": (1, "name"),
+    "description": (1, "description"),
+    "arch": (1, "arch"),
+    "extensions": (2, ""),
+    "options.hostname": (3, "hostname"),
+    "options.ssh_keys": (3, "ssh"),
+    "options.butane_fragment": (3, "fragment"),
+    "options.masks": (3, "masks"),
+    "options.update_action": (3, "action"),
+    "options.image_format": (3, "format"),
+    "options.compression": (3, "compression"),
+    "options.butane_version": (1, "channel"),
+}
+
+
+def error_place(key: str) -> tuple[int, str]:
+    """(step, field) for an error key of ``FlavourInvalid`` such as ``options.ssh_keys[1]``."""
+    base = key.split("[", 1)[0]
+    if base in ERROR_PLACES:
+        return ERROR_PLACES[base]
+    if base == "extensions" or base.startswith("extensions"):
+        return 2, ""
+    return (3, "") if base.startswith("options") else (1, "")
+
+
+class WebhookForm(forms.Form):
+    url = forms.URLField(
+        label="Webhook URL", max_length=500, assume_scheme="https", help_text="Receives a signed JSON POST."
+    )
+
+
+# --- the extensions step ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtensionRow:
+    """One extension offered in the composer, its usable versions (newest first) and the pick."""
+
+    extension: Any
+    versions: list[Any]
+    picked: str
+
+    @property
+    def field_name(self) -> str:
+        return EXTENSION_PREFIX + self.extension.name
+
+    @property
+    def requires_text(self) -> str:
+        return "; ".join(" or ".join(group) for group in _groups(self.extension.requires))
+
+
+def _groups(requires: Any) -> list[list[str]]:
+    """``requires`` as any-of groups (recipes may write a bare name for a group of one)."""
+    return [[group] if isinstance(group, str) else list(group) for group in requires or []]
+
+
+def extension_rows(versions: Iterable[Any], picks: Mapping[str, str]) -> list[ExtensionRow]:
+    from catalog.selectors import version_sort_key
+
+    by_extension: dict[int, tuple[Any, dict[int, Any]]] = {}
+    for version in versions:
+        entry = by_extension.setdefault(version.extension_id, (version.extension, {}))
+        entry[1][version.pk] = version
+    rows = [
+        ExtensionRow(
+            extension=extension,
+            versions=sorted(found.values(), key=lambda v: version_sort_key(v.version), reverse=True),
+            picked=picks.get(extension.name, ""),
+        )
+        for extension, found in by_extension.values()
+    ]
+    return sorted(rows, key=lambda row: (row.extension.category, row.extension.name))
+
+
+@dataclass(frozen=True)
+class RelationHint:
+    """A sentence about the current picks, with an optional link that fixes it."""
+
+    kind: str  # requires | conflicts | replaces
+    text: str
+    fixes: tuple[tuple[str, str], ...] = ()  # (label, url)
+
+
+CONFLICT_WHY = (
+    "they install the same files (binaries, units), and when two merged sysexts provide one path "
+    "one silently hides the other"
+)
+
+
+def relation_hints(
+    rows: list[ExtensionRow], state: ComposerState, *, step_url: str = ""
+) -> list[RelationHint]:
+    """What the current picks need or clash with, as the extensions step shows it."""
+    offered = {row.extension.name: row for row in rows}
+    picks = state.picks
+    hints: list[RelationHint] = []
+    seen_pairs: set[tuple[str, ...]] = set()
+    for name in sorted(picks):
+        row = offered.get(name)
+        if row is None:
+            continue
+        for group in _groups(row.extension.requires):
+            if picks.keys() & set(group):
+                continue
+            fixes = tuple(
+                (
+                    f"Add {other} {latest}",
+                    f"{step_url}?{state.with_changes(**{EXTENSION_PREFIX + other: latest}).urlencode()}",
+                )
+                for other in group
+                if other in offered
+                for latest in [offered[other].versions[0].version]
+            )
+            hints.append(RelationHint("requires", f"{name} requires {' or '.join(group)}.", fixes))
+        for other in row.extension.conflicts or []:
+            pair = tuple(sorted((name, other)))
+            if other in picks and pair not in seen_pairs:
+                seen_pairs.add(pair)
+                hints.append(
+                    RelationHint(
+                        "conflicts", f"{pair[0]} and {pair[1]} conflict: {CONFLICT_WHY}. Choose one."
+                    )
+                )
+        if row.extension.replaces_builtin:
+            bundled = ", ".join(row.extension.replaces_builtin)
+            hints.append(
+                RelationHint("replaces", f"{name} replaces Flatcar's bundled {bundled}: they will be masked.")
+            )
+    return hints

@@ -1,0 +1,111 @@
+// The composer's live parts. Without JavaScript every step still works: the server checks the
+// picks and the fragment when a step is submitted and shows the same hints.
+(() => {
+  // --- step 2: requires / conflicts hints as you pick -----------------------------------------
+  const relationsScript = document.getElementById("relations");
+  const hintsBox = document.getElementById("relation-hints");
+  if (relationsScript && hintsBox) {
+    const relations = JSON.parse(relationsScript.textContent);
+    const selects = new Map(
+      [...document.querySelectorAll("[data-extension-select]")].map((s) => [s.dataset.extensionSelect, s]),
+    );
+    const groups = (requires) => (requires || []).map((g) => (Array.isArray(g) ? g : [g]));
+    const why =
+      "they install the same files (binaries, units), and when two merged sysexts provide one path " +
+      "one silently hides the other";
+
+    const hint = (kind, text, fixes = []) => {
+      const box = document.createElement("div");
+      box.className = kind === "replaces" ? "hint" : "hint problem";
+      box.dataset.kind = kind;
+      const p = document.createElement("p");
+      p.textContent = text;
+      box.appendChild(p);
+      for (const [label, name] of fixes) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "secondary";
+        button.textContent = label;
+        button.addEventListener("click", () => {
+          const select = selects.get(name);
+          select.value = relations[name].latest;
+          render();
+          select.focus();
+        });
+        box.appendChild(button);
+      }
+      return box;
+    };
+
+    function render() {
+      const picked = new Set([...selects].filter(([, s]) => s.value).map(([name]) => name));
+      const hints = [];
+      const seenPairs = new Set();
+      for (const name of [...picked].sort()) {
+        const rel = relations[name];
+        for (const group of groups(rel.requires)) {
+          if (group.some((other) => picked.has(other))) continue;
+          const fixes = group.filter((o) => relations[o]).map((o) => [`Add ${o} ${relations[o].latest}`, o]);
+          hints.push(hint("requires", `${name} requires ${group.join(" or ")}.`, fixes));
+        }
+        for (const other of rel.conflicts || []) {
+          const pair = [name, other].sort().join(" and ");
+          if (picked.has(other) && !seenPairs.has(pair)) {
+            seenPairs.add(pair);
+            hints.push(hint("conflicts", `${pair} conflict: ${why}. Choose one.`));
+          }
+        }
+        if (rel.replaces && rel.replaces.length) {
+          hints.push(hint("replaces", `${name} replaces Flatcar's bundled ${rel.replaces.join(", ")}: they will be masked.`));
+        }
+      }
+      if (!hints.length) {
+        const p = document.createElement("p");
+        p.className = "muted";
+        p.textContent = picked.size ? "Everything you picked has what it needs." : "Requirements and conflicts of what you pick show up here.";
+        hints.push(p);
+      }
+      hintsBox.replaceChildren(...hints);
+    }
+
+    for (const select of selects.values()) select.addEventListener("change", render);
+  }
+
+  // --- step 3: Butane fragment checked as you type --------------------------------------------
+  const fragment = document.querySelector("[data-validate-fragment]");
+  const report = document.getElementById("fragment-check");
+  if (fragment && report) {
+    const form = fragment.closest("form");
+    const csrf = document.querySelector("input[name=csrfmiddlewaretoken]");
+    let timer = null;
+    let sequence = 0;
+    const check = async () => {
+      const mine = ++sequence;
+      const body = new URLSearchParams({ fragment: fragment.value, channel: form.dataset.channel || "" });
+      try {
+        const response = await fetch(form.dataset.checkFragmentUrl, {
+          method: "POST",
+          body,
+          headers: { "X-CSRFToken": csrf ? csrf.value : "" },
+        });
+        if (!response.ok || mine !== sequence) return;
+        const result = await response.json();
+        const problems = result.problems || [];
+        fragment.setAttribute("aria-invalid", problems.length ? "true" : "false");
+        report.className = problems.length ? "errorlist" : "muted";
+        report.textContent = !fragment.value.trim()
+          ? ""
+          : problems.length
+            ? problems.join(" ")
+            : `Valid Butane ${result.butane_version} fragment.`;
+      } catch (error) {
+        report.textContent = "";
+      }
+    };
+    fragment.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(check, 400);
+    });
+    if (fragment.value.trim()) check();
+  }
+})();
