@@ -435,6 +435,10 @@ def version_pin_digests(*, version_id: int) -> ExtensionVersion | None:
     except OSError as exc:
         _pinning_failed(version, f"fetch.io-error: {exc}")
         return version
+    except Exception as exc:
+        # Never leave a version stuck in "pinning": record the bug for the curator, then raise.
+        _pinning_failed(version, f"pinning.internal-error: {type(exc).__name__}: {exc}")
+        raise
 
     with transaction.atomic():
         locked = ExtensionVersion.objects.select_for_update().get(pk=version.pk)
