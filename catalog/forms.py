@@ -6,6 +6,7 @@ from django import forms
 
 from catalog.models import Category
 
+# The arches flavours are built for (builds.models.Arch), in systemd's spelling.
 ARCH_CHOICES = [("", "Any arch"), ("x86-64", "x86-64"), ("arm64", "arm64")]
 
 

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_http_methods
 
 from catalog import services
 from catalog.errors import CatalogError, CatalogNotFound
+from catalog.filters import ExtensionFilter
 from catalog.forms import CustomRecipeForm, ExtensionSearchForm, VersionDecisionForm, VersionProposeForm
 from catalog.models import Extension, Role
 from catalog.permissions import teams_of
@@ -29,6 +30,13 @@ def extension_list(request: HttpRequest) -> HttpResponse:
     """Every extension the user may see, filtered by text, category and arch."""
     form = ExtensionSearchForm(request.GET or None)
     extensions = extensions_visible_to(request.user).prefetch_related("versions")
+    if form.is_bound and form.is_valid():
+        try:
+            extensions = ExtensionFilter.from_params(form.cleaned_data).apply(extensions)
+        except CatalogError as exc:
+            form.add_error(None, exc.message)
+    elif form.is_bound:
+        extensions = extensions.none()
     return render(request, "catalog/extension_list.html", {"form": form, "extensions": extensions})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 pytestmark = pytest.mark.django_db
 
@@ -44,12 +45,17 @@ def test_token_page_needs_sign_in(client):
     assert "/signin/" in response["Location"]
 
 
-def test_create_shows_the_key_only_once(client, alice):
+def test_create_shows_the_key_once_and_it_authenticates_the_api(client, alice):
     client.force_login(alice)
     response = client.post("/account/tokens/", {"action": "create"})
     key = Token.objects.get(user=alice).key
     assert key in response.content.decode()
     assert key not in client.get("/account/tokens/").content.decode()
+
+    api = APIClient()
+    assert api.get("/api/extensions/").status_code in (401, 403)
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    assert api.get("/api/extensions/").status_code == 200
 
 
 def test_create_again_replaces_the_old_token(client, alice):

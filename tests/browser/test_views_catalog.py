@@ -1,0 +1,191 @@
+"""Catalog pages through Django's test client: listing, filters, detail, team isolation."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+
+from catalog.models import (
+    ApprovalAction,
+    ApprovalRecord,
+    Category,
+    Extension,
+    ExtensionVersion,
+    Membership,
+    Role,
+    Team,
+    UpstreamDigest,
+    VersionStatus,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def _extension(name: str, *, team: Team | None = None, **fields) -> Extension:
+    defaults = {
+        "description": f"The {name} extension.",
+        "category": Category.CONTAINER_RUNTIME,
+        "arches": ["x86-64", "arm64"],
+        "recipe_text": f"name: {name}\n",
+        "recipe_digest": "0" * 64,
+    }
+    return Extension.objects.create(name=name, team=team, **{**defaults, **fields})
+
+
+@pytest.fixture
+def cast(db):
+    """Owner and outsider in two teams, and a small catalog: two globals and one private each."""
+    ops, other = Team.objects.create(name="Ops", slug="ops"), Team.objects.create(name="Other", slug="other")
+    owner = User.objects.create_user("owner", password="pw-owner-123")
+    outsider = User.objects.create_user("outsider", password="pw-outsider-123")
+    Membership.objects.create(team=ops, user=owner, role=Role.CURATOR)
+    Membership.objects.create(team=other, user=outsider, role=Role.ADMIN)
+    docker = _extension(
+        "docker", homepage="https://www.docker.com/", replaces_builtin=["docker", "containerd"]
+    )
+    _extension("docker-compose", requires=[["docker"]])
+    _extension(
+        "wasmtime", category=Category.WASM_RUNTIME, arches=["x86-64"], description="Fast Wasm runtime."
+    )
+    _extension("ops-agent", team=ops, category=Category.TOOL)
+    _extension("other-secret", team=other, category=Category.TOOL)
+    version = ExtensionVersion.objects.create(
+        extension=docker, version="28.0.4", status=VersionStatus.APPROVED, decided_by=owner, reason="LGTM"
+    )
+    UpstreamDigest.objects.create(
+        version=version,
+        arch="x86-64",
+        source_id="main",
+        url="https://download.docker.com/x.tgz",
+        sha256="ab" * 32,
+    )
+    ApprovalRecord.objects.create(version=version, action=ApprovalAction.APPROVED, actor=owner, reason="LGTM")
+    return {"owner": owner, "outsider": outsider}
+
+
+def _names(response) -> set[str]:
+    return {e.name for e in response.context["extensions"]}
+
+
+def test_catalog_needs_sign_in(client):
+    assert client.get("/catalog/").status_code == 302
+
+
+def test_list_shows_globals_and_own_team_only(client, cast):
+    client.force_login(cast["owner"])
+    response = client.get("/catalog/")
+    assert _names(response) == {"docker", "docker-compose", "wasmtime", "ops-agent"}
+    assert b"other-secret" not in response.content
+
+
+def test_filters_by_text_category_and_arch(client, cast):
+    client.force_login(cast["owner"])
+    assert _names(client.get("/catalog/", {"search": "compose"})) == {"docker-compose"}
+    assert _names(client.get("/catalog/", {"search": "fast wasm"})) == {"wasmtime"}
+    assert _names(client.get("/catalog/", {"category": "wasm-runtime"})) == {"wasmtime"}
+    assert "wasmtime" not in _names(client.get("/catalog/", {"arch": "arm64"}))
+    assert _names(client.get("/catalog/", {"category": "container-runtime", "arch": "arm64"})) == {
+        "docker",
+        "docker-compose",
+    }
+
+
+def test_filter_controls_are_labelled_and_keep_their_values(client, cast):
+    client.force_login(cast["owner"])
+    html = client.get("/catalog/", {"search": "dock"}).content.decode()
+    for field in ("search", "category", "arch"):
+        assert f'<label for="id_{field}">' in html
+    assert 'value="dock"' in html
+
+
+def test_detail_shows_versions_digests_approver_and_relations(client, cast):
+    client.force_login(cast["owner"])
+    html = client.get("/catalog/docker/").content.decode()
+    assert "28.0.4" in html and "Approved" in html
+    assert "ab" * 32 in html
+    assert "by owner" in html and "LGTM" in html
+    assert "docker, containerd" in html  # replaces Flatcar's bundled ones
+    compose = client.get("/catalog/docker-compose/").content.decode()
+    assert '<dd id="requires">docker</dd>' in compose
+
+
+def test_another_teams_private_extension_is_not_found(client, cast):
+    client.force_login(cast["owner"])
+    assert client.get("/catalog/other-secret/").status_code == 404
+    client.force_login(cast["outsider"])
+    assert client.get("/catalog/other-secret/").status_code == 200
+    assert client.get("/catalog/ops-agent/").status_code == 404
+
+
+@pytest.fixture
+def team_ext(cast):
+    """A private recipe extension of team ops with a proposed version, and a viewer of ops."""
+    ops = Team.objects.get(slug="ops")
+    viewer = User.objects.create_user("viewer", password="pw-viewer-123")
+    Membership.objects.create(team=ops, user=viewer, role=Role.VIEWER)
+    agent = Extension.objects.get(name="ops-agent")
+    proposed = ExtensionVersion.objects.create(extension=agent, version="1.0.0", proposed_by=cast["owner"])
+    return {"viewer": viewer, "proposed": proposed, **cast}
+
+
+def test_reject_without_a_reason_shows_the_error_next_to_the_field(client, team_ext):
+    client.force_login(team_ext["owner"])
+    url = f"/versions/{team_ext['proposed'].pk}/review/"
+    response = client.post(url, {"decision": "reject", "reason": ""})
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert 'id="id_reason_error"' in html and "Say why the version is rejected" in html
+    assert 'aria-invalid="true"' in html
+    team_ext["proposed"].refresh_from_db()
+    assert team_ext["proposed"].status == VersionStatus.PROPOSED
+
+
+def test_curator_rejects_with_a_reason_and_the_audit_trail_shows_it(client, team_ext):
+    client.force_login(team_ext["owner"])
+    response = client.post(
+        f"/versions/{team_ext['proposed'].pk}/review/",
+        {"decision": "reject", "reason": "Known CVE"},
+        follow=True,
+    )
+    assert response.redirect_chain[-1][0] == "/catalog/ops-agent/?team=ops"
+    html = response.content.decode()
+    assert "Rejected" in html and "Known CVE" in html
+    team_ext["proposed"].refresh_from_db()
+    assert team_ext["proposed"].status == VersionStatus.REJECTED
+    assert team_ext["proposed"].decided_by == team_ext["owner"]
+
+
+def test_viewer_cannot_decide_and_outsider_cannot_see(client, team_ext):
+    url = f"/versions/{team_ext['proposed'].pk}/review/"
+    client.force_login(team_ext["viewer"])
+    assert b"Record decision" not in client.get(url).content
+    assert client.post(url, {"decision": "reject", "reason": "no"}).status_code == 403
+    client.force_login(team_ext["outsider"])
+    assert client.get(url).status_code == 404
+    team_ext["proposed"].refresh_from_db()
+    assert team_ext["proposed"].status == VersionStatus.PROPOSED
+
+
+def test_propose_a_version_of_a_builtin(client, cast, settings):
+    from catalog.services import catalog_sync
+
+    catalog_sync()
+    client.force_login(cast["owner"])
+    response = client.post("/catalog/docker/propose/", {"version": "28.1.0", "reason": "new release"})
+    assert response.status_code == 302
+    assert ExtensionVersion.objects.filter(
+        extension__name="docker", version="28.1.0", status="proposed"
+    ).exists()
+    again = client.post("/catalog/docker/propose/", {"version": "28.1.0"})
+    assert "already been proposed" in again.content.decode()
+    bad = client.post("/catalog/docker/propose/", {"version": "../etc"})
+    assert 'id="id_version_error"' in bad.content.decode()
+
+
+def test_a_forged_filter_value_is_an_error_on_the_field_not_a_crash(client, cast):
+    client.force_login(cast["owner"])
+    response = client.get("/catalog/", {"category": "<script>", "arch": "sparc"})
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert 'id="id_category_error"' in html and 'id="id_arch_error"' in html
+    assert "<script>" not in html
