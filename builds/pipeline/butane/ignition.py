@@ -121,7 +121,7 @@ def parse_unit(contents: str) -> list[tuple[str, str, str]]:
         key, _, value = line.partition("=")
         value = value.strip()
         while value.endswith("\\") and index < len(lines):
-            value = value[:-1] + " " + lines[index].strip()
+            value = value[:-1].rstrip() + " " + lines[index].strip()
             index += 1
         options.append((section or "", key.strip(), value))
     return options

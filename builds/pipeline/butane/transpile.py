@@ -103,11 +103,23 @@ class _Report:
         self.decoded = decoded
         self.messages: list[Message] = []
 
-    def add(self, kind: Literal["error", "warning"], path: Path, text: str, *, key: bool = False) -> None:
+    def add(
+        self,
+        kind: Literal["error", "warning"],
+        path: Path,
+        text: str,
+        *,
+        key: bool = False,
+        nearest: bool = False,
+    ) -> None:
         mark = None
         if self.decoded is not None:
             marks = self.decoded.key_marks if key else self.decoded.marks
             mark = marks.get(path)
+            if mark is None and nearest:
+                mark = next(
+                    (marks[path[:end]] for end in range(len(path), 0, -1) if path[:end] in marks), None
+                )
         self.messages.append(
             Message(kind, path, text, mark.line if mark else None, mark.column if mark else None)
         )
@@ -624,11 +636,15 @@ class _Translator:
         return result
 
     def yaml_path(self, json_path: JSONPath) -> Path:
-        """The YAML path a JSON path came from (nearest translated ancestor as a fallback)."""
+        """The YAML path a JSON path came from.
+
+        A field the user never wrote (a missing link target) has no translation: keep the
+        nearest translated ancestor and append the rest, so the message still names the field.
+        """
         for end in range(len(json_path), 0, -1):
             found = self.translations.get(json_path[:end])
             if found is not None:
-                return found
+                return (*found, *json_path[end:])
         return json_path
 
 
@@ -796,7 +812,7 @@ def _transpile_document(
     if report.fatal:
         return Result(None, report.messages, ERR_SOURCE_INVALID, spec.ignition), decoded
     for issue in validate_ignition(config, spec.ignition):
-        report.add(issue.kind, translator.yaml_path(issue.path), issue.message)
+        report.add(issue.kind, translator.yaml_path(issue.path), issue.message, nearest=True)
     if report.fatal:
         return Result(None, report.messages, ERR_GENERATED_INVALID, spec.ignition), decoded
     return Result(config, report.messages, None, spec.ignition), decoded
