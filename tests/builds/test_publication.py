@@ -347,3 +347,32 @@ def test_published_tree_is_served_under_artifacts_for_nodes(
         response = client.get(hostile)
         assert response.status_code == 404, hostile
         assert b"not for nodes" not in response.content
+
+
+def test_embedded_signing_key_is_made_once_private_and_reused(settings, tmp_path: Path) -> None:
+    from builds.adapters.signing_key import embedded_key_file, get_signer
+
+    settings.VAR_DIR = tmp_path / "var"
+    settings.SIGNING_KEY_FILE = None
+    settings.SIGNING_PASSPHRASE_FILE = None
+    with get_signer() as first:
+        fingerprint = first.fingerprint
+        keyring = first.export_public_keyring()
+    key_file = embedded_key_file()
+    assert key_file.is_relative_to(tmp_path / "var")
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    with get_signer() as second:
+        assert second.fingerprint == fingerprint  # nodes keep trusting the same key
+        assert second.export_public_keyring() == keyring
+
+
+def test_configured_signing_key_is_used(settings, tmp_path: Path) -> None:
+    from builds.adapters.signing_key import embedded_key_file, get_signer
+
+    key = tmp_path / "operator.asc"
+    fingerprint = generate_signing_key(key, name="Operator", email="ops@example.com")
+    settings.VAR_DIR = tmp_path / "var"
+    settings.SIGNING_KEY_FILE = key
+    with get_signer() as signer:
+        assert signer.fingerprint == fingerprint
+    assert not embedded_key_file().exists()
