@@ -338,6 +338,11 @@ def _merge_fragment(document: dict[str, Any], fragment: dict[str, Any]) -> None:
                     f"the Butane fragment sets {item['path']}, which the flavour already generates "
                     f"(storage.{section}); remove it from the fragment or change the flavour's options"
                 )
+    if "replace" in fragment.get("ignition", {}).get("config", {}):
+        raise _conflict(
+            "the Butane fragment sets ignition.config.replace, which would discard everything the flavour "
+            "generates; use ignition.config.merge instead"
+        )
     if storage.get("trees"):
         raise _conflict("storage.trees needs local files, which a fragment cannot bring")
     generated_units = {unit["name"]: unit for unit in document.get("systemd", {}).get("units", [])}

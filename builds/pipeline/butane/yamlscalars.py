@@ -52,11 +52,39 @@ def mark_of(node: yaml.Node) -> Mark:
     return Mark(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+MAX_DEPTH = 10000  # go-yaml's limit on nesting
+MAX_EXPANDED_NODES = 200_000  # aliases expanded; far beyond any real config (go-yaml refuses bombs too)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse alias bombs and cycles before anything walks the tree recursively."""
+    budget = MAX_EXPANDED_NODES
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise YAMLSyntaxError("yaml: document contains excessive aliasing")
+        if depth > MAX_DEPTH:
+            raise YAMLSyntaxError(f"yaml: exceeded max depth of {MAX_DEPTH}")
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.append((key, depth + 1))
+                stack.append((value, depth + 1))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+
+
 def compose(text: str) -> yaml.Node | None:
     """The first document's node tree (go-yaml's decoder also reads only the first one)."""
     try:
         documents = yaml.compose_all(text, Loader=yaml.SafeLoader)
-        return next(iter(documents), None)
+        root = next(iter(documents), None)
+        if root is not None:
+            _check_expansion(root)
+        return root
+    except RecursionError as exc:
+        raise YAMLSyntaxError(f"yaml: exceeded max depth of {MAX_DEPTH}") from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1

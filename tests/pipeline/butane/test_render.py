@@ -333,3 +333,13 @@ def test_bad_flavour_input_is_a_clear_error(change: dict[str, Any], code: str) -
         render_butane(replace(DOCKER, **change))
     assert caught.value.code == code
     assert caught.value.message
+
+
+def test_fragment_may_not_replace_the_whole_config() -> None:
+    fragment = "ignition:\n  config:\n    replace:\n      source: https://config.example.com/other.ign\n"
+    with pytest.raises(PipelineError) as caught:
+        render_butane(replace(WASM, fragment=fragment))
+    assert "ignition.config.replace" in caught.value.message
+    merged = "ignition:\n  config:\n    merge:\n      - source: https://config.example.com/extra.ign\n"
+    cfg = ignition_of(replace(WASM, fragment=merged))
+    assert cfg["ignition"]["config"]["merge"] == [{"source": "https://config.example.com/extra.ign"}]

@@ -200,3 +200,20 @@ def test_validate_ignition_on_hand_written_config() -> None:
 
 def test_json_output_escapes_like_go() -> None:
     assert to_json({"a": "<x> & \u2028 é"}) == '{"a":"\\u003cx\\u003e \\u0026 \\u2028 é"}'
+
+
+def test_alias_bombs_and_deep_nesting_are_refused() -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    for level in "bcdefghi":
+        previous = chr(ord(level) - 1)
+        bomb += f"{level}: &{level} [" + ", ".join([f"*{previous}"] * 6) + "]\n"
+    result = transpile(HEAD + bomb)
+    assert result.error == "Error unmarshaling yaml: yaml: document contains excessive aliasing"
+    deep = transpile(HEAD + "storage: " + "[" * 20000 + "]" * 20000 + "\n")
+    assert deep.error is not None and "max depth" in deep.error
+
+
+def test_cyclic_alias_is_refused() -> None:
+    result = transpile(HEAD + "storage: &s\n  files: [*s]\n")
+    assert result.error is not None
+    assert result.config is None
