@@ -82,3 +82,28 @@ class CustomRecipeForm(forms.Form):
     def __init__(self, *args, teams, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["team"].choices = [(t.slug, t.name) for t in teams]
+
+
+class CustomUploadForm(forms.Form):
+    """A team's private extension made of uploaded files (a tar or zip laid out as the sysext's tree)."""
+
+    team = forms.ChoiceField(label="Team")
+    name = forms.CharField(label="Extension name", max_length=64, help_text="a-z, 0-9, '-' and '_'.")
+    version = forms.CharField(label="Version", max_length=128)
+    description = forms.CharField(label="Description", required=False, max_length=2000)
+    category = forms.ChoiceField(label="Category", choices=Category.choices, initial=Category.TOOL)
+    arches = forms.MultipleChoiceField(
+        label="Arches the files run on",
+        choices=ARCH_CHOICES[1:],
+        widget=forms.CheckboxSelectMultiple,
+        initial=["x86-64"],
+    )
+    file = forms.FileField(
+        label="Archive",
+        help_text="tar.gz, tar.xz, tar.zst or zip with every file under usr/ (not usr/sbin); no devices, "
+        "setuid files or links leaving the tree.",
+    )
+
+    def __init__(self, *args, teams, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["team"].choices = [(t.slug, t.name) for t in teams]

@@ -10,11 +10,17 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from catalog import services
+from catalog import services, uploads
 from catalog.errors import CatalogError, CatalogNotFound
 from catalog.filters import ExtensionFilter
-from catalog.forms import CustomRecipeForm, ExtensionSearchForm, VersionDecisionForm, VersionProposeForm
-from catalog.models import Extension, Role
+from catalog.forms import (
+    CustomRecipeForm,
+    CustomUploadForm,
+    ExtensionSearchForm,
+    VersionDecisionForm,
+    VersionProposeForm,
+)
+from catalog.models import Extension, Role, Team
 from catalog.permissions import teams_of
 from catalog.selectors import (
     extension_detail_queryset,
@@ -82,10 +88,12 @@ def extension_url(extension: Extension) -> str:
     return f"{url}?team={extension.team.slug}" if extension.team_id else url
 
 
-def _attach_error(form: forms.Form, exc: CatalogError, field_for_code: dict[str, str]) -> None:
-    """Show a service's refusal next to the field it concerns (or above the form)."""
+def _attach_error(
+    form: forms.Form, exc: CatalogError, field_for_code: dict[str, str], *, default: str | None = None
+) -> None:
+    """Show a service's refusal next to the field it concerns (else ``default``, else above the form)."""
     prefix = exc.code.split(".", 1)[0]
-    field = field_for_code.get(exc.code) or field_for_code.get(prefix)
+    field = field_for_code.get(exc.code) or field_for_code.get(prefix) or default
     form.add_error(field if field in form.fields else None, exc.message)
 
 
@@ -155,7 +163,7 @@ def version_review(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def custom_extension_create(request: HttpRequest) -> HttpResponse:
-    """A team adds a private extension from a recipe; its versions await a curator."""
+    """A team adds a private extension, from a recipe or an uploaded archive; versions await a curator."""
     teams = [
         t for t in teams_of(request.user) if (r := team_role(request.user, t)) and r.at_least(Role.BUILDER)
     ]
@@ -166,18 +174,66 @@ def custom_extension_create(request: HttpRequest) -> HttpResponse:
                 "forbidden", "Adding a custom extension needs the builder role in one of your teams."
             ),
         )
-    form = CustomRecipeForm(request.POST or None, teams=teams)
-    if request.method == "POST" and form.is_valid():
+    posted = request.POST.get("kind") if request.method == "POST" else None
+    recipe_form = CustomRecipeForm(request.POST if posted == "recipe" else None, teams=teams, prefix="recipe")
+    upload_form = CustomUploadForm(
+        request.POST if posted == "upload" else None,
+        request.FILES if posted == "upload" else None,
+        teams=teams,
+        prefix="upload",
+    )
+    form = recipe_form if posted == "recipe" else upload_form
+    if posted in ("recipe", "upload") and form.is_valid():
         team = next(t for t in teams if t.slug == form.cleaned_data["team"])
         try:
-            extension = services.extension_create_custom(
-                team=team, actor=request.user, recipe_text=form.cleaned_data["recipe"]
-            )
+            extension = _create_custom(request, team, posted, form.cleaned_data)
         except CatalogError as exc:
-            form.add_error("recipe", exc.message)
+            if exc.status == 403:
+                return catalog_error_page(request, exc)
+            if posted == "recipe":
+                form.add_error("recipe", exc.message)
+            else:
+                _attach_error(form, exc, UPLOAD_ERROR_FIELDS, default="file")
         else:
             messages.success(
                 request, f"{extension.name} added to team {team.name}; its versions await review."
             )
             return redirect(extension_url(extension))
-    return render(request, "catalog/custom_extension.html", {"form": form})
+    context = {
+        "recipe_form": recipe_form,
+        "upload_form": upload_form,
+        "max_bytes": uploads.max_upload_bytes(),
+    }
+    return render(request, "catalog/custom_extension.html", context)
+
+
+# Where an upload refusal is shown; anything about the archive itself goes next to the file.
+UPLOAD_ERROR_FIELDS = {
+    "upload.invalid-name": "name",
+    "upload.invalid-version": "version",
+    "upload.invalid-category": "category",
+    "upload.invalid-arch": "arches",
+    "extension": "name",
+    "version": "version",
+}
+
+
+def _create_custom(request: HttpRequest, team: Team, kind: str, data: dict) -> Extension:
+    if kind == "recipe":
+        return services.extension_create_custom(team=team, actor=request.user, recipe_text=data["recipe"])
+    upload = data["file"]
+    limit = uploads.max_upload_bytes()
+    if upload.size > limit:
+        raise CatalogError(
+            "upload.too-large", f"The archive is {upload.size} bytes; uploads are limited to {limit}."
+        )
+    archive = uploads.CustomArchive(
+        name=data["name"].strip(),
+        version=data["version"].strip(),
+        file_name=upload.name or "upload",
+        data=upload.read(),
+        description=data["description"],
+        category=data["category"],
+        arches=tuple(data["arches"]),
+    )
+    return services.extension_create_custom(team=team, actor=request.user, archive=archive)

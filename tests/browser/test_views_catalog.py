@@ -189,3 +189,45 @@ def test_a_forged_filter_value_is_an_error_on_the_field_not_a_crash(client, cast
     assert response.status_code == 200
     assert 'id="id_category_error"' in html and 'id="id_arch_error"' in html
     assert "<script>" not in html
+
+
+def test_upload_a_custom_extension_and_refuse_a_hostile_one(client, cast):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.upstream import executable, file, make_tar
+
+    client.force_login(cast["owner"])
+    good = make_tar([executable("usr/bin/hello")])
+    response = client.post(
+        "/custom-extensions/new/",
+        {
+            "kind": "upload",
+            "upload-team": "ops",
+            "upload-name": "hello",
+            "upload-version": "1.0",
+            "upload-category": "tool",
+            "upload-arches": ["x86-64"],
+            "upload-file": SimpleUploadedFile("hello-1.0.tar.gz", good),
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert response["Location"] == "/catalog/hello/?team=ops"
+    assert Extension.objects.get(name="hello").team.slug == "ops"
+
+    hostile = make_tar([file("../../etc/passwd", b"root::0:0::/:/bin/sh\n")])
+    refused = client.post(
+        "/custom-extensions/new/",
+        {
+            "kind": "upload",
+            "upload-team": "ops",
+            "upload-name": "evil",
+            "upload-version": "1.0",
+            "upload-category": "tool",
+            "upload-arches": ["x86-64"],
+            "upload-file": SimpleUploadedFile("evil.tar.gz", hostile),
+        },
+    )
+    html = refused.content.decode()
+    assert refused.status_code == 200
+    assert 'id="id_upload-file_error"' in html and "contains &#x27;..&#x27;" in html
+    assert not Extension.objects.filter(name="evil").exists()
