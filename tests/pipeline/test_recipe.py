@@ -387,7 +387,12 @@ INVALID = [
         "arch",
     ),
     ("short pin", _edit(PIN_X86, "abc123"), "versions.v31.0.0.sha256.x86-64", "64 hex"),
-    ("single version", _edit("  v30.0.2: {}\n", ""), "versions", "at least two"),
+    (
+        "no versions",
+        WASMTIME.split("versions:")[0] + "versions: {}\n",
+        "versions",
+        "at least one",
+    ),
     ("bad version chars", _edit("v30.0.2: {}", "v30 beta: {}"), "versions.v30 beta", "@v"),
     ("unquoted mode", _edit('mode: "0755"', "mode: 0755"), "sources[0].install[0].mode", "quoted"),
     ("setuid mode", _edit('mode: "0755"', 'mode: "4755"'), "sources[0].install[0].mode", "setuid"),
@@ -474,3 +479,21 @@ def test_multi_source_invalid_cases() -> None:
         MULTI.replace("vars: {nats_version:", "vars: {version:"), "versions.v1.7.0.vars.version", "built in"
     )
     fails(MULTI + "delivery: flatcar-official\n", "sources", "must not be given")
+
+
+def test_a_single_version_is_enough_for_a_team_recipe():
+    recipe = parse_recipe(_edit("  v30.0.2: {}\n", ""), source="wasmtime.yaml")
+    assert list(recipe.versions) == ["v31.0.0"]
+
+
+def test_image_digest_ignores_other_versions_and_descriptions():
+    recipe = parse_recipe(WASMTIME, source="wasmtime.yaml")
+    more = parse_recipe(WASMTIME + "  v32.0.0: {}\n", source="wasmtime.yaml")
+    reworded = parse_recipe(_edit("Fast and secure", "Speedy"), source="wasmtime.yaml")
+    assert recipe.digest != more.digest
+    assert recipe.image_digest("v30.0.2") == more.image_digest("v30.0.2") == reworded.image_digest("v30.0.2")
+    assert recipe.image_digest("v30.0.2") != recipe.image_digest("v31.0.0")
+    changed_install = parse_recipe(
+        _edit("to: usr/bin/wasmtime", "to: usr/bin/wasmtime2"), source="wasmtime.yaml"
+    )
+    assert changed_install.image_digest("v30.0.2") != recipe.image_digest("v30.0.2")
