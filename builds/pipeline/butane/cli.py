@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import TextIO
 
-from builds.pipeline.butane.transpile import transpile
+from builds.pipeline.butane.transpile import go_utf8, transpile
 
 VERSION = "Bakehouse butane-compatible transpiler (flatcar 1.0.0, 1.1.0; modelled on butane v0.23.0)"
 
@@ -41,6 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(line: str) -> None:
+    """One stderr line; text echoed from hostile input may hold lone surrogates, never crash on them."""
+    sys.stderr.write(go_text(line) + "\n")
+    sys.stderr.flush()
+
+
+def go_text(text: str) -> str:
+    return go_utf8(text).decode("utf-8")
+
+
 def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
     parser = _parser()
     try:
@@ -67,12 +77,12 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
 
     result = transpile(data, files_dir=args.files_dir)
     for message in result.messages:
-        print(message, file=sys.stderr)
+        _report(str(message))
     if result.error is not None:
-        print(f"Error translating config: {result.error}", file=sys.stderr)
+        _report(f"Error translating config: {result.error}")
         return 1
     if args.strict and result.messages:
-        print("Config produced warnings and --strict was specified", file=sys.stderr)
+        _report("Config produced warnings and --strict was specified")
         return 1
     if args.check:
         return 0

@@ -246,7 +246,7 @@ class _Translator:
         data: bytes | None = None
         data_key = ""
         if "inline" in res:
-            data, data_key = res["inline"].encode("utf-8", "surrogatepass"), "inline"
+            data, data_key = go_utf8(res["inline"]), "inline"
         elif "local" in res:
             data, data_key = self.read_local(res["local"], (*yp, "local")), "local"
         if data is not None:
@@ -646,6 +646,14 @@ class _Translator:
             if found is not None:
                 return (*found, *json_path[end:])
         return json_path
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def go_utf8(text: str) -> bytes:
+    """UTF-8 bytes as Go would hold them: a lone surrogate (from a YAML escape) becomes U+FFFD."""
+    return _SURROGATES.sub("\ufffd", text).encode("utf-8")
 
 
 def _ordered(item: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:

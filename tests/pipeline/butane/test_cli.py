@@ -111,3 +111,19 @@ def test_output_file_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert target.read_text() == '{"ignition":{"version":"3.3.0"}}\n'
     assert cli.main(["--check", str(source)]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_lone_surrogates_from_yaml_escapes_do_not_crash() -> None:
+    doc = 'variant: flatcar\nversion: 1.1.0\n"\\ud800x": 1\n'
+    doc += "storage:\n  files:\n    - path: /f\n      contents:\n"
+    result = run([], doc + '        inline: "a\\ud800b"\n')
+    assert result.returncode == 0
+    assert "Unused key \ufffdx" in result.stderr
+    assert "data:,a%EF%BF%BDb" in result.stdout
+
+
+def test_help_lists_the_tool_flags() -> None:
+    result = run(["--help"])
+    assert result.returncode == 0
+    for flag in ("--pretty", "--strict", "--files-dir", "--output"):
+        assert flag in result.stdout
