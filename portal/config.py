@@ -57,7 +57,9 @@ def env_url(name: str, default: str = "", *, schemes: tuple[str, ...]) -> str:
         return ""
     parts = urlsplit(raw)
     if parts.scheme not in schemes:
-        raise ConfigError(name, f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}, got {raw!r}")
+        raise ConfigError(
+            name, f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}, got {raw!r}"
+        )
     if parts.scheme not in {"sqlite", "file", "filesystem"} and not parts.hostname:
         raise ConfigError(name, f"URL has no host: {raw!r}")
     return raw
@@ -112,7 +114,11 @@ def s3_config() -> S3Config | None:
         if endpoint:
             raise ConfigError("S3_BUCKET", "must be set when S3_ENDPOINT_URL is set")
         return None
-    if not (3 <= len(bucket) <= 63) or not all(c.isalnum() or c in ".-" for c in bucket) or bucket != bucket.lower():
+    if (
+        not (3 <= len(bucket) <= 63)
+        or not all(c.isalnum() or c in ".-" for c in bucket)
+        or bucket != bucket.lower()
+    ):
         raise ConfigError("S3_BUCKET", f"not a valid bucket name: {bucket!r}")
     checksum_mode = env_str("S3_CHECKSUMS", "when_required")
     if checksum_mode not in {"when_required", "when_supported"}:
