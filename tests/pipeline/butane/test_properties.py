@@ -143,3 +143,24 @@ def test_json_escapes_html_and_line_separators_like_go(text: str) -> None:
     encoded = to_json({"v": text})
     assert not any(ch in encoded for ch in "<>&\u2028\u2029")
     assert json.loads(encoded)["v"] == text.encode("utf-8", "replace").decode("utf-8")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=120),
+    st.sampled_from([0o644, 0o600, 0o640, 0o755, 0o700, 0o444]),
+)
+def test_rendered_fragment_text_survives_emission(text: str, mode: int) -> None:
+    from builds.pipeline.butane.render import FlavourConfig, render_butane
+
+    fragment = yaml.safe_dump(
+        {"storage": {"files": [{"path": "/etc/x", "mode": mode, "contents": {"inline": text}}]}}
+    )
+    result = transpile(render_butane(FlavourConfig(arch="x86-64", fragment=fragment)))
+    assert result.config is not None, [str(m) for m in result.messages]
+    file = result.config["storage"]["files"][0]
+    payload = decode_data_url(file["contents"]["source"])
+    if file["contents"]["compression"] == "gzip":
+        payload = gzip.decompress(payload)
+    assert payload == text.encode()
+    assert file["mode"] == mode
