@@ -1,0 +1,259 @@
+"""REST representations of flavours, builds and webhooks.
+
+Flavour submissions are validated by ``builds.flavours`` on the raw request (so that nothing a
+user sends is dropped silently); the input serializers here describe that shape for OpenAPI.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from builds import selectors
+from builds.flavours import BUILTIN_SYSEXTS, BUTANE_VERSIONS, COMPRESSIONS, IMAGE_FORMATS, UPDATE_ACTIONS
+from builds.models import Arch, Artifact, Build, BuildLogLine, BuildStep, Flavour, Webhook, WebhookDelivery
+
+
+def _absolute(request: Any, path: str) -> str:
+    return request.build_absolute_uri(path) if request is not None else path
+
+
+# --- input shapes -------------------------------------------------------------------------------
+
+
+class ExtensionChoiceSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="Extension name, e.g. wasmtime.")
+    version = serializers.CharField(help_text="An approved version, e.g. v31.0.0.")
+
+
+class FlavourOptionsSerializer(serializers.Serializer):
+    butane_version = serializers.ChoiceField(choices=BUTANE_VERSIONS, default="1.0.0")
+    updates = serializers.BooleanField(default=True, help_text="Keep extensions current with sysupdate.")
+    update_action = serializers.ChoiceField(
+        choices=UPDATE_ACTIONS, default="refresh", help_text="refresh in place, or flag reboot-required."
+    )
+    minor_pinning = serializers.BooleanField(
+        default=True, help_text="Stay on a minor line where recipes ask."
+    )
+    signed = serializers.BooleanField(default=True, help_text="Sign SHA256SUMS; nodes verify it.")
+    masks = serializers.ListField(
+        child=serializers.ChoiceField(choices=BUILTIN_SYSEXTS),
+        default=list,
+        help_text="Flatcar's bundled sysexts to mask.",
+    )
+    ssh_keys = serializers.ListField(child=serializers.CharField(), default=list)
+    hostname = serializers.CharField(default="", allow_blank=True)
+    butane_fragment = serializers.CharField(
+        default="", allow_blank=True, help_text="Butane YAML merged into the generated config."
+    )
+    image_format = serializers.ChoiceField(choices=IMAGE_FORMATS, default=IMAGE_FORMATS[0])
+    compression = serializers.ChoiceField(choices=COMPRESSIONS, default=COMPRESSIONS[0])
+
+
+class FlavourCreateSerializer(serializers.Serializer):
+    team = serializers.SlugField(
+        required=False, help_text="Owning team's slug; needed only when you build in several teams."
+    )
+    name = serializers.CharField(max_length=100)
+    description = serializers.CharField(required=False, allow_blank=True)
+    arch = serializers.ChoiceField(choices=Arch.choices)
+    extensions = ExtensionChoiceSerializer(many=True)
+    options = FlavourOptionsSerializer(required=False)
+    revision_of = serializers.CharField(
+        required=False, help_text="ID of the flavour this one edits: the result is its next revision."
+    )
+
+
+class WebhookCreateSerializer(serializers.Serializer):
+    team = serializers.SlugField(required=False)
+    url = serializers.URLField(max_length=500)
+    secret = serializers.CharField(
+        required=False, min_length=16, max_length=128, help_text="Generated when omitted (returned once)."
+    )
+
+    def validate_url(self, value: str) -> str:
+        if not value.lower().startswith(("http://", "https://")):
+            raise serializers.ValidationError("Webhook URLs are http or https.")
+        return value
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+class FlavourSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+    team = serializers.CharField(source="team.slug")
+    extensions = serializers.SerializerMethodField()
+    document = serializers.SerializerMethodField()
+    created_by = serializers.CharField(source="created_by.username", default=None)
+    butane_url = serializers.SerializerMethodField()
+    ignition_url = serializers.SerializerMethodField()
+    builds_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Flavour
+        fields = [
+            "id", "url", "team", "name", "description", "arch", "extensions", "options",
+            "lineage", "revision", "revision_of", "document", "created_by", "created_at",
+            "butane_url", "ignition_url", "builds_url",
+        ]  # fmt: skip
+
+    def _url(self, name: str, obj: Flavour) -> str:
+        return _absolute(self.context.get("request"), reverse(name, args=[obj.pk]))
+
+    def get_url(self, obj: Flavour) -> str:
+        return self._url("builds-api:flavour-detail", obj)
+
+    def get_butane_url(self, obj: Flavour) -> str:
+        return self._url("builds-api:flavour-butane", obj)
+
+    def get_ignition_url(self, obj: Flavour) -> str:
+        return self._url("builds-api:flavour-ignition", obj)
+
+    def get_builds_url(self, obj: Flavour) -> str:
+        return self._url("builds-api:flavour-builds", obj)
+
+    @extend_schema_field(
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "version": {"type": "string"},
+                    "catalog": {"type": "string", "description": "'global' or the owning team's slug"},
+                    "delivery": {"type": "string"},
+                    "recipe_digest": {"type": "string"},
+                    "pins": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            },
+        }
+    )
+    def get_extensions(self, obj: Flavour) -> list[dict[str, Any]]:
+        return list(json.loads(obj.canonical)["extensions"])
+
+    @extend_schema_field({"type": "object", "description": "The canonical document whose sha256 is the ID."})
+    def get_document(self, obj: Flavour) -> dict[str, Any]:
+        return dict(json.loads(obj.canonical))
+
+
+class BuildStepSerializer(serializers.ModelSerializer):
+    duration_seconds = serializers.SerializerMethodField()
+
+    class Meta:
+        model = BuildStep
+        fields = ["name", "started_at", "finished_at", "duration_seconds", "outcome"]
+
+    def get_duration_seconds(self, obj: BuildStep) -> float | None:
+        if obj.finished_at is None:
+            return None
+        return round((obj.finished_at - obj.started_at).total_seconds(), 3)
+
+
+class ArtifactSerializer(serializers.ModelSerializer):
+    download_url = serializers.SerializerMethodField(help_text="For people: checks access, then serves.")
+    public_url = serializers.SerializerMethodField(help_text="The stable URL nodes fetch from.")
+
+    class Meta:
+        model = Artifact
+        fields = ["id", "kind", "name", "key", "sha256", "size", "content_type", "download_url", "public_url"]
+
+    def get_download_url(self, obj: Artifact) -> str:
+        path = reverse("builds-api:artifact-download", args=[obj.build_id, obj.pk])
+        return _absolute(self.context.get("request"), path)
+
+    def get_public_url(self, obj: Artifact) -> str:
+        from builds.adapters.store import get_artifact_store
+
+        return get_artifact_store().public_url(obj.key)
+
+
+class BuildImageSerializer(serializers.Serializer):
+    name = serializers.CharField(source="extension_version.extension.name")
+    version = serializers.CharField(source="extension_version.version")
+    state = serializers.CharField()
+    reused = serializers.BooleanField(help_text="Taken from the image cache instead of baked.")
+    file_name = serializers.CharField(source="image.file_name", default=None)
+    sha256 = serializers.CharField(source="image.sha256", default=None)
+    size = serializers.IntegerField(source="image.size", default=None)
+    verification = serializers.CharField()
+    verification_reason = serializers.CharField()
+
+
+class BuildSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+    flavour_url = serializers.SerializerMethodField()
+    log_url = serializers.SerializerMethodField()
+    queue_position = serializers.SerializerMethodField()
+    created_by = serializers.CharField(source="created_by.username", default=None)
+    steps = BuildStepSerializer(many=True, read_only=True)
+    images = BuildImageSerializer(many=True, read_only=True)
+    artifacts = ArtifactSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Build
+        fields = [
+            "id", "url", "flavour", "flavour_url", "state", "progress", "current_step", "queue_position",
+            "error_code", "error_message", "verification", "verification_reason", "cancel_requested",
+            "attempt", "retry_of", "created_by", "created_at", "started_at", "finished_at", "heartbeat_at",
+            "steps", "images", "artifacts", "log_url",
+        ]  # fmt: skip
+
+    def get_url(self, obj: Build) -> str:
+        return _absolute(self.context.get("request"), reverse("builds-api:build-detail", args=[obj.pk]))
+
+    def get_flavour_url(self, obj: Build) -> str:
+        return _absolute(
+            self.context.get("request"), reverse("builds-api:flavour-detail", args=[obj.flavour_id])
+        )
+
+    def get_log_url(self, obj: Build) -> str:
+        return _absolute(self.context.get("request"), reverse("builds-api:build-log", args=[obj.pk]))
+
+    def get_queue_position(self, obj: Build) -> int | None:
+        return selectors.build_queue_position(build=obj)
+
+
+class BuildLogLineSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = BuildLogLine
+        fields = ["seq", "at", "text"]
+
+
+class BuildLogSerializer(serializers.Serializer):
+    state = serializers.CharField(help_text="The build's state when the lines were read.")
+    finished = serializers.BooleanField(help_text="True once no more lines will come.")
+    next_after = serializers.IntegerField(help_text="Pass as ?after= to get only newer lines.")
+    lines = BuildLogLineSerializer(many=True)
+
+
+class WebhookSerializer(serializers.ModelSerializer):
+    team = serializers.CharField(source="team.slug")
+
+    class Meta:
+        model = Webhook
+        fields = ["id", "team", "url", "active", "created_at"]
+
+
+class WebhookCreatedSerializer(WebhookSerializer):
+    class Meta(WebhookSerializer.Meta):
+        fields = [*WebhookSerializer.Meta.fields, "secret"]
+
+
+class WebhookDeliverySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookDelivery
+        fields = [
+            "id",
+            "build",
+            "event",
+            "attempts",
+            "status_code",
+            "delivered_at",
+            "last_error",
+            "created_at",
+        ]

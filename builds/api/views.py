@@ -1,0 +1,402 @@
+"""REST views of flavours, builds and webhooks: thin, team-scoped, errors as ``{code, message}``.
+
+Every queryset is scoped to the asking user's teams, so another team's flavour or build is a
+404 exactly like an ID that does not exist. Writing needs a role in the owning team: builder to
+create flavours and start, cancel or retry builds; admin to manage webhooks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Prefetch
+from django.http import FileResponse, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import exceptions, generics, serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from builds import selectors, services
+from builds.api.serializers import (
+    BuildLogSerializer,
+    BuildSerializer,
+    FlavourCreateSerializer,
+    FlavourSerializer,
+    WebhookCreatedSerializer,
+    WebhookCreateSerializer,
+    WebhookDeliverySerializer,
+    WebhookSerializer,
+)
+from builds.flavours import FlavourInvalid
+from builds.models import FINISHED_BUILD_STATES, Artifact, ArtifactKind, Build, BuildImage
+from catalog.models import Role, Team
+from catalog.permissions import has_team_role
+
+ERROR = inline_serializer("Error", {"code": serializers.CharField(), "message": serializers.CharField()})
+VALIDATION_ERROR = inline_serializer(
+    "ValidationErrorBody",
+    {"code": serializers.CharField(), "message": serializers.CharField(), "fields": serializers.DictField()},
+)
+
+
+class RefusedError(exceptions.APIException):
+    """A ``BuildRefused`` as an HTTP answer."""
+
+    def __init__(self, refused: services.BuildRefused) -> None:
+        super().__init__(detail=refused.message, code=refused.code)
+        self.status_code = refused.status
+
+
+def _require_role(user: Any, team: Team, role: str, action: str) -> None:
+    if not has_team_role(user, team, role):
+        raise exceptions.PermissionDenied(
+            detail=f"To {action} you need the {role} role in team {team.slug}.", code="forbidden"
+        )
+
+
+def _choose_team(user: Any, slug: Any, role: str, action: str) -> Team:
+    """The team a new object belongs to: the one named, or the user's only team with ``role``."""
+    teams = selectors.teams_where_user_is(user=user, at_least=Role.VIEWER)
+    if slug not in (None, ""):
+        team = next((t for t in teams if t.slug == slug), None)
+        if team is None:
+            raise exceptions.ValidationError({"team": [f"No team {slug!r} among your teams."]})
+        _require_role(user, team, role, action)
+        return team
+    allowed = [t for t in teams if has_team_role(user, t, role)]
+    if len(allowed) == 1:
+        return allowed[0]
+    if not allowed:
+        raise exceptions.PermissionDenied(
+            detail=f"To {action} you need the {role} role in a team.", code="forbidden"
+        )
+    slugs = ", ".join(t.slug for t in allowed)
+    raise exceptions.ValidationError({"team": [f"You are in several teams; choose one of {slugs}."]})
+
+
+def _reject_unknown_fields(data: Any, known: set[str]) -> None:
+    if not isinstance(data, dict):
+        raise exceptions.ValidationError({"non_field_errors": ["Expected a JSON object."]})
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise exceptions.ValidationError({name: ["Unknown field."] for name in unknown})
+
+
+def _build_queryset(user: Any) -> Any:
+    images = BuildImage.objects.select_related("extension_version__extension", "image").order_by(
+        "extension_version__extension__name"
+    )
+    return selectors.builds_visible_to(user=user).prefetch_related(
+        "steps", "artifacts", Prefetch("images", queryset=images)
+    )
+
+
+# --- flavours -----------------------------------------------------------------------------------
+
+
+class FlavourListCreateView(generics.ListAPIView):
+    """The flavours of your teams; POST composes a new one."""
+
+    serializer_class = FlavourSerializer
+
+    def get_queryset(self) -> Any:
+        return selectors.flavours_visible_to(user=self.request.user).order_by("-created_at")
+
+    @extend_schema(
+        request=FlavourCreateSerializer,
+        responses={
+            201: FlavourSerializer,
+            200: OpenApiResponse(
+                FlavourSerializer, description="The same choices already exist: that flavour."
+            ),
+            400: VALIDATION_ERROR,
+            403: ERROR,
+        },
+        description=(
+            "Compose a flavour. Its ID is the sha256 of the canonical document of the choices, so the "
+            "same choices return the existing flavour (200). Every problem is reported per field (400)."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        data = request.data
+        _reject_unknown_fields(data, set(FlavourCreateSerializer().fields))
+        team = _choose_team(request.user, data.get("team"), Role.BUILDER, "compose flavours")
+        revision_of = None
+        if data.get("revision_of"):
+            revision_of = (
+                selectors.flavours_visible_to(user=request.user).filter(pk=data["revision_of"]).first()
+            )
+            if revision_of is None:
+                raise exceptions.ValidationError({"revision_of": ["No such flavour among your teams."]})
+        try:
+            flavour, created = services.flavour_create(
+                user=request.user,
+                team=team,
+                name=data.get("name"),
+                description=data.get("description", ""),
+                arch=data.get("arch"),
+                extensions=data.get("extensions"),
+                options=data.get("options"),
+                revision_of=revision_of,
+            )
+        except FlavourInvalid as invalid:
+            raise exceptions.ValidationError(invalid.errors) from None
+        except services.BuildRefused as refused:
+            raise RefusedError(refused) from None
+        body = FlavourSerializer(flavour, context={"request": request}).data
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class FlavourDetailView(generics.RetrieveAPIView):
+    serializer_class = FlavourSerializer
+
+    def get_queryset(self) -> Any:
+        return selectors.flavours_visible_to(user=self.request.user)
+
+
+class _FlavourConfigView(APIView):
+    kind: str = ""
+    content_type: str = ""
+
+    def get(self, request: Request, pk: str) -> HttpResponse:
+        flavour = get_object_or_404(selectors.flavours_visible_to(user=request.user), pk=pk)
+        artifact = (
+            Artifact.objects.filter(flavour=flavour, kind=self.kind, build__state="succeeded")
+            .order_by("-build__finished_at")
+            .first()
+        )
+        if artifact is None:
+            raise RefusedError(
+                services.BuildRefused(
+                    "flavour.not-built",
+                    "This flavour has no successful build yet; start one (POST .../builds/) and wait for it.",
+                    status=409,
+                )
+            )
+        from builds.adapters.store import get_artifact_store
+
+        data = get_artifact_store().get_bytes(artifact.key)
+        return HttpResponse(data, content_type=self.content_type)
+
+
+class FlavourButaneView(_FlavourConfigView):
+    kind = ArtifactKind.BUTANE
+    content_type = "application/yaml; charset=utf-8"
+
+    @extend_schema(
+        responses={(200, "application/yaml"): OpenApiTypes.STR, 404: ERROR, 409: ERROR},
+        description="The Butane config (YAML) published by the flavour's latest successful build.",
+    )
+    def get(self, request: Request, pk: str) -> HttpResponse:
+        return super().get(request, pk)
+
+
+class FlavourIgnitionView(_FlavourConfigView):
+    kind = ArtifactKind.IGNITION
+    content_type = "application/json"
+
+    @extend_schema(
+        responses={(200, "application/json"): OpenApiTypes.OBJECT, 404: ERROR, 409: ERROR},
+        description="The Ignition config (JSON) transpiled from the flavour's Butane config.",
+    )
+    def get(self, request: Request, pk: str) -> HttpResponse:
+        return super().get(request, pk)
+
+
+class FlavourBuildsView(generics.ListAPIView):
+    """The builds of one flavour; POST starts one (or returns the build that already covers it)."""
+
+    serializer_class = BuildSerializer
+
+    def get_queryset(self) -> Any:
+        flavour = get_object_or_404(
+            selectors.flavours_visible_to(user=self.request.user), pk=self.kwargs["pk"]
+        )
+        return _build_queryset(self.request.user).filter(flavour=flavour).order_by("-created_at")
+
+    @extend_schema(
+        request=None,
+        responses={
+            202: OpenApiResponse(BuildSerializer, description="A build was queued, or one already running."),
+            200: OpenApiResponse(
+                BuildSerializer, description="A succeeded build of the same flavour exists."
+            ),
+            403: ERROR,
+            404: ERROR,
+        },
+    )
+    def post(self, request: Request, pk: str) -> Response:
+        flavour = get_object_or_404(selectors.flavours_visible_to(user=request.user), pk=pk)
+        _require_role(request.user, flavour.team, Role.BUILDER, "start builds")
+        build, created = services.build_request(flavour=flavour, user=request.user)
+        return _build_response(request, build, accepted=created or build.is_active)
+
+
+def _build_response(request: Request, build: Build, *, accepted: bool) -> Response:
+    build = _build_queryset(request.user).get(pk=build.pk)
+    body = BuildSerializer(build, context={"request": request}).data
+    return Response(
+        body,
+        status=status.HTTP_202_ACCEPTED if accepted else status.HTTP_200_OK,
+        headers={"Location": body["url"]},
+    )
+
+
+# --- builds -------------------------------------------------------------------------------------
+
+
+class BuildListView(generics.ListAPIView):
+    """Builds of your teams, newest first."""
+
+    serializer_class = BuildSerializer
+
+    def get_queryset(self) -> Any:
+        return _build_queryset(self.request.user).order_by("-created_at")
+
+
+class BuildDetailView(generics.RetrieveAPIView):
+    """State, progress, steps with timings, queue position, images and artifacts of a build."""
+
+    serializer_class = BuildSerializer
+
+    def get_queryset(self) -> Any:
+        return _build_queryset(self.request.user)
+
+
+class BuildLogView(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "after", int, description="Only lines with seq greater than this (live tailing)."
+            )
+        ],
+        responses={200: BuildLogSerializer, 400: ERROR, 404: ERROR},
+    )
+    def get(self, request: Request, pk: str) -> Response:
+        build = get_object_or_404(selectors.builds_visible_to(user=request.user), pk=pk)
+        raw_after = request.query_params.get("after", "0")
+        try:
+            after = int(raw_after)
+            if after < 0:
+                raise ValueError
+        except ValueError:
+            raise exceptions.ValidationError({"after": ["Expected a whole number, 0 or more."]}) from None
+        lines = list(selectors.build_log_lines(build=build, after=after))
+        # A tail that read every line of an ended build can stop polling.
+        finished = build.state in FINISHED_BUILD_STATES and len(lines) < 1000
+        body = {
+            "state": build.state,
+            "finished": finished,
+            "next_after": lines[-1].seq if lines else after,
+            "lines": lines,
+        }
+        return Response(BuildLogSerializer(body).data)
+
+
+class BuildCancelView(APIView):
+    @extend_schema(request=None, responses={202: BuildSerializer, 403: ERROR, 404: ERROR, 409: ERROR})
+    def post(self, request: Request, pk: str) -> Response:
+        build = get_object_or_404(selectors.builds_visible_to(user=request.user), pk=pk)
+        _require_role(request.user, build.flavour.team, Role.BUILDER, "cancel builds")
+        try:
+            build = services.build_cancel(build=build, user=request.user)
+        except services.BuildRefused as refused:
+            raise RefusedError(refused) from None
+        return _build_response(request, build, accepted=True)
+
+
+class BuildRetryView(APIView):
+    @extend_schema(request=None, responses={202: BuildSerializer, 403: ERROR, 404: ERROR, 409: ERROR})
+    def post(self, request: Request, pk: str) -> Response:
+        build = get_object_or_404(selectors.builds_visible_to(user=request.user), pk=pk)
+        _require_role(request.user, build.flavour.team, Role.BUILDER, "retry builds")
+        try:
+            retried, _created = services.build_retry(build=build, user=request.user)
+        except services.BuildRefused as refused:
+            raise RefusedError(refused) from None
+        return _build_response(request, retried, accepted=True)
+
+
+class ArtifactDownloadView(APIView):
+    """For people: check access, then stream from the local store or redirect to a presigned URL."""
+
+    @extend_schema(
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            302: OpenApiResponse(description="Redirect to a short-lived presigned URL."),
+            404: ERROR,
+        }
+    )
+    def get(self, request: Request, pk: str, artifact_id: int) -> HttpResponse:
+        build = get_object_or_404(selectors.builds_visible_to(user=request.user), pk=pk)
+        artifact = get_object_or_404(Artifact, pk=artifact_id, build=build)
+        from builds.adapters.store import get_artifact_store
+
+        store = get_artifact_store()
+        presigned = store.presigned_url(artifact.key, expires=300)
+        if presigned:
+            return HttpResponseRedirect(presigned)
+        response: FileResponse | StreamingHttpResponse = FileResponse(
+            store.open(artifact.key),
+            as_attachment=True,
+            filename=artifact.name,
+            content_type=artifact.content_type,
+        )
+        return response
+
+
+# --- webhooks -----------------------------------------------------------------------------------
+
+
+class WebhookListCreateView(generics.ListAPIView):
+    """Your teams' webhooks; POST registers a URL for signed build events (admin role)."""
+
+    serializer_class = WebhookSerializer
+
+    def get_queryset(self) -> Any:
+        return selectors.webhooks_visible_to(user=self.request.user)
+
+    @extend_schema(
+        request=WebhookCreateSerializer,
+        responses={201: WebhookCreatedSerializer, 400: VALIDATION_ERROR, 403: ERROR},
+        description=(
+            "Each event is a JSON POST with header X-Bakehouse-Signature: sha256=<hex HMAC-SHA256 of the "
+            "body with the secret>. The secret is shown only in this response."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        _reject_unknown_fields(request.data, set(WebhookCreateSerializer().fields))
+        serializer = WebhookCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        team = _choose_team(
+            request.user, serializer.validated_data.get("team"), Role.ADMIN, "manage webhooks"
+        )
+        hook = services.webhook_create(
+            team=team,
+            user=request.user,
+            url=serializer.validated_data["url"],
+            secret=serializer.validated_data.get("secret"),
+        )
+        return Response(WebhookCreatedSerializer(hook).data, status=status.HTTP_201_CREATED)
+
+
+class WebhookDetailView(generics.RetrieveDestroyAPIView):
+    serializer_class = WebhookSerializer
+
+    def get_queryset(self) -> Any:
+        return selectors.webhooks_visible_to(user=self.request.user)
+
+    def perform_destroy(self, instance: Any) -> None:
+        _require_role(self.request.user, instance.team, Role.ADMIN, "manage webhooks")
+        instance.delete()
+
+
+class WebhookDeliveriesView(generics.ListAPIView):
+    serializer_class = WebhookDeliverySerializer
+
+    def get_queryset(self) -> Any:
+        hook = get_object_or_404(selectors.webhooks_visible_to(user=self.request.user), pk=self.kwargs["pk"])
+        return hook.deliveries.all()

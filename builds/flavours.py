@@ -1,0 +1,382 @@
+"""A flavour's choices: validation on submit, and the canonical document whose sha256 is its ID.
+
+The canonical document names every chosen extension with its recipe digest and the upstream
+digests pinned for the flavour's arch, plus every option with its default filled in. The same
+choices therefore always give the same document, the same ID and the same artifacts; any change
+that could change a byte of an artifact changes the ID.
+
+Every input here comes from a user: each problem is reported against the field it concerns, and
+nothing is dropped silently (an unknown option is an error, not ignored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import Q
+
+from builds.models import Arch
+from catalog.models import Delivery, Extension, ExtensionVersion, Team, VersionStatus
+
+DOCUMENT_SCHEMA = "bakehouse.flavour/v1"
+
+BUTANE_VERSIONS = ("1.0.0", "1.1.0")
+UPDATE_ACTIONS = ("refresh", "reboot")
+# One choice each on purpose: published file names (NAME-VER-ARCH.raw) do not carry the format
+# or compression, so two flavours must never make different bytes under one name.
+IMAGE_FORMATS = ("squashfs",)
+COMPRESSIONS = ("gzip",)
+# Flatcar's bundled sysexts a flavour may mask (its own docker/containerd replace them).
+BUILTIN_SYSEXTS = ("docker", "containerd")
+
+_HOSTNAME_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_SSH_KEY = re.compile(
+    r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)"
+    r" [A-Za-z0-9+/=]+( [^\r\n]*)?$"
+)
+MAX_FRAGMENT_BYTES = 256 * 1024
+MAX_EXTENSIONS = 64
+
+
+@dataclass(frozen=True)
+class FlavourOptions:
+    """Provisioning options, every one with its default filled in."""
+
+    butane_version: str = "1.0.0"
+    updates: bool = True
+    update_action: str = "refresh"
+    minor_pinning: bool = True
+    signed: bool = True
+    masks: tuple[str, ...] = ()
+    ssh_keys: tuple[str, ...] = ()
+    hostname: str = ""
+    butane_fragment: str = ""
+    image_format: str = IMAGE_FORMATS[0]
+    compression: str = COMPRESSIONS[0]
+
+    def as_document(self) -> dict[str, Any]:
+        return {
+            "butane_version": self.butane_version,
+            "updates": self.updates,
+            "update_action": self.update_action,
+            "minor_pinning": self.minor_pinning,
+            "signed": self.signed,
+            "masks": list(self.masks),
+            "ssh_keys": list(self.ssh_keys),
+            "hostname": self.hostname,
+            "butane_fragment": self.butane_fragment,
+            "image_format": self.image_format,
+            "compression": self.compression,
+        }
+
+    @classmethod
+    def from_document(cls, data: Mapping[str, Any]) -> FlavourOptions:
+        """Rebuild options stored by ``as_document`` (already validated)."""
+        values = dict(data)
+        values["masks"] = tuple(values.get("masks", ()))
+        values["ssh_keys"] = tuple(values.get("ssh_keys", ()))
+        return cls(**values)
+
+
+OPTION_NAMES = tuple(FlavourOptions().as_document())
+
+
+@dataclass(frozen=True)
+class ChosenExtension:
+    """One extension version in a flavour, with everything that determines its image."""
+
+    version: ExtensionVersion
+    pins: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.version.extension.name
+
+    def as_document(self) -> dict[str, Any]:
+        extension = self.version.extension
+        return {
+            "name": extension.name,
+            "version": self.version.version,
+            "catalog": extension.team.slug if extension.team_id else "global",
+            "delivery": extension.delivery,
+            "recipe_digest": extension.recipe_digest,
+            "pins": dict(sorted(self.pins.items())),
+        }
+
+
+@dataclass(frozen=True)
+class FlavourChoices:
+    """Validated choices, ready to be stored as a flavour."""
+
+    team: Team
+    name: str
+    description: str
+    arch: str
+    extensions: tuple[ChosenExtension, ...]
+    options: FlavourOptions
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "schema": DOCUMENT_SCHEMA,
+            "team": self.team.slug,
+            "name": self.name,
+            "description": self.description,
+            "arch": self.arch,
+            "extensions": [e.as_document() for e in sorted(self.extensions, key=lambda e: e.name)],
+            "options": self.options.as_document(),
+        }
+
+    def canonical_json(self) -> str:
+        return canonical_json(self.document())
+
+    def flavour_id(self) -> str:
+        return flavour_id(self.canonical_json())
+
+
+class FlavourInvalid(Exception):
+    """The submitted choices have problems; ``errors`` maps each field to its reasons."""
+
+    def __init__(self, errors: Mapping[str, list[str]]) -> None:
+        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+        self.errors = dict(errors)
+
+
+def canonical_json(document: Mapping[str, Any]) -> str:
+    """Sorted keys, no insignificant white space, UTF-8: one text for one document."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def flavour_id(canonical: str) -> str:
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class _Errors:
+    by_field: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, name: str, reason: str) -> None:
+        self.by_field.setdefault(name, []).append(reason)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_field)
+
+
+def flavour_choices_resolve(
+    *,
+    team: Team,
+    name: Any,
+    description: Any = "",
+    arch: Any,
+    extensions: Any,
+    options: Any = None,
+    previous: Sequence[ExtensionVersion] = (),
+) -> FlavourChoices:
+    """Check a submitted flavour against the catalog and return its validated choices.
+
+    ``previous`` are the versions of the flavour being edited: a deprecated version stays usable
+    in a new revision of a flavour that already had it, but is not offered to new flavours.
+    Raises ``FlavourInvalid`` with every problem found, per field.
+    """
+    errors = _Errors()
+    if not isinstance(name, str) or not name.strip():
+        errors.add("name", "A flavour needs a name.")
+    elif len(name.strip()) > 100:
+        errors.add("name", "A flavour name has at most 100 characters.")
+    if not isinstance(description, str):
+        errors.add("description", "The description must be text.")
+        description = ""
+    if arch not in Arch.values:
+        errors.add("arch", f"Unsupported architecture {arch!r}; choose one of {', '.join(Arch.values)}.")
+    chosen = _resolve_extensions(team, extensions, arch if arch in Arch.values else None, previous, errors)
+    flavour_options = _resolve_options(options, errors)
+    if not errors:
+        _check_relations(chosen, errors)
+    if errors:
+        raise FlavourInvalid(errors.by_field)
+    return FlavourChoices(
+        team=team,
+        name=name.strip(),
+        description=description.strip(),
+        arch=arch,
+        extensions=tuple(chosen),
+        options=flavour_options,
+    )
+
+
+def _resolve_extensions(
+    team: Team,
+    raw: Any,
+    arch: str | None,
+    previous: Sequence[ExtensionVersion],
+    errors: _Errors,
+) -> list[ChosenExtension]:
+    if not isinstance(raw, list) or not raw:
+        errors.add("extensions", "Choose at least one extension, as a list of {name, version}.")
+        return []
+    if len(raw) > MAX_EXTENSIONS:
+        errors.add("extensions", f"A flavour has at most {MAX_EXTENSIONS} extensions.")
+        return []
+    previous_ids = {v.pk for v in previous}
+    visible = Q(extension__team__isnull=True) | Q(extension__team=team)
+    chosen: list[ChosenExtension] = []
+    seen: set[str] = set()
+    for index, item in enumerate(raw):
+        where = f"extensions[{index}]"
+        if not isinstance(item, Mapping) or set(item) - {"name", "version"}:
+            errors.add(where, "Each extension is an object with exactly 'name' and 'version'.")
+            continue
+        ext_name, version = item.get("name"), item.get("version")
+        if not isinstance(ext_name, str) or not isinstance(version, str) or not ext_name or not version:
+            errors.add(where, "Both 'name' and 'version' must be non-empty text.")
+            continue
+        if ext_name in seen:
+            errors.add(where, f"{ext_name} is chosen more than once; a flavour holds one version of each.")
+            continue
+        seen.add(ext_name)
+        if not Extension.objects.filter(Q(team__isnull=True) | Q(team=team), name=ext_name).exists():
+            errors.add(where, f"Unknown extension {ext_name!r}.")
+            continue
+        found = (
+            ExtensionVersion.objects.filter(visible, extension__name=ext_name, version=version)
+            .select_related("extension", "extension__team")
+            .prefetch_related("digests")
+            # A team's private extension never shadows a global one, but prefer it if it did.
+            .order_by("extension__team")
+            .first()
+        )
+        if found is None:
+            errors.add(where, f"{ext_name} has no version {version!r} in the catalog.")
+            continue
+        extension = found.extension
+        if not extension.selectable:
+            errors.add(where, f"{ext_name} needs a source build and cannot be part of a flavour.")
+            continue
+        if found.status != VersionStatus.APPROVED:
+            errors.add(where, f"{ext_name} {version} is not approved (it is {found.status}).")
+            continue
+        if found.deprecated and found.pk not in previous_ids:
+            errors.add(where, f"{ext_name} {version} is deprecated and not offered for new flavours.")
+            continue
+        if arch is not None and arch not in (extension.arches or []):
+            supported = ", ".join(extension.arches or []) or "none"
+            errors.add(where, f"{ext_name} does not support {arch} (supported: {supported}).")
+            continue
+        pins: dict[str, str] = {}
+        if arch is not None and extension.delivery == Delivery.BAKE:
+            pins = found.pins(arch)
+            if not pins:
+                errors.add(where, f"{ext_name} {version} has no pinned upstream digests for {arch}.")
+                continue
+        chosen.append(ChosenExtension(version=found, pins=pins))
+    return chosen
+
+
+def _resolve_options(raw: Any, errors: _Errors) -> FlavourOptions:
+    defaults = FlavourOptions()
+    if raw is None:
+        return defaults
+    if not isinstance(raw, Mapping):
+        errors.add("options", "Options must be an object.")
+        return defaults
+    for unknown in sorted(set(raw) - set(OPTION_NAMES)):
+        errors.add(f"options.{unknown}", f"Unknown option; known options are {', '.join(OPTION_NAMES)}.")
+    values = defaults.as_document()
+
+    def choice(key: str, allowed: tuple[str, ...]) -> None:
+        if key in raw:
+            if raw[key] in allowed:
+                values[key] = raw[key]
+            else:
+                errors.add(f"options.{key}", f"Expected one of {', '.join(allowed)}, got {raw[key]!r}.")
+
+    def boolean(key: str) -> None:
+        if key in raw:
+            if isinstance(raw[key], bool):
+                values[key] = raw[key]
+            else:
+                errors.add(f"options.{key}", "Expected true or false.")
+
+    choice("butane_version", BUTANE_VERSIONS)
+    choice("update_action", UPDATE_ACTIONS)
+    choice("image_format", IMAGE_FORMATS)
+    choice("compression", COMPRESSIONS)
+    boolean("updates")
+    boolean("minor_pinning")
+    boolean("signed")
+
+    if "masks" in raw:
+        masks = raw["masks"]
+        if not isinstance(masks, list) or any(m not in BUILTIN_SYSEXTS for m in masks):
+            errors.add("options.masks", f"Expected a list drawn from {', '.join(BUILTIN_SYSEXTS)}.")
+        else:
+            values["masks"] = sorted(set(masks))
+    if "ssh_keys" in raw:
+        keys = raw["ssh_keys"]
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            errors.add("options.ssh_keys", "Expected a list of SSH public keys, one per item.")
+        else:
+            cleaned = [k.strip() for k in keys]
+            for index, key in enumerate(cleaned):
+                if not _SSH_KEY.match(key):
+                    errors.add(
+                        f"options.ssh_keys[{index}]", "Not an OpenSSH public key (type, base64, comment)."
+                    )
+            values["ssh_keys"] = cleaned
+    if "hostname" in raw:
+        hostname = raw["hostname"]
+        if not isinstance(hostname, str):
+            errors.add("options.hostname", "Expected text.")
+        else:
+            hostname = hostname.strip()
+            if hostname and (
+                len(hostname) > 253 or not all(_HOSTNAME_LABEL.match(p) for p in hostname.split("."))
+            ):
+                errors.add(
+                    "options.hostname",
+                    "A hostname is lowercase letters, digits and '-', in dot-separated labels of at most 63.",
+                )
+            values["hostname"] = hostname
+    if "butane_fragment" in raw:
+        fragment = raw["butane_fragment"]
+        if not isinstance(fragment, str):
+            errors.add("options.butane_fragment", "Expected Butane YAML as text.")
+        elif len(fragment.encode("utf-8")) > MAX_FRAGMENT_BYTES:
+            errors.add("options.butane_fragment", f"The fragment is larger than {MAX_FRAGMENT_BYTES} bytes.")
+        else:
+            values["butane_fragment"] = fragment
+    if errors:
+        return defaults
+    options = FlavourOptions.from_document(values)
+    if options.butane_fragment.strip():
+        for reason in fragment_problems(options.butane_fragment, options.butane_version):
+            errors.add("options.butane_fragment", reason)
+    return options
+
+
+def fragment_problems(fragment: str, butane_version: str) -> list[str]:
+    """Problems the Butane validator finds in a user's fragment (empty when it is fine)."""
+    from builds.pipeline.butane import validate_fragment
+
+    return list(validate_fragment(fragment, butane_version))
+
+
+def _check_relations(chosen: list[ChosenExtension], errors: _Errors) -> None:
+    names = {c.name for c in chosen}
+    for item in chosen:
+        extension = item.version.extension
+        for group in extension.requires or []:
+            alternatives = [group] if isinstance(group, str) else list(group)
+            if not names.intersection(alternatives):
+                wanted = " or ".join(alternatives)
+                errors.add("extensions", f"{extension.name} requires {wanted}; add it to the flavour.")
+        for other in extension.conflicts or []:
+            if other in names and other != extension.name:
+                pair = sorted((extension.name, other))
+                reason = f"{pair[0]} and {pair[1]} conflict; choose one."
+                if reason not in errors.by_field.get("extensions", []):
+                    errors.add("extensions", reason)

@@ -1,0 +1,189 @@
+"""A small catalog and a fixed cast of users for the builds tests.
+
+Cast: ``owner`` (admin of team blue), ``teammate`` (builder in blue), ``watcher`` (viewer in
+blue) and ``outsider`` (admin of team red). Import the fixtures you need by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+
+from catalog.models import (
+    Delivery,
+    Extension,
+    ExtensionVersion,
+    Membership,
+    Role,
+    Team,
+    UpstreamDigest,
+    VersionStatus,
+)
+
+UPSTREAM_HOST = "https://github.com/"
+
+
+def fake_digest(*parts: str) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()
+
+
+def recipe_yaml(
+    name: str,
+    versions: Iterable[str],
+    *,
+    arches: Sequence[str] = ("x86-64", "arm64"),
+    requires: Sequence[Any] = (),
+    conflicts: Sequence[str] = (),
+    delivery: str = "bake",
+) -> str:
+    """A recipe whose single source is a tar.gz holding ``bin/NAME``, on the real-looking host."""
+    arch_map = ", ".join(f"{a}: {a.replace('-', '_')}" for a in arches)
+    lines = [
+        f"name: {name}",
+        f"description: Test extension {name}",
+        "category: tool",
+        f"delivery: {delivery}",
+        f"arches: {{{arch_map}}}",
+    ]
+    if delivery == "bake":
+        lines += [
+            "sources:",
+            f"  - url: {UPSTREAM_HOST}example/{name}/releases/download/{{version}}/"
+            f"{name}-{{version}}-{{arch}}.tar.gz",
+            f"    id: {name}",
+            "    install:",
+            f'      - {{from: bin/{name}, to: usr/bin/{name}, mode: "0755"}}',
+        ]
+    if requires:
+        lines.append(f"requires: {list(requires)!r}".replace("'", ""))
+    if conflicts:
+        lines.append(f"conflicts: [{', '.join(conflicts)}]")
+    lines.append("versions:")
+    lines += [f"  {v}: {{}}" for v in versions]
+    return "\n".join(lines) + "\n"
+
+
+def make_extension(
+    name: str,
+    *,
+    team: Team | None = None,
+    versions: dict[str, str] | None = None,
+    arches: Sequence[str] = ("x86-64", "arm64"),
+    requires: Sequence[Sequence[str]] = (),
+    conflicts: Sequence[str] = (),
+    delivery: str = Delivery.BAKE,
+    deprecated: Iterable[str] = (),
+    digests: dict[tuple[str, str], str] | None = None,
+) -> Extension:
+    """An extension with versions in the given statuses; approved ones get pins for every arch.
+
+    ``digests`` overrides the pinned sha256 per (version, arch).
+    """
+    versions = versions or {"v1.0.0": VersionStatus.APPROVED}
+    text = recipe_yaml(
+        name,
+        list(versions),
+        arches=arches,
+        requires=[list(g) for g in requires],
+        conflicts=conflicts,
+        delivery=delivery,
+    )
+    extension = Extension.objects.create(
+        name=name,
+        team=team,
+        description=f"Test extension {name}",
+        delivery=delivery,
+        arches=list(arches),
+        recipe_text=text,
+        recipe_digest=fake_digest("recipe", text),
+        requires=[list(g) for g in requires],
+        conflicts=list(conflicts),
+    )
+    deprecated = set(deprecated)
+    for version, status in versions.items():
+        ev = ExtensionVersion.objects.create(
+            extension=extension, version=version, status=status, deprecated=version in deprecated
+        )
+        if status == VersionStatus.APPROVED and delivery == Delivery.BAKE:
+            for arch in arches:
+                sha = (digests or {}).get((version, arch)) or fake_digest(name, version, arch)
+                UpstreamDigest.objects.create(
+                    version=ev,
+                    arch=arch,
+                    source_id=name,
+                    url=f"{UPSTREAM_HOST}example/{name}/releases/download/{version}/{name}-{version}-{arch}.tar.gz",
+                    sha256=sha,
+                    size=123,
+                )
+    return extension
+
+
+@dataclass
+class Cast:
+    blue: Team
+    red: Team
+    owner: User
+    teammate: User
+    watcher: User
+    outsider: User
+
+
+def make_cast() -> Cast:
+    blue = Team.objects.create(name="Blue", slug="blue")
+    red = Team.objects.create(name="Red", slug="red")
+    users = {}
+    for username, team, role in (
+        ("owner", blue, Role.ADMIN),
+        ("teammate", blue, Role.BUILDER),
+        ("watcher", blue, Role.VIEWER),
+        ("outsider", red, Role.ADMIN),
+    ):
+        # No password: hashing one costs a good second per user, and tests authenticate directly.
+        user = User.objects.create(username=username, email=f"{username}@example.org")
+        Membership.objects.create(team=team, user=user, role=role)
+        users[username] = user
+    return Cast(blue=blue, red=red, **users)
+
+
+def make_small_catalog(cast: Cast) -> None:
+    """hello (v1 approved, v0.9 deprecated, v2 proposed), tool needing hello, a rival of hello,
+    an x86-only one, a source-build-only one, and red's private secret."""
+    make_extension(
+        "hello",
+        versions={"v1.0.0": VersionStatus.APPROVED, "v0.9.0": VersionStatus.APPROVED, "v2.0.0": "proposed"},
+        deprecated=["v0.9.0"],
+    )
+    make_extension("hello-tools", requires=[["hello"]])
+    make_extension("rival", conflicts=["hello"])
+    make_extension("x86only", arches=("x86-64",))
+    make_extension(
+        "wave", delivery=Delivery.SOURCE_BUILD_REQUIRED, versions={"v1.0.0": VersionStatus.APPROVED}
+    )
+    make_extension("secret", team=cast.red)
+    make_extension("bluetool", team=cast.blue)
+
+
+@pytest.fixture
+def cast(db: Any) -> Cast:
+    return make_cast()
+
+
+@pytest.fixture
+def small_catalog(cast: Cast) -> Cast:
+    make_small_catalog(cast)
+    return cast
+
+
+def flavour_payload(**overrides: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "name": "web nodes",
+        "arch": "x86-64",
+        "extensions": [{"name": "hello", "version": "v1.0.0"}],
+    }
+    payload.update(overrides)
+    return payload
