@@ -360,9 +360,9 @@ def _resolve_options(raw: Any, errors: _Errors) -> FlavourOptions:
 
 def fragment_problems(fragment: str, butane_version: str) -> list[str]:
     """Problems the Butane validator finds in a user's fragment (empty when it is fine)."""
-    from builds.pipeline.butane import validate_fragment
+    from builds.pipeline.butane.transpile import validate_fragment
 
-    return list(validate_fragment(fragment, butane_version))
+    return [str(message) for message in validate_fragment(fragment, butane_version)]
 
 
 def _check_relations(chosen: list[ChosenExtension], errors: _Errors) -> None:

@@ -18,10 +18,14 @@ import hmac
 import json
 import logging
 import secrets
+import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -34,6 +38,7 @@ from builds.flavours import FlavourChoices, FlavourOptions, flavour_choices_reso
 from builds.models import (
     ACTIVE_BUILD_STATES,
     Artifact,
+    ArtifactKind,
     Build,
     BuildImage,
     BuildLogLine,
@@ -41,9 +46,12 @@ from builds.models import (
     BuildStep,
     Flavour,
     FlavourExtension,
+    ImageArtifact,
+    Verification,
     Webhook,
     WebhookDelivery,
 )
+from builds.pipeline.errors import PipelineError
 from catalog.models import Delivery, ExtensionVersion, Team
 
 logger = logging.getLogger(__name__)
@@ -506,3 +514,552 @@ def builds_reap_stale(*, now: Any = None, timeout: float | None = None) -> list[
     for build_id in reaped:
         logger.warning("reaped build %s", build_id)
     return reaped
+
+
+# --- running builds (called by tasks) -----------------------------------------------------------
+
+
+def _load_build(build_id: Any) -> Build | None:
+    return Build.objects.select_related("flavour", "flavour__team").filter(pk=build_id).first()
+
+
+def _flavour_entries(flavour: Flavour) -> dict[str, dict[str, Any]]:
+    """The flavour's canonical extension entries by name: the pins the ID promises."""
+    return {entry["name"]: entry for entry in json.loads(flavour.canonical)["extensions"]}
+
+
+@dataclass(frozen=True)
+class _ImagePlan:
+    """What the pipeline needs to bake one image of a build, read from the flavour and catalog."""
+
+    name: str
+    version: str
+    arch: str
+    recipe: Any
+    pins: dict[str, str]
+    cache_key: str | None  # None when some source has no pin: such an image is never reused
+    file_name: str
+
+
+def _image_plan(build: Build, build_image: BuildImage) -> _ImagePlan:
+    from builds.pipeline.bake import image_cache_key
+    from builds.pipeline.image import tool_versions
+    from builds.pipeline.sysupdate import image_file_name
+
+    version = build_image.extension_version
+    extension = version.extension
+    entry = _flavour_entries(build.flavour).get(extension.name)
+    if entry is None or entry["version"] != version.version:
+        raise PipelineError(
+            "flavour.inconsistent",
+            f"{extension.name} {version.version} is not part of this flavour's document",
+        )
+    if entry["recipe_digest"] != extension.recipe_digest:
+        raise PipelineError(
+            "flavour.stale",
+            f"the recipe of {extension.name} changed since this flavour was composed; "
+            "compose a new revision of the flavour to build with the new recipe",
+        )
+    recipe = version.recipe()
+    pins = dict(entry["pins"])
+    resolved = recipe.resolve(version.version, build.flavour.arch, pins)
+    options = flavour_options(build.flavour)
+    cache_key = None
+    if all(source.sha256 for source in resolved):
+        cache_key = image_cache_key(
+            recipe_digest=recipe.digest,
+            version=version.version,
+            arch=build.flavour.arch,
+            source_digests={source.id: str(source.sha256) for source in resolved},
+            image_format=options.image_format,
+            compression=options.compression,
+            tools=tool_versions(),
+        )
+    return _ImagePlan(
+        name=extension.name,
+        version=version.version,
+        arch=build.flavour.arch,
+        recipe=recipe,
+        pins=pins,
+        cache_key=cache_key,
+        file_name=image_file_name(extension.name, version.version, build.flavour.arch),
+    )
+
+
+def _cached_image(cache_key: str | None) -> ImageArtifact | None:
+    """A stored image with this key whose bytes are still in the store, unchanged."""
+    if cache_key is None:
+        return None
+    from builds.adapters.store import get_artifact_store
+
+    image = ImageArtifact.objects.filter(cache_key=cache_key).first()
+    if image is None:
+        return None
+    stored = get_artifact_store().stat(image.key)
+    if stored is None or stored.sha256 != image.sha256:
+        return None
+    return image
+
+
+def _run_guarded(build_id: Any, work: Any) -> None:
+    """Run ``work``; a user error or a cancel ends the build here, infrastructure errors propagate."""
+    try:
+        work()
+    except BuildCancelled:
+        build = _load_build(build_id)
+        if build is not None:
+            _build_end(build, BuildState.CANCELLED, code="build.cancelled", message="Stopped on request.")
+    except PipelineError as error:
+        if error.retryable:
+            raise
+        if error.output:
+            _log(build_id, error.output[-4000:])
+        build = _load_build(build_id)
+        if build is not None:
+            _build_end(build, BuildState.FAILED, code=error.code, message=error.message)
+
+
+def build_start(*, build_id: Any) -> None:
+    """Plan a queued build: reuse each image already in the store, queue a bake for the others."""
+    build = _load_build(build_id)
+    if build is None or not build.is_active:
+        return
+
+    def work() -> None:
+        _check_cancel(build_id)
+        Build.objects.filter(pk=build_id, started_at__isnull=True).update(started_at=timezone.now())
+        _advance(build_id, BuildState.FETCHING, step="plan", progress=2)
+        with _step(build_id, "plan"):
+            pending = BuildImage.objects.filter(
+                build_id=build_id, state=BuildImage.State.PENDING
+            ).select_related("extension_version__extension")
+            for build_image in pending:
+                plan = _image_plan(build, build_image)
+                cached = _cached_image(plan.cache_key)
+                if cached is not None:
+                    _log(
+                        build_id,
+                        f"{plan.file_name}: reusing the stored image {cached.sha256[:16]}… (not rebuilt).",
+                    )
+                    _image_done(build_id, build_image.pk, cached, reused=True)
+                else:
+                    _log(build_id, f"{plan.file_name}: queued for baking.")
+                    _queue("build_bake_image", str(build_id), build_image.pk)
+        _maybe_finalize(build_id)
+
+    _run_guarded(build_id, work)
+
+
+def _image_done(build_id: Any, build_image_id: int, image: ImageArtifact, *, reused: bool) -> None:
+    BuildImage.objects.filter(pk=build_image_id).update(
+        state=BuildImage.State.DONE, image=image, reused=reused
+    )
+
+
+def _maybe_finalize(build_id: Any) -> None:
+    """Queue finalize exactly once, when the last image of the build is ready."""
+    with transaction.atomic():
+        build = Build.objects.select_for_update().filter(pk=build_id).first()
+        if build is None or not build.is_active or build.finalize_queued:
+            return
+        if BuildImage.objects.filter(build_id=build_id).exclude(state=BuildImage.State.DONE).exists():
+            return
+        Build.objects.filter(pk=build_id).update(finalize_queued=True)
+        _queue("build_finalize", str(build_id))
+
+
+class _BakeReporter:
+    """The pipeline's ``progress(step, message, fraction)`` as build state, steps, log and heartbeat."""
+
+    def __init__(self, build_id: Any, image_label: str, image_index: float, image_count: int) -> None:
+        self.build_id = build_id
+        self.label = image_label
+        self.index = image_index
+        self.count = max(image_count, 1)
+        self._step: BuildStep | None = None
+        self._step_name = ""
+        self._last_message = ""
+        self._last_write = 0.0
+        self._last_cancel_check = 0.0
+
+    def __call__(self, step: str, message: str, fraction: float) -> None:
+        from builds.pipeline.bake import STEPS
+
+        now = time.monotonic()
+        if now - self._last_cancel_check > 1.0:
+            self._last_cancel_check = now
+            _check_cancel(self.build_id)
+        if step != self._step_name:
+            self.close("ok")
+            self._step_name = step
+            self._step = BuildStep.objects.create(
+                build_id=self.build_id, name=f"{self.label}: {step}"[:100], started_at=timezone.now()
+            )
+        position = STEPS.index(step) if step in STEPS else len(STEPS) - 1
+        within = (position + fraction) / len(STEPS)
+        progress = 5 + int(BAKE_SHARE * (self.index + within) / self.count)
+        state = BuildState.FETCHING if step == "fetch" else BuildState.BAKING
+        if message != self._last_message and (
+            fraction >= 1.0 or fraction == 0.0 or now - self._last_write > 2.0
+        ):
+            self._last_message = message
+            self._last_write = now
+            _log(self.build_id, f"[{self.label}] {step}: {message}")
+            _advance(self.build_id, state, step=f"{self.label}: {step}", progress=progress)
+
+    def close(self, outcome: str) -> None:
+        if self._step is not None:
+            BuildStep.objects.filter(pk=self._step.pk).update(finished_at=timezone.now(), outcome=outcome)
+            self._step = None
+
+
+def _sha512_file(path: Path) -> str:
+    digest = hashlib.sha512()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_image_bake(*, build_id: Any, build_image_id: int) -> None:
+    """Bake one image of a build (or take it from the cache if another build just made it)."""
+    build = _load_build(build_id)
+    build_image = (
+        BuildImage.objects.select_related("extension_version__extension").filter(pk=build_image_id).first()
+    )
+    if build is None or build_image is None or not build.is_active:
+        return
+    if build_image.state == BuildImage.State.DONE:  # a redelivered message: the work is done
+        _maybe_finalize(build_id)
+        return
+
+    def work() -> None:
+        from builds.adapters.store import get_artifact_store
+        from builds.pipeline.bake import bake_sysext
+        from builds.pipeline.fetch import Fetcher
+
+        _check_cancel(build_id)
+        Build.objects.filter(pk=build_id, started_at__isnull=True).update(started_at=timezone.now())
+        plan = _image_plan(build, build_image)
+        cached = _cached_image(plan.cache_key)
+        if cached is not None:
+            _log(build_id, f"{plan.file_name}: another build stored this image meanwhile; reusing it.")
+            _image_done(build_id, build_image.pk, cached, reused=True)
+            _maybe_finalize(build_id)
+            return
+        version = build_image.extension_version
+        if hasattr(version, "upload"):
+            from catalog.services import uploaded_archive_materialize
+
+            uploaded_archive_materialize(version=version)
+        done = BuildImage.objects.filter(build_id=build_id, state=BuildImage.State.DONE).count()
+        count = BuildImage.objects.filter(build_id=build_id).count()
+        label = f"{plan.name} {plan.version}"
+        reporter = _BakeReporter(build_id, label, done, count)
+        options = flavour_options(build.flavour)
+        with _Heartbeat(build_id), tempfile.TemporaryDirectory(prefix="bh-build-") as scratch:
+            try:
+                with Fetcher(settings.FETCH_CACHE_DIR, mirrors=settings.UPSTREAM_MIRRORS) as fetcher:
+                    result = bake_sysext(
+                        plan.recipe,
+                        plan.version,
+                        plan.arch,
+                        Path(scratch) / "out",
+                        fetcher=fetcher,
+                        work_dir=scratch,
+                        image_format=options.image_format,
+                        compression=options.compression,
+                        pins=plan.pins,
+                        progress=reporter,
+                    )
+            except BaseException:
+                reporter.close("failed")
+                raise
+            reporter.close("ok")
+            cache_key = plan.cache_key or result.cache_key
+            with _step(build_id, f"{label}: store"):
+                stored = get_artifact_store().put_file(
+                    f"images/{cache_key}/{result.image_name}", result.image_path
+                )
+                if stored.sha256 != result.image_sha256:
+                    raise PipelineError(
+                        "store.sha256-mismatch",
+                        f"{result.image_name} was stored as {stored.sha256}, baked as {result.image_sha256}",
+                        retryable=True,
+                    )
+                sha512 = _sha512_file(result.image_path)
+        try:
+            with transaction.atomic():
+                image, _created = ImageArtifact.objects.update_or_create(
+                    cache_key=cache_key,
+                    defaults={
+                        "extension_version": version,
+                        "arch": plan.arch,
+                        "file_name": result.image_name,
+                        "sha256": result.image_sha256,
+                        "sha512": sha512,
+                        "size": result.image_size,
+                        "key": stored.key,
+                        "image_format": result.image_format,
+                        "compression": result.compression,
+                        "built_by_id": build_id,
+                    },
+                )
+        except IntegrityError:  # a parallel bake of the same key won: same bytes, same key
+            image = ImageArtifact.objects.get(cache_key=cache_key)
+        _log(
+            build_id, f"{result.image_name}: baked, sha256 {result.image_sha256}, {result.image_size} bytes."
+        )
+        _image_done(build_id, build_image.pk, image, reused=False)
+        _maybe_finalize(build_id)
+
+    _run_guarded(build_id, work)
+
+
+@dataclass(frozen=True)
+class _ReadyImage:
+    """An image of the build, downloaded for verification and publication."""
+
+    build_image: BuildImage
+    image: ImageArtifact
+    path: Path
+
+    @property
+    def extension(self) -> Any:
+        return self.build_image.extension_version.extension
+
+    @property
+    def version(self) -> str:
+        return str(self.build_image.extension_version.version)
+
+
+def _download_image(image: ImageArtifact, directory: Path) -> Path:
+    """Copy an image from the store, refusing bytes that are not the ones we baked."""
+    from builds.adapters.store import get_artifact_store
+
+    target = directory / image.file_name
+    digest = hashlib.sha256()
+    with get_artifact_store().open(image.key) as stream, open(target, "wb") as out:
+        while chunk := stream.read(1024 * 1024):
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != image.sha256:
+        raise PipelineError(
+            "store.sha256-mismatch",
+            f"the stored {image.file_name} reads back as {digest.hexdigest()}, not {image.sha256}",
+            retryable=True,
+        )
+    return target
+
+
+def flavour_config(
+    flavour: Flavour, images: list[_ReadyImage], *, keyring: bytes, public_url: Callable[[str], str]
+) -> Any:
+    """The pipeline's ``FlavourConfig`` for a flavour whose images are about to be published."""
+    from builds.pipeline.bake import minor_pin
+    from builds.pipeline.butane.render import BUNDLED_SYSEXTS, ExtensionImage, FlavourConfig
+    from builds.pipeline.sysupdate import UpdateAction
+    from builds.publication import extension_prefix
+
+    options = flavour_options(flavour)
+    chosen = list(flavour.extension_versions.select_related("extension"))
+    masks = set(options.masks)
+    for version in chosen:
+        masks.update(name for name in version.extension.replaces_builtin or [] if name in BUNDLED_SYSEXTS)
+    official = sorted(v.extension.name for v in chosen if v.extension.delivery == Delivery.FLATCAR_OFFICIAL)
+    extension_images = []
+    for ready in sorted(images, key=lambda r: r.extension.name):
+        prefix = extension_prefix(ready.extension.name)
+        pinned = options.minor_pinning and ready.extension.minor_pinning
+        extension_images.append(
+            ExtensionImage(
+                name=ready.extension.name,
+                version=ready.version,
+                arch=flavour.arch,
+                url=public_url(prefix + ready.image.file_name),
+                hash=f"sha512-{ready.image.sha512}",
+                publish_url=public_url(prefix),
+                minor_pin=minor_pin(ready.version) if pinned else None,
+            )
+        )
+    return FlavourConfig(
+        arch=flavour.arch,
+        extensions=tuple(extension_images),
+        spec_version=options.butane_version,
+        updates=options.updates,
+        update_action=UpdateAction(options.update_action),
+        signed=options.signed,
+        public_keyring=keyring if options.signed else b"",
+        mask_bundled=tuple(sorted(masks)),
+        official_extensions=tuple(official),
+        ssh_authorized_keys=options.ssh_keys,
+        hostname=options.hostname or None,
+        fragment=options.butane_fragment,
+    )
+
+
+def _flavour_files(
+    flavour: Flavour, config: Any, images: list[_ReadyImage], public_url: Callable[[str], str]
+) -> dict[str, bytes]:
+    """config.bu, config.ign, the transfer files and the SBOM, as published for the flavour."""
+    from builds.pipeline.butane.render import render_butane, render_ignition
+    from builds.pipeline.sysupdate import render_transfer, transfer_file_name
+    from builds.publication import SBOM_FILE_NAME, SbomComponent, SbomSource, flavour_prefix, render_sbom
+
+    files: dict[str, bytes] = {
+        "config.bu": render_butane(config).encode("utf-8"),
+        "config.ign": render_ignition(config).encode("utf-8"),
+    }
+    if config.updates:
+        for extension_image in config.extensions:
+            name = transfer_file_name(extension_image.name, extension_image.minor_pin)
+            text = render_transfer(
+                extension_image.name,
+                extension_image.publish_url,
+                verify=config.signed,
+                minor_pin=extension_image.minor_pin,
+            )
+            files[name] = text.encode("utf-8")
+    components = []
+    for ready in images:
+        digests = ready.build_image.extension_version.digests.filter(arch=flavour.arch).order_by("source_id")
+        components.append(
+            SbomComponent(
+                name=ready.extension.name,
+                version=ready.version,
+                arch=flavour.arch,
+                file_name=ready.image.file_name,
+                sha256=ready.image.sha256,
+                download_url=next(e.url for e in config.extensions if e.name == ready.extension.name),
+                homepage=ready.extension.homepage or "",
+                sources=tuple(SbomSource(d.source_id, d.url, d.sha256) for d in digests),
+            )
+        )
+    files[SBOM_FILE_NAME] = render_sbom(
+        flavour_id=flavour.pk,
+        flavour_name=flavour.name,
+        components=components,
+        created=flavour.created_at,
+        document_namespace=public_url(flavour_prefix(flavour.pk) + SBOM_FILE_NAME),
+    )
+    return files
+
+
+_KIND_BY_NAME = {
+    "config.bu": ArtifactKind.BUTANE,
+    "config.ign": ArtifactKind.IGNITION,
+    "sbom.spdx.json": ArtifactKind.SBOM,
+    "import-pubring.gpg": ArtifactKind.KEYRING,
+    "SHA256SUMS": ArtifactKind.SHA256SUMS,
+    "SHA256SUMS.gpg": ArtifactKind.SIGNATURE,
+}
+
+
+def _record_artifact(build: Build, kind: str, name: str, stored: Any) -> None:
+    Artifact.objects.update_or_create(
+        build=build,
+        key=stored.key,
+        defaults={
+            "flavour": build.flavour,
+            "kind": kind,
+            "name": name,
+            "sha256": stored.sha256,
+            "size": stored.size,
+            "content_type": stored.content_type,
+        },
+    )
+
+
+def build_finalize(*, build_id: Any) -> None:
+    """Verify every image with systemd-sysext, then sign and publish images and flavour files."""
+    build = _load_build(build_id)
+    if build is None or not build.is_active:
+        return
+
+    def work() -> None:
+        from builds.adapters.signing_key import get_signer
+        from builds.adapters.store import get_artifact_store
+        from builds.pipeline.verify import verify_with_systemd_sysext
+        from builds.publication import ImageFile, publish_extension, publish_flavour
+
+        _check_cancel(build_id)
+        store = get_artifact_store()
+        build_images = list(
+            BuildImage.objects.filter(build_id=build_id)
+            .select_related("extension_version__extension", "image")
+            .order_by("extension_version__extension__name")
+        )
+        with _Heartbeat(build_id), tempfile.TemporaryDirectory(prefix="bh-final-") as scratch:
+            _advance(
+                build_id, BuildState.VERIFYING, step="verify", progress=PROGRESS_AT[BuildState.VERIFYING]
+            )
+            ready: list[_ReadyImage] = []
+            skipped: list[str] = []
+            with _step(build_id, "verify"):
+                for build_image in build_images:
+                    assert build_image.image is not None
+                    path = _download_image(build_image.image, Path(scratch))
+                    item = _ReadyImage(build_image, build_image.image, path)
+                    result = verify_with_systemd_sysext(path, item.extension.name, build.flavour.arch)
+                    BuildImage.objects.filter(pk=build_image.pk).update(
+                        verification=result.status, verification_reason=result.reason
+                    )
+                    if result.verified:
+                        _log(
+                            build_id,
+                            f"{path.name}: merged by systemd-sysext ({len(result.merged_bin)} in usr/bin).",
+                        )
+                    else:
+                        skipped.append(f"{path.name}: {result.reason}")
+                        _log(build_id, f"{path.name}: verification skipped: {result.reason}")
+                    ready.append(item)
+                    _check_cancel(build_id)
+            if not build_images:
+                verification, reason = Verification.SKIPPED, "The flavour has no image to bake."
+            elif skipped:
+                verification, reason = Verification.SKIPPED, "; ".join(skipped)
+            else:
+                verification, reason = Verification.VERIFIED, ""
+            Build.objects.filter(pk=build_id).update(verification=verification, verification_reason=reason)
+
+            _advance(build_id, BuildState.SIGNING, step="sign", progress=PROGRESS_AT[BuildState.SIGNING])
+            with _step(build_id, "sign"), get_signer() as signer:
+                keyring = signer.export_public_keyring()
+                _log(build_id, f"Signing with key {signer.fingerprint}.")
+                with _step(build_id, "render Butane and Ignition"):
+                    config = flavour_config(
+                        build.flavour, ready, keyring=keyring, public_url=store.public_url
+                    )
+                    files = _flavour_files(build.flavour, config, ready, store.public_url)
+                _check_cancel(build_id)  # the last point where stopping leaves nothing new behind
+
+                _advance(
+                    build_id,
+                    BuildState.PUBLISHING,
+                    step="publish",
+                    progress=PROGRESS_AT[BuildState.PUBLISHING],
+                )
+                with _step(build_id, "publish"):
+                    for item in ready:
+                        publication = publish_extension(
+                            store,
+                            signer,
+                            item.extension.name,
+                            [ImageFile(item.version, build.flavour.arch, item.path, item.image.sha256)],
+                        )
+                        for file_name, stored in publication.images.items():
+                            _record_artifact(build, ArtifactKind.IMAGE, file_name, stored)
+                        _log(
+                            build_id,
+                            f"Published {item.image.file_name} and re-signed {publication.url}SHA256SUMS.",
+                        )
+                    flavour_publication = publish_flavour(store, signer, build.flavour.pk, files)
+                    for file_name, stored in flavour_publication.files.items():
+                        _record_artifact(
+                            build, _KIND_BY_NAME.get(file_name, ArtifactKind.TRANSFER), file_name, stored
+                        )
+                    _log(build_id, f"Published the flavour's files at {flavour_publication.url}.")
+        build.refresh_from_db()
+        _build_end(build, BuildState.SUCCEEDED)
+
+    _run_guarded(build_id, work)

@@ -1,0 +1,163 @@
+"""A whole build in one process (Celery eager, local store): plan, bake, verify, sign, publish.
+
+The real worker process, Redis, Postgres and S3 are exercised by test_end_to_end.py; this one
+keeps the flow's logic quick to debug: cache reuse, failures with codes, cancel, the reaper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from builds import services
+from builds.adapters.store import get_artifact_store
+from builds.models import Build, BuildImage, BuildState, ImageArtifact
+from catalog.models import UpstreamDigest
+from portal.celery import app
+from tests.builds.build_support import (
+    check_published_extension,
+    ignition_image_hashes,
+    serve_extension,
+    upstream_mirrors,
+)
+from tests.builds.catalog_fixtures import Cast, make_extension
+from tests.upstream import UpstreamServer
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def eager(settings: Any, tmp_path: Path, upstream: UpstreamServer) -> Iterator[None]:
+    settings.ARTIFACT_DIR = tmp_path / "artifacts"
+    settings.FETCH_CACHE_DIR = tmp_path / "cache"
+    settings.UPSTREAM_MIRRORS = upstream_mirrors(upstream)
+    settings.S3 = None
+    previous = app.conf.task_always_eager, app.conf.task_eager_propagates
+    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager, app.conf.task_eager_propagates = previous
+
+
+def _build(client: APIClient, flavour_id: str, capture: Any) -> dict[str, Any]:
+    with capture(execute=True):
+        response = client.post(f"/api/flavours/{flavour_id}/builds/")
+    assert response.status_code in (200, 202), response.json()
+    return client.get(f"/api/builds/{response.json()['id']}/").json()
+
+
+def test_build_publishes_signed_images_and_configs(
+    cast: Cast, upstream: UpstreamServer, eager: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    serve_extension(upstream, "hello")
+    client = APIClient()
+    client.force_authenticate(cast.teammate)
+    flavour = client.post(
+        "/api/flavours/",
+        {"name": "n", "arch": "x86-64", "extensions": [{"name": "hello", "version": "v1.0.0"}]},
+        format="json",
+    ).json()
+
+    build = _build(client, flavour["id"], django_capture_on_commit_callbacks)
+    assert build["state"] == "succeeded", build
+    assert build["progress"] == 100
+    # Merged by the real systemd-sysext where this machine allows mounts; otherwise a stated reason.
+    assert build["verification"] == "verified" or (
+        build["verification"] == "skipped" and build["verification_reason"]
+    )
+    assert {s["name"] for s in build["steps"]} >= {"plan", "verify", "sign", "publish"}
+
+    store = get_artifact_store()
+    keyring = store.get_bytes(f"flavours/{flavour['id']}/import-pubring.gpg")
+    entries = check_published_extension(store.get_bytes, "extensions/hello/", keyring)
+    assert list(entries) == ["hello-v1.0.0-x86-64.raw"]
+    check_published_extension(store.get_bytes, f"flavours/{flavour['id']}/", keyring)
+    image = store.get_bytes("extensions/hello/hello-v1.0.0-x86-64.raw")
+    hashes = ignition_image_hashes(client.get(f"/api/flavours/{flavour['id']}/ignition").content)
+    assert (
+        hashes["/opt/extensions/hello/hello-v1.0.0-x86-64.raw"]
+        == "sha512-" + hashlib.sha512(image).hexdigest()
+    )
+    butane = client.get(f"/api/flavours/{flavour['id']}/butane")
+    assert butane.status_code == 200 and b"variant: flatcar" in butane.content
+
+    # Same flavour again: the succeeded build is returned, nothing is built.
+    again = _build(client, flavour["id"], django_capture_on_commit_callbacks)
+    assert again["id"] == build["id"]
+    assert Build.objects.count() == 1
+
+    # A new revision reuses the stored image instead of baking it.
+    hits = upstream.hits("/example/hello/releases/download/v1.0.0/hello-v1.0.0-x86_64.tar.gz")
+    revision = client.post(
+        "/api/flavours/",
+        {
+            "name": "n",
+            "arch": "x86-64",
+            "extensions": [{"name": "hello", "version": "v1.0.0"}],
+            "options": {"hostname": "edited"},
+            "revision_of": flavour["id"],
+        },
+        format="json",
+    ).json()
+    second = _build(client, revision["id"], django_capture_on_commit_callbacks)
+    assert second["state"] == "succeeded", second
+    assert [i["reused"] for i in second["images"]] == [True]
+    assert ImageArtifact.objects.count() == 1
+    assert upstream.hits("/example/hello/releases/download/v1.0.0/hello-v1.0.0-x86_64.tar.gz") == hits
+
+
+def test_wrong_pin_fails_the_build_with_its_code_and_publishes_nothing(
+    cast: Cast, upstream: UpstreamServer, eager: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    serve_extension(upstream, "hello")
+    UpstreamDigest.objects.filter(arch="x86-64").update(sha256="0" * 64)
+    client = APIClient()
+    client.force_authenticate(cast.teammate)
+    flavour = client.post(
+        "/api/flavours/",
+        {"name": "n", "arch": "x86-64", "extensions": [{"name": "hello", "version": "v1.0.0"}]},
+        format="json",
+    ).json()
+    build = _build(client, flavour["id"], django_capture_on_commit_callbacks)
+    assert build["state"] == "failed"
+    assert build["error_code"] == "fetch.sha256-mismatch"
+    assert build["error_message"]
+    assert get_artifact_store().list("extensions/") == []
+    log = client.get(f"/api/builds/{build['id']}/log").json()
+    assert log["finished"] is True
+    assert any("fetch.sha256-mismatch" in line["text"] for line in log["lines"])
+
+
+def test_reaper_fails_a_build_whose_heartbeat_stopped(cast: Cast, db: Any) -> None:
+    make_extension("hello")
+    flavour, _ = services.flavour_create(
+        user=cast.teammate,
+        team=cast.blue,
+        name="n",
+        arch="x86-64",
+        extensions=[{"name": "hello", "version": "v1.0.0"}],
+    )
+    build, created = services.build_request(flavour=flavour, user=cast.teammate)
+    assert created
+    Build.objects.filter(pk=build.pk).update(
+        state=BuildState.BAKING, heartbeat_at=timezone.now() - timedelta(minutes=10)
+    )
+    fresh = Build.objects.get(pk=build.pk)
+    assert services.builds_reap_stale(timeout=60) == [str(build.pk)]
+    fresh.refresh_from_db()
+    assert fresh.state == BuildState.FAILED
+    assert fresh.error_code == "build.worker-lost"
+    assert fresh.finished_at is not None
+    # A build that beats is left alone.
+    other, _ = services.build_request(flavour=flavour, user=cast.teammate)
+    Build.objects.filter(pk=other.pk).update(state=BuildState.BAKING, heartbeat_at=timezone.now())
+    assert services.builds_reap_stale(timeout=60) == []
+    assert BuildImage.objects.filter(build=other).count() == 1
