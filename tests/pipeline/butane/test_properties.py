@@ -164,3 +164,39 @@ def test_rendered_fragment_text_survives_emission(text: str, mode: int) -> None:
         payload = gzip.decompress(payload)
     assert payload == text.encode()
     assert file["mode"] == mode
+
+
+_KEYS = st.sampled_from(
+    "storage files directories links trees systemd units dropins passwd users groups path mode contents "
+    "inline source local verification hash compression http_headers name value target hard overwrite user "
+    "group id enabled mask contents_local ssh_authorized_keys uid gid kernel_arguments should_exist "
+    "ignition config merge replace luks clevis disks append unknown".split()
+)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**20), 10**20),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["/etc/a", "/etc/a/", "a.service", "x.conf", "0644", "yes", "data:,x", "https://h/x", "sha512-0"]
+    ),
+)
+_TREES = st.recursive(
+    _SCALARS,
+    lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(_KEYS, c, max_size=4)),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, _TREES, max_size=4))
+def test_hostile_documents_get_a_report_never_an_exception(document: dict[str, object]) -> None:
+    body = yaml.safe_dump(document)
+    result = transpile("variant: flatcar\nversion: 1.1.0\n" + body)
+    if result.ok:
+        assert json.loads(result.json()) == result.config
+    else:
+        assert result.error
+        assert result.config is None
+    assert all(m.kind in ("error", "warning") for m in transpile(body).messages)
