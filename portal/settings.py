@@ -153,7 +153,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "catalog.discover_upstream_releases",
         "schedule": 6 * 3600,
     },
+    # Fails builds whose worker stopped sending heartbeats (builds.services.builds_reap_stale).
+    "builds-reap-stale": {"task": "builds.tasks.builds_reap_stale", "schedule": 60},
 }
+# A running build touches heartbeat_at this often; the reaper fails it after the timeout.
+BUILD_HEARTBEAT_INTERVAL = env_int("BUILD_HEARTBEAT_INTERVAL", 10, minimum=1)
+BUILD_HEARTBEAT_TIMEOUT = env_int("BUILD_HEARTBEAT_TIMEOUT", 180, minimum=10)
 
 # --- Artifacts, signing, upstreams ------------------------------------------------------------
 ARTIFACT_DIR = env_path("ARTIFACT_DIR", VAR_DIR / "artifacts")
