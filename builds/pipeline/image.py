@@ -35,6 +35,7 @@ DEFAULT_COMPRESSION = {"squashfs": "gzip", "erofs": "lz4hc"}
 # Image timestamps: fixed, so they do not depend on when or where the build ran.
 DEFAULT_TIMESTAMP = 0
 IMAGE_TIMEOUT = 3600.0
+MKSQUASHFS_MEMORY = "256M"
 AUDIT_TIMEOUT = 600.0
 _ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 _SQUASHFS_MAGIC = b"hsqs"
@@ -91,6 +92,10 @@ def mksquashfs_argv(
         argv += ["-root-mode", "0755"]
     if "-reproducible" in options:
         argv.append("-reproducible")
+    if "-mem" in options:
+        # Default is a quarter of RAM, used in proportion to the input: a fixed cap keeps a
+        # worker's memory independent of image size, at no measurable cost in speed.
+        argv += ["-mem", MKSQUASHFS_MEMORY]
     return argv
 
 
