@@ -330,7 +330,7 @@ def compose_check_fragment(request: HttpRequest) -> JsonResponse:
     version = CHANNELS.get(request.POST.get("channel", ""), CHANNELS["stable"])[1]
     if len(fragment.encode("utf-8")) > MAX_FRAGMENT_BYTES:
         return JsonResponse({"problems": [f"The fragment is larger than {MAX_FRAGMENT_BYTES} bytes."]})
-    problems = fragment_problems(fragment, version) if fragment.strip() else []
+    problems = [str(problem) for problem in fragment_problems(fragment, version)] if fragment.strip() else []
     return JsonResponse({"problems": problems, "butane_version": version})
 
 

@@ -56,6 +56,9 @@ def page(chromium, live_server) -> Iterator[object]:
     context = chromium.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})
     context.set_default_timeout(15_000)
     tab = context.new_page()
+    # Printed by pytest only when the test fails: what the page's JavaScript complained about.
+    tab.on("console", lambda message: print(f"[console.{message.type}] {message.text}"))
+    tab.on("pageerror", lambda error: print(f"[pageerror] {error}"))
     yield tab
     context.close()
 
@@ -148,6 +151,9 @@ def celery_worker_process(transactional_db, settings, tmp_path) -> Iterator[Call
             time.sleep(0.2)
 
     yield start
+    if log_path.exists():
+        # Shown by pytest only when the test failed: what the worker did.
+        print(f"--- celery worker log ({log_path}) ---\n{log_path.read_text(errors='replace')[-20000:]}")
     for process in processes:
         process.terminate()
         try:
