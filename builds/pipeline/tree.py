@@ -377,10 +377,10 @@ def _plan_source(unpacked: UnpackedSource) -> list[_Placement]:
             dest = rule.to
             if rule.into_directory:
                 dest = rule.to + _download_name(source)
+            # A download has no mode of its own (the cache keeps blobs read-only): 0644 unless set.
+            mode = rule.mode if rule.mode is not None else 0o644
             placements.append(
-                _Placement(
-                    dest, f"{source.label}: downloaded file", source_path=unpacked.path, mode=rule.mode
-                )
+                _Placement(dest, f"{source.label}: downloaded file", source_path=unpacked.path, mode=mode)
             )
         return placements
     root = unpacked.path

@@ -274,3 +274,20 @@ def test_forbidden_entries_are_refused(tmp_path: Path, spoil: Callable[[Path], N
     with pytest.raises(PipelineError) as error:
         validate_tree(root, "hello")
     assert error.value.code == code
+
+
+def test_a_single_file_download_without_mode_gets_0644(tmp_path: Path) -> None:
+    blob = tmp_path / "cache-blob"
+    blob.write_text("#!/bin/sh\n")
+    blob.chmod(0o444)  # as the download cache keeps it
+    sources = [
+        {"url": "https://example.org/{version}/tool", "install": [{"to": "usr/share/tool/"}]},
+        {"url": "https://example.org/{version}/run", "install": [{"to": "usr/bin/run", "mode": "0755"}]},
+    ]
+    built = make_recipe(sources=sources, files={}, start=[])
+    tool, run = built.resolve("v1.2.3", "x86-64")
+    root = tmp_path / "root"
+    assemble_tree(built, "x86-64", [UnpackedSource(tool, blob), UnpackedSource(run, blob)], root)
+    assert mode(root / "usr/share/tool/tool") == 0o644
+    assert mode(root / "usr/bin/run") == 0o755
+    assert blob.exists() and mode(blob) == 0o444  # the cache is copied from, never moved or changed
