@@ -312,6 +312,12 @@ class WebhookForm(forms.Form):
         label="Webhook URL", max_length=500, assume_scheme="https", help_text="Receives a signed JSON POST."
     )
 
+    def clean_url(self) -> str:
+        url = self.cleaned_data["url"]
+        if not url.lower().startswith(("http://", "https://")):
+            raise forms.ValidationError("Webhook URLs are http or https.")
+        return url
+
 
 # --- the extensions step ------------------------------------------------------------------------
 
