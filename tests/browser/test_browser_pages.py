@@ -1,0 +1,143 @@
+"""Pages in a real browser without a worker: reading without JavaScript, keyboard-only composing,
+curator decisions, team page, phone width. Every page visited is saved as a screenshot."""
+
+from __future__ import annotations
+
+import re
+from unittest import mock
+
+import pytest
+from django.contrib.auth.models import User
+
+from builds import services
+from catalog.models import ExtensionVersion, Membership, Role, Team, VersionStatus
+from tests.browser.conftest import PASSWORD, sign_in
+from tests.builds.catalog_fixtures import make_extension
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def world(transactional_db):
+    blue = Team.objects.create(name="Blue", slug="blue")
+    alice = User.objects.create_user("alice", password=PASSWORD)
+    Membership.objects.create(team=blue, user=alice, role=Role.ADMIN)
+    make_extension("docker", versions={"28.0.4": "approved", "27.5.1": "approved"}, conflicts=["containerd"])
+    make_extension("docker-compose", versions={"v2.34.0": "approved"}, requires=[["docker"]])
+    make_extension("containerd", versions={"2.1.9": "approved"}, conflicts=["docker"])
+    make_extension("blue-agent", team=blue, versions={"1.0.0": "approved", "1.1.0": "proposed"})
+    return {"alice": alice, "blue": blue}
+
+
+@pytest.fixture
+def no_js_page(chromium, live_server):
+    context = chromium.new_context(base_url=live_server.url, java_script_enabled=False)
+    tab = context.new_page()
+    yield tab
+    context.close()
+
+
+def test_read_pages_and_curating_work_without_javascript(no_js_page, snap, world):
+    from playwright.sync_api import expect
+
+    page = no_js_page
+    sign_in(page, "alice")
+    page.goto("/catalog/")
+    page.get_by_label("Search").fill("agent")
+    page.get_by_role("button", name="Filter").click()
+    extensions = page.get_by_role("list", name="Extensions")
+    expect(extensions.get_by_role("link")).to_have_count(1)
+    snap(page, "catalog-no-js")
+
+    extensions.get_by_role("link", name="blue-agent").click()
+    snap(page, "extension-with-proposal")
+    page.get_by_role("link", name="Review 1.1.0").click()
+    page.get_by_label("Reject").check()
+    page.get_by_role("button", name="Record decision").click()
+    expect(page.locator("#id_reason_error")).to_contain_text("Say why the version is rejected")
+    snap(page, "review-error-next-to-field")
+    page.get_by_label("Reject").check()
+    page.get_by_label("Reason").fill("Superseded by 1.2.0")
+    page.get_by_role("button", name="Record decision").click()
+    expect(page.get_by_text("Superseded by 1.2.0").first).to_be_visible()
+    assert ExtensionVersion.objects.get(version="1.1.0").status == VersionStatus.REJECTED
+
+    # The composer without JavaScript: the server shows the requires hint and its fix is a link.
+    page.goto("/compose/?team=blue&name=edge&arch=x86-64&channel=stable&x_docker-compose=v2.34.0")
+    page.goto(page.url.replace("/compose/?", "/compose/extensions/?"))
+    page.get_by_role("button", name="Check my picks").click()
+    expect(page.locator("#relation-hints")).to_contain_text("docker-compose requires docker.")
+    page.get_by_role("link", name="Add docker 28.0.4").click()
+    expect(page.get_by_label("docker", exact=True)).to_have_value("28.0.4")
+    snap(page, "compose-no-js")
+
+    page.goto("/teams/blue/")
+    page.get_by_label("Webhook URL").fill("https://hooks.example.org/bakehouse")
+    page.get_by_role("button", name="Add webhook").click()
+    expect(page.locator("#webhook-secret")).to_be_visible()
+    snap(page, "team")
+
+
+def test_compose_with_the_keyboard_only(page, snap, world):
+    from playwright.sync_api import expect
+
+    sign_in(page, "alice")
+    page.goto("/compose/")
+    page.get_by_label("Flavour name").focus()
+    page.keyboard.type("edge-keys")
+    page.keyboard.press("Enter")  # submits the step like the Next button
+    page.wait_for_url(re.compile(r"/compose/extensions/"))
+
+    def tab_to(selector: str) -> None:
+        for _ in range(60):
+            if page.evaluate(f"document.activeElement.matches({selector!r})"):
+                return
+            page.keyboard.press("Tab")
+        raise AssertionError(f"{selector} is not reachable with Tab")
+
+    tab_to("#id_x_docker")
+    page.keyboard.press("ArrowDown")  # Not included -> 28.0.4
+    expect(page.get_by_label("docker", exact=True)).to_have_value("28.0.4")
+    tab_to("#id_x_containerd")
+    page.keyboard.press("ArrowDown")
+    hints = page.locator("#relation-hints")
+    expect(hints).to_contain_text("containerd and docker conflict")
+    expect(hints).to_contain_text("install the same files")
+    snap(page, "compose-conflict")
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid"
+
+    # Next refuses the conflict and says why, above the choices.
+    tab_to("button[value=next]")
+    page.keyboard.press("Enter")
+    expect(page.locator("#extension-errors")).to_contain_text("containerd and docker conflict; choose one.")
+
+
+def test_build_page_live_and_at_phone_width(page, snap, world):
+    from playwright.sync_api import expect
+
+    with mock.patch("builds.services._queue"):
+        flavour, _ = services.flavour_create(
+            user=world["alice"], team=world["blue"], name="edge", arch="x86-64",
+            extensions=[{"name": "docker", "version": "28.0.4"}],
+        )  # fmt: skip
+        build, _ = services.build_request(flavour=flavour, user=world["alice"])
+    page.set_viewport_size({"width": 390, "height": 844})
+    sign_in(page, "alice")
+    page.goto(f"/builds/{build.pk}/")
+    expect(page.locator("#build-state")).to_have_text("Queued")
+    snap(page, "build-queued-phone")
+    assert page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth") <= 0
+
+    # What a worker reports shows up without a reload: progress, step and log.
+    services._advance(build.pk, "baking", step="docker 28.0.4: image", progress=40)
+    services.build_log(build_id=build.pk, text="docker 28.0.4: baking the image")
+    expect(page.locator("#progress-text")).to_have_text("40 %")
+    expect(page.locator("#current-step")).to_contain_text("docker 28.0.4: image")
+    expect(page.locator("#log")).to_contain_text("baking the image")
+    snap(page, "build-running-phone")
+
+    page.get_by_role("button", name="Cancel build").click()
+    # A running build stops at its next checkpoint: the button says so and cannot be pressed twice.
+    expect(page.get_by_role("button", name="Cancel requested")).to_be_disabled()
+    expect(page.get_by_role("status")).to_contain_text("Cancel requested")
