@@ -141,3 +141,21 @@ def test_build_page_live_and_at_phone_width(page, snap, world):
     # A running build stops at its next checkpoint: the button says so and cannot be pressed twice.
     expect(page.get_by_role("button", name="Cancel requested")).to_be_disabled()
     expect(page.get_by_role("status")).to_contain_text("Cancel requested")
+
+
+def test_butane_fragment_is_checked_as_you_type(page, snap, world):
+    from playwright.sync_api import expect
+
+    sign_in(page, "alice")
+    page.goto("/compose/options/?team=blue&name=edge&arch=x86-64&channel=stable&x_docker=28.0.4")
+    fragment = page.get_by_label("Butane fragment")
+    fragment.fill("variant: flatcar\nversion: 1.1.0\nstorage:\n  files:\n    - path: etc/motd\n")
+    report = page.locator("#fragment-check")
+    expect(report).to_contain_text("error at $.storage.files.0.path")
+    expect(fragment).to_have_attribute("aria-invalid", "true")
+    snap(page, "compose-fragment-invalid")
+    fragment.fill("variant: flatcar\nversion: 1.1.0\nstorage:\n  files:\n    - path: /etc/motd\n")
+    expect(report).to_have_text("Valid Butane 1.1.0 fragment.")
+    page.get_by_role("button", name="Next: review").click()
+    page.wait_for_url(re.compile(r"/compose/review/"))
+    assert "fragment=" in page.url

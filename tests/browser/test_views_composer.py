@@ -1,0 +1,147 @@
+"""The composer wizard through Django's test client: URL state, hints, validation per step, build."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from django.contrib.auth.models import User
+
+from builds.models import Build, Flavour
+from catalog.models import Membership, Role, Team
+from tests.builds.catalog_fixtures import make_extension
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def world(db):
+    blue, red = Team.objects.create(name="Blue", slug="blue"), Team.objects.create(name="Red", slug="red")
+    builder = User.objects.create_user("builder", password="pw-builder-123")
+    viewer = User.objects.create_user("viewer", password="pw-viewer-123")
+    outsider = User.objects.create_user("outsider", password="pw-outsider-123")
+    Membership.objects.create(team=blue, user=builder, role=Role.BUILDER)
+    Membership.objects.create(team=blue, user=viewer, role=Role.VIEWER)
+    Membership.objects.create(team=red, user=outsider, role=Role.ADMIN)
+    make_extension("docker", versions={"28.0.4": "approved", "27.5.1": "approved"}, conflicts=["containerd"])
+    make_extension("docker-compose", versions={"v2.34.0": "approved"}, requires=[["docker"]])
+    make_extension("containerd", versions={"2.1.9": "approved"}, conflicts=["docker"])
+    make_extension("wasm3", versions={"0.5.0": "approved"}, arches=["x86-64"])
+    return {"builder": builder, "viewer": viewer, "outsider": outsider, "blue": blue}
+
+
+BASE = {"team": "blue", "name": "edge", "arch": "x86-64", "channel": "stable"}
+
+
+def _query(location: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(location).query)
+
+
+def test_step1_moves_on_with_the_choices_in_the_url(client, world):
+    client.force_login(world["builder"])
+    response = client.get("/compose/", {**BASE, "go": "next"})
+    assert response.status_code == 302
+    assert urlsplit(response["Location"]).path == "/compose/extensions/"
+    assert _query(response["Location"]) == {k: [v] for k, v in BASE.items()}
+
+
+def test_step1_shows_errors_next_to_fields(client, world):
+    client.force_login(world["builder"])
+    html = client.get("/compose/", {"team": "blue", "arch": "sparc", "go": "next"}).content.decode()
+    assert 'id="id_name_error"' in html
+    assert 'id="id_arch_error"' in html
+
+
+def test_viewer_cannot_compose(client, world):
+    client.force_login(world["viewer"])
+    assert client.get("/compose/").status_code == 403
+
+
+def test_extensions_step_offers_only_what_fits_the_arch_newest_first(client, world):
+    client.force_login(world["builder"])
+    html = client.get("/compose/extensions/", {**BASE, "arch": "arm64"}).content.decode()
+    assert 'name="x_docker"' in html and 'name="x_wasm3"' not in html
+    assert html.index('value="28.0.4"') < html.index('value="27.5.1"')
+
+
+def test_picking_compose_offers_docker_as_a_link(client, world):
+    client.force_login(world["builder"])
+    response = client.get("/compose/extensions/", {**BASE, "x_docker-compose": "v2.34.0"})
+    hint = response.context["hints"][0]
+    assert hint.text == "docker-compose requires docker."
+    label, url = hint.fixes[0]
+    assert label == "Add docker 28.0.4"
+    assert _query(url)["x_docker"] == ["28.0.4"] and _query(url)["x_docker-compose"] == ["v2.34.0"]
+    # Following the link, the requirement is met.
+    assert not [h for h in client.get(url).context["hints"] if h.kind == "requires"]
+
+
+def test_next_refuses_a_missing_requirement_and_explains_a_conflict(client, world):
+    client.force_login(world["builder"])
+    missing = client.get("/compose/extensions/", {**BASE, "x_docker-compose": "v2.34.0", "go": "next"})
+    assert missing.status_code == 200
+    assert "docker-compose requires docker; add it to the flavour." in missing.content.decode()
+    clash = client.get(
+        "/compose/extensions/", {**BASE, "x_docker": "28.0.4", "x_containerd": "2.1.9", "go": "next"}
+    )
+    html = clash.content.decode()
+    assert clash.status_code == 200
+    assert "containerd and docker conflict" in html
+    assert "install the same files" in html
+
+
+def test_options_step_validates_the_fragment_and_keys_next_to_fields(client, world):
+    client.force_login(world["builder"])
+    params = {**BASE, "x_docker": "28.0.4", "o": "1", "updates": "on", "signed": "on", "action": "refresh"}
+    bad_key = client.get("/compose/options/", {**params, "ssh": "not a key", "go": "next"}).content.decode()
+    assert 'id="id_ssh_error"' in bad_key and "Not an OpenSSH public key" in bad_key
+    bad_fragment = client.get(
+        "/compose/options/",
+        {
+            **params,
+            "fragment": "variant: flatcar\nversion: 1.1.0\nstorage:\n  files:\n    - path: relative\n",
+            "go": "next",
+        },
+    )
+    assert bad_fragment.status_code == 200
+    assert 'id="id_fragment_error"' in bad_fragment.content.decode()
+    good = client.get("/compose/options/", {**params, "hostname": "node-1", "go": "next"})
+    assert good.status_code == 302 and urlsplit(good["Location"]).path == "/compose/review/"
+
+
+def test_fragment_check_endpoint(client, world):
+    client.force_login(world["builder"])
+    ok = client.post(
+        "/compose/check-fragment/", {"fragment": "variant: flatcar\nversion: 1.1.0\n", "channel": "stable"}
+    ).json()
+    assert ok["problems"] == []
+    bad = client.post("/compose/check-fragment/", {"fragment": "variant: flatcar\nversion: 9\n"}).json()
+    assert bad["problems"]
+
+
+def test_review_shows_the_id_and_build_stores_the_flavour(client, world, django_capture_on_commit_callbacks):
+    client.force_login(world["builder"])
+    params = {**BASE, "x_docker": "28.0.4", "x_docker-compose": "v2.34.0"}
+    review = client.get("/compose/review/", params)
+    flavour_id = review.context["flavour_id"]
+    assert len(flavour_id) == 64 and flavour_id in review.content.decode()
+    # Same choices, same ID: opening the shared link again gives the same flavour ID.
+    assert client.get("/compose/review/", params).context["flavour_id"] == flavour_id
+
+    from unittest import mock
+
+    with mock.patch("builds.services._queue"):  # no broker in this test: the browser test runs a worker
+        response = client.post("/compose/build/", params)
+    flavour = Flavour.objects.get(pk=flavour_id)
+    build = Build.objects.get(flavour=flavour)
+    assert response["Location"] == f"/builds/{build.pk}/"
+    page = client.get(response["Location"]).content.decode()
+    assert "docker-compose" in page and 'id="build-progress"' in page
+
+
+def test_review_of_invalid_choices_links_back_to_the_step(client, world):
+    client.force_login(world["builder"])
+    html = client.get("/compose/review/", {**BASE, "x_docker-compose": "v2.34.0"}).content.decode()
+    assert "docker-compose requires docker" in html
+    assert "Fix it in step 2" in html
+    assert '<button type="submit">Build</button>' not in html
