@@ -140,6 +140,8 @@ else:
         "control_folder": str(_broker_dir / "control"),  # else kombu writes ./control
         "store_processed": False,
     }
+# Deployments (and test runs) sharing one Redis keep apart by queue name.
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_TASK_IGNORE_RESULT = True  # build state lives in the database, not in a result backend
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
