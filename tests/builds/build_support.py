@@ -20,9 +20,17 @@ UPSTREAM_ARCH = {"x86-64": "x86_64", "arm64": "arm64"}
 
 
 def serve_extension(
-    upstream: UpstreamServer, name: str, versions: tuple[str, ...] = ("v1.0.0", "v0.9.0"), **extra: Any
+    upstream: UpstreamServer,
+    name: str,
+    versions: tuple[str, ...] = ("v1.0.0", "v0.9.0"),
+    *,
+    delay: float = 0.0,
+    **extra: Any,
 ) -> Extension:
-    """Serve a tar.gz holding ``bin/NAME`` per version and arch; approve every version with pins."""
+    """Serve a tar.gz holding ``bin/NAME`` per version and arch; approve every version with pins.
+
+    ``delay`` makes the upstream answer that many seconds late (a build that stays running).
+    """
     digests: dict[tuple[str, str], str] = {}
     for version in versions:
         for arch, upstream_arch in UPSTREAM_ARCH.items():
@@ -30,7 +38,10 @@ def serve_extension(
                 [executable(f"bin/{name}", f"#!/bin/sh\necho {name} {version}\n".encode())], "gz"
             )
             path = f"/example/{name}/releases/download/{version}/{name}-{version}-{upstream_arch}.tar.gz"
-            upstream.add_bytes(path, archive)
+            if delay:
+                upstream.add_slow(path, archive, delay=delay)
+            else:
+                upstream.add_bytes(path, archive)
             digests[(version, arch)] = hashlib.sha256(archive).hexdigest()
     return make_extension(
         name, versions={v: VersionStatus.APPROVED for v in versions}, digests=digests, **extra
