@@ -9,6 +9,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 from rest_framework.authtoken.models import Token
 
+from builds import selectors
 from catalog.models import Membership
 
 
@@ -22,7 +23,12 @@ def home(request: HttpRequest) -> HttpResponse:
     if not request.user.is_authenticated:
         return redirect("login")
     memberships = Membership.objects.filter(user=request.user).select_related("team").order_by("team__name")
-    return render(request, "portal/home.html", {"memberships": memberships})
+    context = {
+        "memberships": memberships,
+        "flavours": selectors.flavours_visible_to(user=request.user).order_by("-created_at")[:5],
+        "builds": selectors.builds_visible_to(user=request.user).order_by("-created_at")[:5],
+    }
+    return render(request, "portal/home.html", context)
 
 
 @login_required

@@ -135,3 +135,11 @@ def test_only_admins_manage_webhooks(client, world):
     assert b"Add webhook" not in client.get("/teams/blue/").content
     assert client.post("/teams/blue/", {"url": "https://hooks.example.org/x"}).status_code == 403
     assert not Webhook.objects.exists()
+
+
+def test_home_lists_recent_work_of_own_teams_only(client, world):
+    client.force_login(world["viewer"])
+    assert f"/builds/{world['build'].pk}/" in client.get("/").content.decode()
+    client.force_login(world["outsider"])
+    html = client.get("/").content.decode()
+    assert f"/builds/{world['build'].pk}/" not in html and "/teams/red/" in html
