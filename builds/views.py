@@ -509,7 +509,8 @@ def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
             return _forbidden_admin(request, team)
         if "delete" in request.POST:
             hooks = selectors.webhooks_visible_to(user=request.user).filter(team=team)
-            hook = get_object_or_404(hooks, pk=request.POST["delete"])
+            hook_id = request.POST["delete"]
+            hook = get_object_or_404(hooks, pk=int(hook_id) if hook_id.isdigit() else -1)
             hook.delete()  # as the API's DELETE /api/webhooks/{id}/ does: nothing else to undo
             messages.success(request, f"Webhook {hook.url} removed.")
             return redirect("builds:team-detail", team.slug)

@@ -143,3 +143,22 @@ def test_home_lists_recent_work_of_own_teams_only(client, world):
     client.force_login(world["outsider"])
     html = client.get("/").content.decode()
     assert f"/builds/{world['build'].pk}/" not in html and "/teams/red/" in html
+
+
+def test_forged_inputs_are_refused_not_crashes(client, world):
+    client.force_login(world["admin"])
+    assert client.post("/teams/blue/", {"delete": "1 OR 1=1"}).status_code == 404
+    assert client.get("/builds/not-a-uuid/").status_code == 404
+    assert client.get("/flavours/" + "0" * 64 + "/").status_code == 404
+    review = client.get(
+        "/compose/review/",
+        {"team": "blue", "name": "x", "arch": "x86-64", "x_nope": "1", "revision_of": "zz"},
+    )
+    assert review.status_code == 200 and "Unknown extension" in review.content.decode()
+    assert client.post("/compose/build/", {"team": "blue", "arch": "mips"}).status_code == 302
+    assert (
+        client.get(
+            "/compose/options/", {"team": "blue", "arch": "x86-64", "masks": "podman", "go": "next"}
+        ).status_code
+        == 200
+    )
