@@ -7,7 +7,7 @@ extension, ``NAME-@v-%a.raw`` patterns, ``.conf`` suffix (read by every systemd 
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 
 from builds.pipeline.errors import PipelineError
 
@@ -29,7 +29,7 @@ Path=/
 SYSUPDATE_BINARY = "/usr/lib/systemd/systemd-sysupdate"
 
 
-class UpdateAction(str, Enum):
+class UpdateAction(StrEnum):
     """What a node does once sysupdate has staged a new version of an extension."""
 
     REFRESH = "refresh"  # merge the new image right away
@@ -131,7 +131,8 @@ def service_dropin_name(name: str) -> str:
 def render_service_dropin(name: str, action: UpdateAction) -> str:
     """The ``systemd-sysupdate.service`` drop-in that updates ``name`` and then acts on a change."""
     check_name(name)
-    before, after = f"/tmp/{name}", f"/tmp/{name}-new"
+    # Paths on the node, as Flatcar's documented drop-in writes them; nothing here touches /tmp.
+    before, after = f"/tmp/{name}", f"/tmp/{name}-new"  # noqa: S108
     return (
         "[Service]\n"
         f'ExecStartPre=/usr/bin/sh -c "readlink --canonicalize /etc/extensions/{name}.raw > {before}"\n'
