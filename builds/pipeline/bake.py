@@ -303,7 +303,7 @@ def bake_sysext(
         sources=source_records,
         tool_versions=tools,
         cache_key=image_cache_key(
-            recipe_digest=recipe.digest,
+            recipe_digest=recipe.image_digest(version),
             version=version,
             arch=arch,
             source_digests={r.id: r.sha256 for r in source_records},
