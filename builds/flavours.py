@@ -196,6 +196,8 @@ def flavour_choices_resolve(
     flavour_options = _resolve_options(options, errors)
     if not errors:
         _check_relations(chosen, errors)
+    if not errors:
+        _check_renders(arch, flavour_options, chosen, errors)
     if errors:
         raise FlavourInvalid(errors.by_field)
     return FlavourChoices(
@@ -380,3 +382,107 @@ def _check_relations(chosen: list[ChosenExtension], errors: _Errors) -> None:
                 reason = f"{pair[0]} and {pair[1]} conflict; choose one."
                 if reason not in errors.by_field.get("extensions", []):
                     errors.add("extensions", reason)
+
+
+@dataclass(frozen=True)
+class PublishedImage:
+    """Where nodes fetch one image of a flavour, and its hash (``sha512-<hex>``)."""
+
+    url: str
+    hash: str
+    publish_url: str
+
+
+def butane_config(
+    *,
+    arch: str,
+    options: FlavourOptions,
+    versions: Sequence[ExtensionVersion],
+    images: Mapping[str, PublishedImage],
+    keyring: bytes,
+) -> Any:
+    """The pipeline's ``FlavourConfig``: chosen versions and options, plus where images live.
+
+    ``images`` maps the name of every baked extension to its published image; Flatcar's own
+    extensions are enabled rather than downloaded, and bundled docker/containerd are masked when
+    an extension replaces them.
+    """
+    from builds.pipeline.bake import minor_pin
+    from builds.pipeline.butane.render import BUNDLED_SYSEXTS, ExtensionImage, FlavourConfig
+    from builds.pipeline.sysupdate import UpdateAction
+
+    masks = set(options.masks)
+    official: list[str] = []
+    extension_images = []
+    for version in sorted(versions, key=lambda v: v.extension.name):
+        extension = version.extension
+        masks.update(name for name in extension.replaces_builtin or [] if name in BUNDLED_SYSEXTS)
+        if extension.delivery == Delivery.FLATCAR_OFFICIAL:
+            official.append(extension.name)
+            continue
+        image = images[extension.name]
+        pinned = options.minor_pinning and extension.minor_pinning
+        extension_images.append(
+            ExtensionImage(
+                name=extension.name,
+                version=version.version,
+                arch=arch,
+                url=image.url,
+                hash=image.hash,
+                publish_url=image.publish_url,
+                minor_pin=minor_pin(version.version) if pinned else None,
+            )
+        )
+    return FlavourConfig(
+        arch=arch,
+        extensions=tuple(extension_images),
+        spec_version=options.butane_version,
+        updates=options.updates,
+        update_action=UpdateAction(options.update_action),
+        signed=options.signed,
+        public_keyring=keyring if options.signed else b"",
+        mask_bundled=tuple(sorted(masks)),
+        official_extensions=tuple(official),
+        ssh_authorized_keys=options.ssh_keys,
+        hostname=options.hostname or None,
+        fragment=options.butane_fragment,
+    )
+
+
+# Which option a rendering problem belongs to (anything else is reported on "options").
+_RENDER_PROBLEM_FIELDS = {
+    "butane.invalid-fragment": "options.butane_fragment",
+    "butane.fragment-conflict": "options.butane_fragment",
+    "butane.invalid-hostname": "options.hostname",
+    "butane.invalid-ssh-key": "options.ssh_keys",
+    "bake.minor-pin": "options.minor_pinning",
+}
+
+
+def _check_renders(
+    arch: str, options: FlavourOptions, chosen: list[ChosenExtension], errors: _Errors
+) -> None:
+    """Render the Butane config with stand-in URLs now, so that a fragment that collides with a
+    generated file (say ``/etc/hostname`` with a hostname set) is refused on submit, not at the
+    end of a build."""
+    from builds.pipeline.errors import PipelineError
+
+    placeholder = PublishedImage(
+        url="https://bakehouse.invalid/image.raw",
+        hash="sha512-" + "0" * 128,
+        publish_url="https://bakehouse.invalid/",
+    )
+    versions = [c.version for c in chosen]
+    try:
+        from builds.pipeline.butane.render import render_butane
+
+        config = butane_config(
+            arch=arch,
+            options=options,
+            versions=versions,
+            images={v.extension.name: placeholder for v in versions},
+            keyring=b"\x99 stand-in keyring",
+        )
+        render_butane(config)
+    except PipelineError as problem:
+        errors.add(_RENDER_PROBLEM_FIELDS.get(problem.code, "options"), problem.message)

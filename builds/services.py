@@ -34,7 +34,13 @@ from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from builds.flavours import FlavourChoices, FlavourOptions, flavour_choices_resolve
+from builds.flavours import (
+    FlavourChoices,
+    FlavourOptions,
+    PublishedImage,
+    butane_config,
+    flavour_choices_resolve,
+)
 from builds.models import (
     ACTIVE_BUILD_STATES,
     Artifact,
@@ -856,45 +862,22 @@ def flavour_config(
     flavour: Flavour, images: list[_ReadyImage], *, keyring: bytes, public_url: Callable[[str], str]
 ) -> Any:
     """The pipeline's ``FlavourConfig`` for a flavour whose images are about to be published."""
-    from builds.pipeline.bake import minor_pin
-    from builds.pipeline.butane.render import BUNDLED_SYSEXTS, ExtensionImage, FlavourConfig
-    from builds.pipeline.sysupdate import UpdateAction
     from builds.publication import extension_prefix
 
-    options = flavour_options(flavour)
-    chosen = list(flavour.extension_versions.select_related("extension"))
-    masks = set(options.masks)
-    for version in chosen:
-        masks.update(name for name in version.extension.replaces_builtin or [] if name in BUNDLED_SYSEXTS)
-    official = sorted(v.extension.name for v in chosen if v.extension.delivery == Delivery.FLATCAR_OFFICIAL)
-    extension_images = []
-    for ready in sorted(images, key=lambda r: r.extension.name):
+    published = {}
+    for ready in images:
         prefix = extension_prefix(ready.extension.name)
-        pinned = options.minor_pinning and ready.extension.minor_pinning
-        extension_images.append(
-            ExtensionImage(
-                name=ready.extension.name,
-                version=ready.version,
-                arch=flavour.arch,
-                url=public_url(prefix + ready.image.file_name),
-                hash=f"sha512-{ready.image.sha512}",
-                publish_url=public_url(prefix),
-                minor_pin=minor_pin(ready.version) if pinned else None,
-            )
+        published[ready.extension.name] = PublishedImage(
+            url=public_url(prefix + ready.image.file_name),
+            hash=f"sha512-{ready.image.sha512}",
+            publish_url=public_url(prefix),
         )
-    return FlavourConfig(
+    return butane_config(
         arch=flavour.arch,
-        extensions=tuple(extension_images),
-        spec_version=options.butane_version,
-        updates=options.updates,
-        update_action=UpdateAction(options.update_action),
-        signed=options.signed,
-        public_keyring=keyring if options.signed else b"",
-        mask_bundled=tuple(sorted(masks)),
-        official_extensions=tuple(official),
-        ssh_authorized_keys=options.ssh_keys,
-        hostname=options.hostname or None,
-        fragment=options.butane_fragment,
+        options=flavour_options(flavour),
+        versions=list(flavour.extension_versions.select_related("extension")),
+        images=published,
+        keyring=keyring,
     )
 
 

@@ -227,3 +227,35 @@ def test_team_private_extension_is_usable_by_its_team(small_catalog: Cast) -> No
     response = post_flavour(small_catalog.teammate, extensions=[{"name": "bluetool", "version": "v1.0.0"}])
     assert response.status_code == 201, response.json()
     assert response.json()["extensions"][0]["catalog"] == "blue"
+
+
+@pytest.mark.parametrize(
+    ("fragment", "reason"),
+    [
+        ("storage:\n  files:\n    - path: relative/path\n", "absolute"),
+        ("storage: [not, a, mapping]\n", "cannot unmarshal"),
+        ("variant: fcos\nversion: 1.0.0\n", "variant must be flatcar"),
+        ("storage:\n  disks:\n    - device: /dev/sda\n", "not supported"),
+    ],
+)
+def test_invalid_butane_fragment_is_a_field_error(small_catalog: Cast, fragment: str, reason: str) -> None:
+    fields = _fields(post_flavour(small_catalog.teammate, options={"butane_fragment": fragment}))
+    assert "options.butane_fragment" in fields, fields
+    assert reason.lower() in " ".join(fields["options.butane_fragment"]).lower()
+
+
+def test_fragment_that_collides_with_a_generated_file_is_refused_on_submit(small_catalog: Cast) -> None:
+    fragment = "storage:\n  files:\n    - path: /etc/hostname\n      contents:\n        inline: other\n"
+    fields = _fields(
+        post_flavour(small_catalog.teammate, options={"hostname": "node-1", "butane_fragment": fragment})
+    )
+    assert "/etc/hostname" in " ".join(fields["options.butane_fragment"])
+
+
+def test_valid_fragment_is_kept(small_catalog: Cast) -> None:
+    fragment = (
+        "storage:\n  files:\n    - path: /etc/motd.d/bakehouse.conf\n      contents:\n        inline: hi\n"
+    )
+    response = post_flavour(small_catalog.teammate, options={"butane_fragment": fragment})
+    assert response.status_code == 201, response.json()
+    assert response.json()["options"]["butane_fragment"] == fragment
