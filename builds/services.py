@@ -983,7 +983,16 @@ def build_finalize(*, build_id: Any) -> None:
                     assert build_image.image is not None
                     path = _download_image(build_image.image, Path(scratch))
                     item = _ReadyImage(build_image, build_image.image, path)
-                    result = verify_with_systemd_sysext(path, item.extension.name, build.flavour.arch)
+                    try:
+                        result = verify_with_systemd_sysext(path, item.extension.name, build.flavour.arch)
+                    except PipelineError as refused:
+                        BuildImage.objects.filter(pk=build_image.pk).update(
+                            verification=Verification.FAILED, verification_reason=refused.message
+                        )
+                        Build.objects.filter(pk=build_id).update(
+                            verification=Verification.FAILED, verification_reason=refused.message
+                        )
+                        raise
                     BuildImage.objects.filter(pk=build_image.pk).update(
                         verification=result.status, verification_reason=result.reason
                     )

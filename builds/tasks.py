@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import DatabaseError
 
 from builds import services
@@ -34,6 +35,14 @@ def _is_infrastructure(exc: BaseException) -> bool:
 
 def _retry_or_fail(task: Task, build_id: str, exc: BaseException) -> None:
     """Retry an infrastructure failure with backoff; after the last attempt, fail the build."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        services.build_fail(
+            build_id=build_id,
+            code="build.time-limit",
+            message=f"A build step ran past its time limit ({task.soft_time_limit} s) and was stopped; "
+            "a hanging upstream or a very large image is the usual cause.",
+        )
+        return
     if not _is_infrastructure(exc):
         logger.exception("build %s: unexpected error", build_id)
         services.build_fail(
