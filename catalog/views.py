@@ -20,7 +20,7 @@ from catalog.forms import (
     VersionDecisionForm,
     VersionProposeForm,
 )
-from catalog.models import Extension, Role, Team
+from catalog.models import Extension, ExtensionVersion, Role, Team
 from catalog.permissions import teams_of
 from catalog.selectors import (
     extension_detail_queryset,
@@ -135,6 +135,8 @@ def version_review(request: HttpRequest, pk: int) -> HttpResponse:
         raise Http404(exc.message) from None
     extension = version.extension
     can_decide = (role := team_role(request.user, extension.team)) is not None and role.at_least(Role.CURATOR)
+    if request.method == "POST" and "deprecated" in request.POST:
+        return _version_deprecate(request, version)
     form = VersionDecisionForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         decide = (
@@ -158,6 +160,25 @@ def version_review(request: HttpRequest, pk: int) -> HttpResponse:
             return redirect(extension_url(extension))
     context = {"version": version, "extension": extension, "form": form, "can_decide": can_decide}
     return render(request, "catalog/version_review.html", context)
+
+
+def _version_deprecate(request: HttpRequest, version: ExtensionVersion) -> HttpResponse:
+    """Stop offering an approved version for new flavours (or offer it again)."""
+    deprecated = request.POST["deprecated"] == "yes"
+    try:
+        services.version_deprecate(
+            version=version,
+            actor=request.user,
+            reason=request.POST.get("reason", "")[:2000],
+            deprecated=deprecated,
+        )
+    except CatalogError as exc:
+        return catalog_error_page(request, exc, back=extension_url(version.extension))
+    verb = (
+        "deprecated: existing flavours keep building it" if deprecated else "offered for new flavours again"
+    )
+    messages.success(request, f"{version} {verb}.")
+    return redirect(extension_url(version.extension))
 
 
 @login_required

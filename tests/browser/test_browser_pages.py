@@ -71,6 +71,20 @@ def test_read_pages_and_curating_work_without_javascript(no_js_page, snap, world
     expect(page.get_by_label("docker", exact=True)).to_have_value("28.0.4")
     snap(page, "compose-no-js")
 
+    # The remaining pages, for the reviewer's screenshots.
+    for path, name in (
+        ("/catalog/blue-agent/propose/?team=blue", "propose-version"),
+        ("/custom-extensions/new/", "custom-extension"),
+        ("/flavours/", "flavour-list"),
+        ("/account/tokens/", "api-tokens"),
+    ):
+        assert page.goto(path).status == 200, path
+        snap(page, name)
+    page.goto("/catalog/blue-agent/propose/?team=blue")
+    page.get_by_label("Version:", exact=True).fill("1.0.0")
+    page.get_by_role("button", name="Propose").click()
+    expect(page.locator("#id_version_error")).to_contain_text("already been proposed")
+
     page.goto("/teams/blue/")
     page.get_by_label("Webhook URL").fill("https://hooks.example.org/bakehouse")
     page.get_by_role("button", name="Add webhook").click()

@@ -231,3 +231,17 @@ def test_upload_a_custom_extension_and_refuse_a_hostile_one(client, cast):
     assert refused.status_code == 200
     assert 'id="id_upload-file_error"' in html and "contains &#x27;..&#x27;" in html
     assert not Extension.objects.filter(name="evil").exists()
+
+
+def test_curator_deprecates_an_approved_version(client, cast):
+    version = ExtensionVersion.objects.create(
+        extension=Extension.objects.get(name="ops-agent"), version="2.0.0", status=VersionStatus.APPROVED
+    )
+    client.force_login(cast["owner"])
+    page = client.post(f"/versions/{version.pk}/review/", {"deprecated": "yes", "reason": "EOL"}, follow=True)
+    version.refresh_from_db()
+    assert version.deprecated
+    assert "Deprecated" in page.content.decode()
+    client.post(f"/versions/{version.pk}/review/", {"deprecated": "no"})
+    version.refresh_from_db()
+    assert not version.deprecated
