@@ -698,8 +698,10 @@ class _BakeReporter:
         if step != self._step_name:
             self.close("ok")
             self._step_name = step
+            # The bake's own "publish" only moves files into its scratch output directory.
+            shown = "stage" if step == "publish" else step
             self._step = BuildStep.objects.create(
-                build_id=self.build_id, name=f"{self.label}: {step}"[:100], started_at=timezone.now()
+                build_id=self.build_id, name=f"{self.label}: {shown}"[:100], started_at=timezone.now()
             )
         position = STEPS.index(step) if step in STEPS else len(STEPS) - 1
         within = (position + fraction) / len(STEPS)
