@@ -136,6 +136,9 @@ class Build(models.Model):
     )
     # Set once, by whichever bake task finishes last, so finalize is queued exactly once.
     finalize_queued = models.BooleanField(default=False)
+    # Tasks of this build working right now. A stale heartbeat only means a dead worker while
+    # one is running; with none running the build is merely waiting in the queue.
+    tasks_running = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]

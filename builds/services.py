@@ -434,13 +434,19 @@ class _Heartbeat:
             connection.close()
 
     def __enter__(self) -> _Heartbeat:
-        Build.objects.filter(pk=self.build_id).update(heartbeat_at=timezone.now())
+        Build.objects.filter(pk=self.build_id).update(
+            heartbeat_at=timezone.now(), tasks_running=F("tasks_running") + 1
+        )
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        # A worker that dies skips this, which is exactly what the reaper looks for.
+        Build.objects.filter(pk=self.build_id, tasks_running__gt=0).update(
+            tasks_running=F("tasks_running") - 1
+        )
 
 
 # --- ending builds ------------------------------------------------------------------------------
@@ -489,12 +495,16 @@ def builds_reap_stale(*, now: Any = None, timeout: float | None = None) -> list[
     """
     now = now or timezone.now()
     stale_after = timedelta(seconds=timeout if timeout is not None else heartbeat_timeout())
-    running = [s for s in ACTIVE_BUILD_STATES if s != BuildState.QUEUED]
+    waited_too_long = now - timedelta(seconds=queue_timeout())
+    # A task of the build is (said to be) running, but nobody has touched the heartbeat.
     stale = Build.objects.filter(
-        Q(state__in=running) & (Q(heartbeat_at__lt=now - stale_after) | Q(heartbeat_at__isnull=True))
+        Q(state__in=ACTIVE_BUILD_STATES, tasks_running__gt=0)
+        & (Q(heartbeat_at__lt=now - stale_after) | Q(heartbeat_at__isnull=True))
     ).select_related("flavour", "flavour__team")
+    # Nothing running and nothing happened for a day: the queued message is lost.
     forgotten = Build.objects.filter(
-        state=BuildState.QUEUED, created_at__lt=now - timedelta(seconds=queue_timeout())
+        Q(state__in=ACTIVE_BUILD_STATES, tasks_running=0)
+        & (Q(heartbeat_at__lt=waited_too_long) | Q(heartbeat_at__isnull=True, created_at__lt=waited_too_long))
     ).select_related("flavour", "flavour__team")
     reaped: list[str] = []
     for build in stale:

@@ -136,7 +136,7 @@ def test_wrong_pin_fails_the_build_with_its_code_and_publishes_nothing(
     assert any("fetch.sha256-mismatch" in line["text"] for line in log["lines"])
 
 
-def test_reaper_fails_a_build_whose_heartbeat_stopped(cast: Cast, db: Any) -> None:
+def test_reaper_fails_a_build_whose_heartbeat_stopped(cast: Cast, db: Any, settings: Any) -> None:
     make_extension("hello")
     flavour, _ = services.flavour_create(
         user=cast.teammate,
@@ -147,17 +147,30 @@ def test_reaper_fails_a_build_whose_heartbeat_stopped(cast: Cast, db: Any) -> No
     )
     build, created = services.build_request(flavour=flavour, user=cast.teammate)
     assert created
-    Build.objects.filter(pk=build.pk).update(
-        state=BuildState.BAKING, heartbeat_at=timezone.now() - timedelta(minutes=10)
-    )
-    fresh = Build.objects.get(pk=build.pk)
+    long_ago = timezone.now() - timedelta(minutes=10)
+    # Waiting for a free worker is not death: no task of the build is running.
+    Build.objects.filter(pk=build.pk).update(state=BuildState.BAKING, heartbeat_at=long_ago, tasks_running=0)
+    assert services.builds_reap_stale(timeout=60) == []
+    # A task said it was running, then stopped beating: its worker died.
+    Build.objects.filter(pk=build.pk).update(tasks_running=1)
     assert services.builds_reap_stale(timeout=60) == [str(build.pk)]
-    fresh.refresh_from_db()
-    assert fresh.state == BuildState.FAILED
-    assert fresh.error_code == "build.worker-lost"
-    assert fresh.finished_at is not None
+    build.refresh_from_db()
+    assert build.state == BuildState.FAILED
+    assert build.error_code == "build.worker-lost"
+    assert build.finished_at is not None
+
     # A build that beats is left alone.
     other, _ = services.build_request(flavour=flavour, user=cast.teammate)
-    Build.objects.filter(pk=other.pk).update(state=BuildState.BAKING, heartbeat_at=timezone.now())
+    Build.objects.filter(pk=other.pk).update(
+        state=BuildState.BAKING, heartbeat_at=timezone.now(), tasks_running=2
+    )
     assert services.builds_reap_stale(timeout=60) == []
     assert BuildImage.objects.filter(build=other).count() == 1
+
+    # Nothing running and nothing happening for longer than the queue timeout: the message is lost.
+    settings.BUILD_QUEUE_TIMEOUT = 300
+    Build.objects.filter(pk=other.pk).update(state=BuildState.QUEUED, heartbeat_at=None, tasks_running=0)
+    Build.objects.filter(pk=other.pk).update(created_at=long_ago)
+    assert services.builds_reap_stale(timeout=60) == [str(other.pk)]
+    other.refresh_from_db()
+    assert other.error_code == "build.queue-timeout"
