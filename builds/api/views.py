@@ -117,7 +117,9 @@ class FlavourListCreateView(generics.ListAPIView):
         },
         description=(
             "Compose a flavour. Its ID is the sha256 of the canonical document of the choices, so the "
-            "same choices return the existing flavour (200). Every problem is reported per field (400)."
+            "same choices return the existing flavour (200). Every problem is reported per field (400). "
+            "Flavours never change: to edit one, post the new choices with revision_of=<its ID>; the "
+            "result is its next revision, and earlier revisions and their artifacts stay available."
         ),
     )
     def post(self, request: Request) -> Response:
