@@ -7,12 +7,15 @@ Tests that build take ``celery_worker_process``: a real worker process on the te
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -107,63 +110,72 @@ def _database_url_for_worker() -> str:
     return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
+def _route_tasks_to(queue: str) -> None:
+    """Send this process's tasks (the live server's) to ``queue``; Celery caches its routing."""
+    from portal.celery import app
+
+    app.conf.task_default_queue = queue
+    for cached in ("router", "queues", "default_queue"):
+        app.amqp.__dict__.pop(cached, None)
+
+
 @pytest.fixture
 def celery_worker_process(transactional_db, settings, tmp_path) -> Iterator[Callable[..., None]]:
     """Start a real ``celery worker`` process on the test database and the configured Redis.
 
     Returns ``start(**env)``: extra environment (UPSTREAM_MIRRORS, ARTIFACT_DIR...) must match what
-    the test sets in-process, so call it after preparing settings. The worker is stopped at teardown.
+    the test sets in-process, so call it after preparing settings. Tasks go to a queue of this test's
+    own, so no other worker on the same Redis takes them. The worker is stopped at teardown.
     """
     if not settings.CELERY_BROKER_URL.startswith("redis"):
         pytest.skip("the build flow in the browser needs a real broker: set REDIS_URL=redis://...")
     if shutil.which("mksquashfs") is None:
         pytest.skip("baking needs mksquashfs (apt-get install squashfs-tools)")
+    from portal.celery import app
+
     processes: list[subprocess.Popen] = []
     log_path = tmp_path / "celery-worker.log"
+    queue = f"bh-browser-{uuid.uuid4().hex[:10]}"
+    previous_queue = app.conf.task_default_queue
+    _route_tasks_to(queue)
 
     def start(**extra_env: str) -> None:
         env = {
             **os.environ,
             "DATABASE_URL": _database_url_for_worker(),
             "CELERY_TASK_ALWAYS_EAGER": "false",
+            "CELERY_TASK_DEFAULT_QUEUE": queue,  # what the worker queues itself stays on our queue
             "PYTHONUNBUFFERED": "1",
             **extra_env,
         }
+        argv = [
+            sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", queue, "-n", f"{queue}@%h",
+            "--loglevel=INFO", "--concurrency=2",
+            "--without-heartbeat", "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "portal",
-                    "worker",
-                    "--loglevel=INFO",
-                    "--concurrency=2",
-                    "--without-heartbeat",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         processes.append(process)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while b" ready." not in log_path.read_bytes():
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the Celery worker did not start:\n{log_path.read_text()[-4000:]}")
             time.sleep(0.2)
 
     yield start
+    _route_tasks_to(previous_queue)
     if log_path.exists():
         # Shown by pytest only when the test failed: what the worker did.
         print(f"--- celery worker log ({log_path}) ---\n{log_path.read_text(errors='replace')[-20000:]}")
     for process in processes:
-        process.terminate()
+        # The worker and its prefork children are one process group of their own.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()
