@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
+import socket
 import tempfile
 import threading
 import time
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -263,12 +266,57 @@ def build_cancel(*, build: Build, user: Any) -> Build:
 
 def webhook_create(*, team: Team, user: Any, url: str, secret: str | None = None) -> Webhook:
     """Register ``url`` to receive build events; the secret signs them (generated when omitted)."""
+    problem = webhook_url_problem(url)
+    if problem is not None:
+        raise BuildRefused("webhook.refused-url", problem)
     return Webhook.objects.create(
         team=team,
         url=url,
         secret=secret or secrets.token_urlsafe(32),
         created_by=user if getattr(user, "is_authenticated", False) else None,
     )
+
+
+def _private_address_problem(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    if address.is_global and not address.is_multicast:
+        return None
+    return (
+        f"{host} is {address}, a private or local address; webhooks go to public hosts "
+        "(operators may set WEBHOOK_ALLOW_PRIVATE_NETWORKS)."
+    )
+
+
+def webhook_url_problem(url: str, *, resolve: bool = False) -> str | None:
+    """Why the portal will not POST to ``url`` (None when it may).
+
+    Registration checks the URL as written (no DNS lookup); delivery also resolves the host and
+    refuses when any address is not public. WEBHOOK_ALLOW_PRIVATE_NETWORKS lifts both checks.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "Webhook URLs are http(s) URLs with a host."
+    if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS:
+        return None
+    host = parts.hostname
+    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+        return f"{host} is a local name; webhooks go to public hosts."
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        return _private_address_problem(host, literal)
+    if not resolve:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return f"The host {host} does not resolve."
+    for info in infos:
+        problem = _private_address_problem(host, ipaddress.ip_address(str(info[4][0]).split("%")[0]))
+        if problem is not None:
+            return problem
+    return None
 
 
 def webhook_signature(secret: str, body: bytes) -> str:
@@ -292,6 +340,10 @@ def webhook_deliver(*, delivery_id: int) -> bool:
         "X-Bakehouse-Signature": webhook_signature(delivery.webhook.secret, body),
     }
     WebhookDelivery.objects.filter(pk=delivery.pk).update(attempts=F("attempts") + 1)
+    refused = webhook_url_problem(delivery.webhook.url, resolve=True)
+    if refused is not None:
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(last_error=refused)
+        return True  # asking again will not make the address acceptable
     try:
         response = requests.post(
             delivery.webhook.url, data=body, headers=headers, timeout=(5, 10), allow_redirects=False

@@ -162,6 +162,9 @@ CELERY_BEAT_SCHEDULE = {
 # A running build touches heartbeat_at this often; the reaper fails it after the timeout.
 BUILD_HEARTBEAT_INTERVAL = env_int("BUILD_HEARTBEAT_INTERVAL", 10, minimum=1)
 BUILD_HEARTBEAT_TIMEOUT = env_int("BUILD_HEARTBEAT_TIMEOUT", 180, minimum=10)
+# Webhooks to loopback, private or link-local addresses (the metadata service...) are refused
+# unless this is set, so a team admin cannot make workers probe the internal network.
+WEBHOOK_ALLOW_PRIVATE_NETWORKS = env_bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", False)
 
 # --- Artifacts, signing, upstreams ------------------------------------------------------------
 ARTIFACT_DIR = env_path("ARTIFACT_DIR", VAR_DIR / "artifacts")

@@ -376,12 +376,15 @@ class WebhookListCreateView(generics.ListAPIView):
         team = _choose_team(
             request.user, serializer.validated_data.get("team"), Role.ADMIN, "manage webhooks"
         )
-        hook = services.webhook_create(
-            team=team,
-            user=request.user,
-            url=serializer.validated_data["url"],
-            secret=serializer.validated_data.get("secret"),
-        )
+        try:
+            hook = services.webhook_create(
+                team=team,
+                user=request.user,
+                url=serializer.validated_data["url"],
+                secret=serializer.validated_data.get("secret"),
+            )
+        except services.BuildRefused as refused:
+            raise exceptions.ValidationError({"url": [refused.message]}) from None
         return Response(WebhookCreatedSerializer(hook).data, status=status.HTTP_201_CREATED)
 
 

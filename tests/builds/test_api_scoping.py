@@ -36,6 +36,7 @@ class World:
 def world(small_catalog: Cast, settings: Any, tmp_path: Path) -> World:
     settings.ARTIFACT_DIR = tmp_path / "artifacts"
     settings.S3 = None
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = True
     cast = small_catalog
     ext = [{"name": "hello", "version": "v1.0.0"}]
     flavour, _ = services.flavour_create(

@@ -15,7 +15,7 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 
 from builds import services
-from builds.models import Build, BuildState, Flavour, ImageArtifact, WebhookDelivery
+from builds.models import Build, BuildState, Flavour, ImageArtifact, Webhook, WebhookDelivery
 from catalog.models import ExtensionVersion
 from tests.builds.catalog_fixtures import Cast, make_cast, make_extension
 
@@ -138,7 +138,8 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def receiver(settings: Any) -> Iterator[Receiver]:
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = True  # the receiver listens on 127.0.0.1
     server = Receiver(204)
     yield server
     server.httpd.shutdown()
@@ -187,7 +188,8 @@ def test_server_trouble_is_retried_and_a_refusal_is_not(
 
 
 @pytest.mark.django_db
-def test_an_unreachable_webhook_is_retried(cast: Cast) -> None:
+def test_an_unreachable_webhook_is_retried(cast: Cast, settings: Any) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = True
     flavour = _flavour(cast)
     services.webhook_create(team=cast.blue, user=cast.owner, url="http://127.0.0.1:9/nobody-listens")
     build, _ = services.build_request(flavour=flavour, user=cast.teammate)
@@ -196,3 +198,37 @@ def test_an_unreachable_webhook_is_retried(cast: Cast) -> None:
     assert services.webhook_deliver(delivery_id=delivery.pk) is False
     delivery.refresh_from_db()
     assert delivery.last_error and delivery.attempts == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.5/",
+        "http://[::1]/x",
+    ],
+)
+def test_webhooks_to_internal_addresses_are_refused(cast: Cast, settings: Any, url: str) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = False
+    response = _api(cast.owner).post("/api/webhooks/", {"url": url}, format="json")
+    assert response.status_code == 400
+    assert "private or local" in response.json()["fields"]["url"][0]
+    # One stored before the rule (or by an operator) is never contacted either.
+    flavour = _flavour(cast)
+    Webhook.objects.create(team=cast.blue, url=url, secret="s" * 32)
+    build, _ = services.build_request(flavour=flavour, user=cast.teammate)
+    services.build_fail(build_id=build.pk, code="x.y", message="z")
+    delivery = WebhookDelivery.objects.get()
+    assert services.webhook_deliver(delivery_id=delivery.pk) is True
+    delivery.refresh_from_db()
+    assert delivery.delivered_at is None and "private or local" in delivery.last_error
+
+
+def _api(user: Any) -> Any:
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(user)
+    return client

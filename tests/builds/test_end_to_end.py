@@ -155,6 +155,7 @@ def worker_env(
         "PUBLIC_BASE_URL": f"{s3.url}/{bucket}/",
         "UPSTREAM_MIRRORS": mirrors,
         "BUILD_HEARTBEAT_INTERVAL": "1",
+        "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "1",  # the receiver listens on 127.0.0.1
         "SIGNING_KEY_FILE": "",
         "SIGNING_PASSPHRASE_FILE": "",
         "PYTHONUNBUFFERED": "1",
@@ -203,6 +204,7 @@ def portal_side(settings: Any, s3: S3Endpoint, bucket: str, monkeypatch: pytest.
         bucket=bucket, endpoint_url=s3.url, region=s3.region, checksum_mode="when_required"
     )
     settings.PUBLIC_BASE_URL = f"{s3.url}/{bucket}/"
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = True
     return s3.client()
 
 
