@@ -366,7 +366,7 @@ def extension_rows(versions: Iterable[Any], picks: Mapping[str, str]) -> list[Ex
 class RelationHint:
     """A sentence about the current picks, with an optional link that fixes it."""
 
-    kind: str  # requires | conflicts | replaces
+    kind: str  # requires | conflicts | needs | replaces
     text: str
     fixes: tuple[tuple[str, str], ...] = ()  # (label, url)
 
@@ -411,6 +411,14 @@ def relation_hints(
                         "conflicts", f"{pair[0]} and {pair[1]} conflict: {CONFLICT_WHY}. Choose one."
                     )
                 )
+        if row.extension.min_flatcar and state.channel == "lts":
+            hints.append(
+                RelationHint(
+                    "needs",
+                    f"{name} needs Flatcar {row.extension.min_flatcar} or newer: check the LTS release your "
+                    "nodes run (LTS-2023 is older).",
+                )
+            )
         if row.extension.replaces_builtin:
             bundled = ", ".join(row.extension.replaces_builtin)
             hints.append(

@@ -219,6 +219,7 @@ def compose_extensions(request: HttpRequest) -> HttpResponse:
                 "conflicts": row.extension.conflicts,
                 "latest": row.versions[0].version,
                 "replaces": row.extension.replaces_builtin,
+                "min_flatcar": row.extension.min_flatcar if state.channel == "lts" else "",
             }
             for row in rows
         },

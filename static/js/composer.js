@@ -16,7 +16,7 @@
 
     const hint = (kind, text, fixes = []) => {
       const box = document.createElement("div");
-      box.className = kind === "replaces" ? "hint" : "hint problem";
+      box.className = kind === "requires" || kind === "conflicts" ? "hint problem" : "hint";
       box.dataset.kind = kind;
       const p = document.createElement("p");
       p.textContent = text;
@@ -54,6 +54,11 @@
             seenPairs.add(pair);
             hints.push(hint("conflicts", `${pair} conflict: ${why}. Choose one.`));
           }
+        }
+        if (rel.min_flatcar) {
+          hints.push(
+            hint("needs", `${name} needs Flatcar ${rel.min_flatcar} or newer: check the LTS release your nodes run (LTS-2023 is older).`),
+          );
         }
         if (rel.replaces && rel.replaces.length) {
           hints.push(hint("replaces", `${name} replaces Flatcar's bundled ${rel.replaces.join(", ")}: they will be masked.`));

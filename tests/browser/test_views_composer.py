@@ -145,3 +145,16 @@ def test_review_of_invalid_choices_links_back_to_the_step(client, world):
     assert "docker-compose requires docker" in html
     assert "Fix it in step 2" in html
     assert '<button type="submit">Build</button>' not in html
+
+
+def test_lts_channel_warns_about_an_extension_needing_newer_flatcar(client, world):
+    from catalog.models import Extension
+
+    Extension.objects.filter(name="docker").update(min_flatcar="3975.2.0")
+    client.force_login(world["builder"])
+    lts = client.get("/compose/extensions/", {**BASE, "channel": "lts", "x_docker": "28.0.4"}).context[
+        "hints"
+    ]
+    assert any(h.kind == "needs" and "3975.2.0" in h.text for h in lts)
+    stable = client.get("/compose/extensions/", {**BASE, "x_docker": "28.0.4"}).context["hints"]
+    assert not any(h.kind == "needs" for h in stable)
