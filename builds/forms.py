@@ -53,8 +53,8 @@ class ComposerState:
         query = data.copy()
         for name in (*CONTROL_PARAMS, "csrfmiddlewaretoken"):
             query.pop(name, None)
-        for name in [k for k in query if k.startswith(EXTENSION_PREFIX) and not query.get(k)]:
-            query.pop(name)  # "not included" selects carry no meaning
+        for name in [k for k, values in query.lists() if not any(v.strip() for v in values)]:
+            query.pop(name)  # empty fields and "not included" selects carry no meaning: shorter links
         return cls(query)
 
     def get(self, name: str, default: str = "") -> str:
