@@ -133,6 +133,7 @@ def celery_worker_process(transactional_db, settings, tmp_path) -> Iterator[Call
         pytest.skip("baking needs mksquashfs (apt-get install squashfs-tools)")
     from portal.celery import app
 
+    database_url = _database_url_for_worker()  # skips unless the test database is PostgreSQL
     processes: list[subprocess.Popen] = []
     log_path = tmp_path / "celery-worker.log"
     queue = f"bh-browser-{uuid.uuid4().hex[:10]}"
@@ -142,7 +143,7 @@ def celery_worker_process(transactional_db, settings, tmp_path) -> Iterator[Call
     def start(**extra_env: str) -> None:
         env = {
             **os.environ,
-            "DATABASE_URL": _database_url_for_worker(),
+            "DATABASE_URL": database_url,
             "CELERY_TASK_ALWAYS_EAGER": "false",
             "CELERY_TASK_DEFAULT_QUEUE": queue,  # what the worker queues itself stays on our queue
             "PYTHONUNBUFFERED": "1",
