@@ -137,6 +137,7 @@ def test_compose_docker_with_compose_build_and_download(page, snap, chromium, li
     page.get_by_role("button", name="Next: review").click()
 
     # Step 4: the flavour ID and the Build button.
+    review_url = page.url
     flavour_id = page.locator("#flavour-id").inner_text().strip()
     assert re.fullmatch(r"[0-9a-f]{64}", flavour_id)
     snap(page, "compose-4-review")
@@ -170,6 +171,11 @@ def test_compose_docker_with_compose_build_and_download(page, snap, chromium, li
     image = ImageArtifact.objects.get(extension_version__extension__name="docker", arch="x86-64")
     assert image.sha256 == hashlib.sha256(image_bytes).hexdigest()
     assert page.locator("#butane").inner_text().strip() == butane.strip()
+
+    # The shared review link now shows the Butane these exact choices published.
+    page.goto(review_url)
+    expect(page.locator("#flavour-id")).to_have_text(flavour_id)
+    expect(page.locator("#butane")).to_contain_text(f"sha512-{hashlib.sha512(image_bytes).hexdigest()}")
 
     # Someone of another team cannot open it.
     other = chromium.new_context(base_url=live_server.url)
