@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
 
 if TYPE_CHECKING:
     from builds.pipeline.recipe import Recipe
@@ -133,11 +132,10 @@ class Extension(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["team", "name"], name="extension_unique_team_name"),
-            # NULL teams never collide in a plain unique index, so globals need their own.
-            models.UniqueConstraint(
-                fields=["name"], condition=Q(team__isnull=True), name="extension_unique_global_name"
-            ),
+            # One name, one extension across the installation: the name is the published
+            # sysupdate directory (extensions/NAME/) and /etc/extensions/NAME.raw on nodes, so two
+            # teams' private "foo" would mix their SHA256SUMS.
+            models.UniqueConstraint(fields=["name"], name="extension_unique_name"),
         ]
         ordering = ["name"]
 

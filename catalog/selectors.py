@@ -46,28 +46,19 @@ def extension_detail_queryset(user: Any, *, team: Team | None = None) -> QuerySe
 def extension_get_for_user(
     user: Any, *, name: str, team_slug: str | None = None, queryset: QuerySet[Extension] | None = None
 ) -> Extension:
-    """The extension called ``name`` that the user can see.
+    """The extension called ``name`` that the user can see (names are unique installation-wide).
 
-    A name can exist once globally and once per team, so a user in several teams may need to say
-    which team (``team_slug``); a team's own extension wins over a global one of the same name.
+    ``team_slug`` narrows the lookup to that team's catalog plus the global one; another team's
+    private extension is "not found", exactly like one that does not exist.
     """
     team = team_for_user(user, team_slug) if team_slug else None
     qs = queryset if queryset is not None else extensions_visible_to(user, team=team)
     if team is not None:
         qs = qs.filter(Q(team__isnull=True) | Q(team=team))
-    matches = list(qs.filter(name=name))
-    if not matches:
+    extension = qs.filter(name=name).first()
+    if extension is None:
         raise CatalogNotFound("extension.not-found", f"No extension {name!r} in your catalog.")
-    if len(matches) == 1:
-        return matches[0]
-    private = [e for e in matches if e.team_id is not None]
-    if team is not None and len(private) == 1:
-        return private[0]
-    slugs = ", ".join(sorted(e.team.slug if e.team else "(global)" for e in matches))
-    raise CatalogError(
-        "extension.ambiguous",
-        f"{name!r} exists in several of your catalogs ({slugs}); add ?team=<slug> to choose.",
-    )
+    return extension
 
 
 def version_get_for_user(user: Any, *, version_id: int) -> ExtensionVersion:

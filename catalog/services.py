@@ -16,7 +16,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from builds.pipeline.errors import PipelineError
@@ -480,11 +479,12 @@ def _pinning_failed(version: ExtensionVersion, error: str) -> None:
 
 
 def _check_name_free(team: Team, name: str) -> None:
-    if Extension.objects.filter(Q(team__isnull=True) | Q(team=team), name=name).exists():
+    # Names are unique across teams: each names a published directory (extensions/NAME/).
+    if Extension.objects.filter(name=name).exists():
         raise CatalogConflict(
             "extension.name-taken",
-            f"An extension called {name!r} already exists in the global catalog or in team {team.slug}; "
-            "choose another name.",
+            f"The extension name {name!r} is already taken (names are unique across Bakehouse because "
+            "they name the published sysupdate directory); choose another name.",
         )
 
 

@@ -111,27 +111,28 @@ def test_team_names_cannot_shadow_the_global_catalog(cast: Cast, catalog: Extens
     assert clash.json()["code"] == "extension.name-taken"
 
 
-def test_a_member_of_two_teams_picks_the_team_when_names_collide(
-    cast: Cast, catalog: ExtensionVersion
-) -> None:
-    Membership.objects.create(team=cast.other_team, user=cast.owner, role=Role.CURATOR)
+def test_private_names_are_unique_across_teams(cast: Cast, catalog: ExtensionVersion) -> None:
+    # Blue already has a private "secret"; red may not take the name, because both would publish
+    # to extensions/secret/ and mix their signed SHA256SUMS.
     red = cast.client(cast.outsider).post(
         "/api/extensions/", {"team": "red", "recipe": SECRET}, format="json"
     )
-    assert red.status_code == 201
-    client = cast.client(cast.owner)
+    assert red.status_code == 409
+    assert red.json()["code"] == "extension.name-taken"
+    assert Extension.objects.filter(name="secret").count() == 1
+    # Red still cannot see blue's extension itself.
+    assert cast.client(cast.outsider).get("/api/extensions/secret/").status_code == 404
 
-    ambiguous = client.get("/api/extensions/secret/")
-    assert ambiguous.status_code == 400
-    assert ambiguous.json()["code"] == "extension.ambiguous"
-    assert "?team=" in ambiguous.json()["message"]
-    assert client.get("/api/extensions/secret/?team=red").json()["team"] == "red"
+
+def test_a_member_of_two_teams_says_which_team_a_new_extension_is_for(
+    cast: Cast, catalog: ExtensionVersion
+) -> None:
+    Membership.objects.create(team=cast.other_team, user=cast.owner, role=Role.CURATOR)
+    client = cast.client(cast.owner)
     assert client.get("/api/extensions/secret/?team=blue").json()["team"] == "blue"
-    assert {e["team"] for e in client.get("/api/extensions/?search=secret").json()["results"]} == {
-        "blue",
-        "red",
-    }
+    assert client.get("/api/extensions/secret/?team=red").status_code == 404
     no_team = client.post("/api/extensions/", {"recipe": SECRET.replace("secret", "other")}, format="json")
     assert no_team.status_code == 400
     assert no_team.json()["code"] == "team.required"
     assert Extension.objects.filter(name="other").count() == 0
+
