@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db.models import Prefetch, Q, QuerySet
 
-from catalog.errors import CatalogError, CatalogNotFound
+from catalog.errors import CatalogNotFound
 from catalog.models import (
     ApprovalRecord,
     Delivery,

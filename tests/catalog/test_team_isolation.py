@@ -135,4 +135,3 @@ def test_a_member_of_two_teams_says_which_team_a_new_extension_is_for(
     assert no_team.status_code == 400
     assert no_team.json()["code"] == "team.required"
     assert Extension.objects.filter(name="other").count() == 0
-
