@@ -33,7 +33,7 @@ UPDATE_ACTION_LABELS = {
 EXTENSION_PREFIX = "x_"
 # Present once the options step has been submitted: from then on an unticked box means "off".
 OPTIONS_MARKER = "o"
-STEP1_FIELDS = ("team", "name", "description", "arch", "channel", "revision_of")
+STEP1_FIELDS = ("team", "name", "description", "arch", "channel")
 STEP3_FIELDS = (
     OPTIONS_MARKER, "updates", "action", "minor_pin", "signed", "masks", "ssh", "hostname", "fragment",
     "format", "compression",

@@ -162,3 +162,19 @@ def test_forged_inputs_are_refused_not_crashes(client, world):
         ).status_code
         == 200
     )
+
+
+def test_editing_through_the_wizard_makes_the_next_revision(client, world):
+    from builds.forms import flavour_state
+    from builds.models import Flavour
+
+    client.force_login(world["admin"])
+    state = flavour_state(world["flavour"]).with_changes(hostname="node-2")
+    step1 = client.get("/compose/?" + state.urlencode() + "&go=next")
+    assert "revision_of=" in step1["Location"]  # carried through every step
+    response = client.post("/compose/build/", dict(state.query.lists()) | {"hostname": "node-2"})
+    revised = Flavour.objects.exclude(pk=world["flavour"].pk).get()
+    assert revised.revision == 2 and revised.lineage == world["flavour"].lineage
+    assert response["Location"].startswith("/builds/")
+    page = client.get(f"/flavours/{revised.pk}/").content.decode()
+    assert f"/flavours/{world['flavour'].pk}/" in page  # the older revision stays one click away
