@@ -104,7 +104,9 @@ class ChosenExtension:
             "version": self.version.version,
             "catalog": extension.team.slug if extension.team_id else "global",
             "delivery": extension.delivery,
-            "recipe_digest": extension.recipe_digest,
+            # The digest of what shapes this version's image, not of the whole recipe file: a new
+            # version proposed upstream must not turn every existing flavour stale.
+            "recipe_digest": self.version.recipe().image_digest(self.version.version),
             "pins": dict(sorted(self.pins.items())),
         }
 

@@ -622,20 +622,20 @@ def _image_plan(build: Build, build_image: BuildImage) -> _ImagePlan:
             "flavour.inconsistent",
             f"{extension.name} {version.version} is not part of this flavour's document",
         )
-    if entry["recipe_digest"] != extension.recipe_digest:
+    recipe = version.recipe()
+    if entry["recipe_digest"] != recipe.image_digest(version.version):
         raise PipelineError(
             "flavour.stale",
-            f"the recipe of {extension.name} changed since this flavour was composed; "
+            f"the recipe of {extension.name} {version.version} changed since this flavour was composed; "
             "compose a new revision of the flavour to build with the new recipe",
         )
-    recipe = version.recipe()
     pins = dict(entry["pins"])
     resolved = recipe.resolve(version.version, build.flavour.arch, pins)
     options = flavour_options(build.flavour)
     cache_key = None
     if all(source.sha256 for source in resolved):
         cache_key = image_cache_key(
-            recipe_digest=recipe.digest,
+            recipe_digest=recipe.image_digest(version.version),
             version=version.version,
             arch=build.flavour.arch,
             source_digests={source.id: str(source.sha256) for source in resolved},

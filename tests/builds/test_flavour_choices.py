@@ -10,7 +10,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from builds.models import Flavour
-from catalog.models import ExtensionVersion, UpstreamDigest
+from catalog.models import Extension, ExtensionVersion, UpstreamDigest
 from tests.builds.catalog_fixtures import Cast, flavour_payload
 
 pytestmark = pytest.mark.django_db
@@ -40,10 +40,8 @@ def test_created_flavour_id_is_sha256_of_its_canonical_document(small_catalog: C
         version__extension__name="hello", version__version="v1.0.0", arch="x86-64"
     )
     assert hello["pins"] == {"hello": pinned.sha256}
-    assert (
-        hello["recipe_digest"]
-        == ExtensionVersion.objects.get(extension__name="hello", version="v1.0.0").extension.recipe_digest
-    )
+    chosen = ExtensionVersion.objects.get(extension__name="hello", version="v1.0.0")
+    assert hello["recipe_digest"] == chosen.recipe().image_digest("v1.0.0")
     assert document["options"]["butane_version"] == "1.0.0"  # defaults are filled in, not implied
 
 
@@ -89,6 +87,26 @@ def test_any_changed_choice_changes_the_id(small_catalog: Cast, change: dict[str
 def test_a_new_upstream_pin_changes_the_id(small_catalog: Cast) -> None:
     base = post_flavour(small_catalog.teammate).json()["id"]
     UpstreamDigest.objects.filter(version__extension__name="hello", arch="x86-64").update(sha256="ab" * 32)
+    assert post_flavour(small_catalog.teammate).json()["id"] != base
+
+
+def test_a_new_catalog_version_leaves_existing_flavours_alone(small_catalog: Cast) -> None:
+    base = post_flavour(small_catalog.teammate).json()["id"]
+    hello = Extension.objects.get(name="hello")
+    hello.recipe_text = hello.recipe_text.replace("versions:\n", "versions:\n  v9.9.9: {}\n")
+    hello.recipe_digest = hello.recipe().digest
+    hello.save()
+    assert "v9.9.9" in hello.recipe().versions
+    again = post_flavour(small_catalog.teammate)
+    assert again.status_code == 200
+    assert again.json()["id"] == base
+
+
+def test_a_changed_install_map_changes_the_id(small_catalog: Cast) -> None:
+    base = post_flavour(small_catalog.teammate).json()["id"]
+    hello = Extension.objects.get(name="hello")
+    hello.recipe_text = hello.recipe_text.replace("to: usr/bin/hello,", "to: usr/bin/hello2,")
+    hello.save()
     assert post_flavour(small_catalog.teammate).json()["id"] != base
 
 
