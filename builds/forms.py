@@ -335,6 +335,11 @@ class ExtensionRow:
         return EXTENSION_PREFIX + self.extension.name
 
     @property
+    def picked_unavailable(self) -> bool:
+        """The link asks for a version this list does not offer (kept, so that Next explains why)."""
+        return bool(self.picked) and all(v.version != self.picked for v in self.versions)
+
+    @property
     def requires_text(self) -> str:
         return "; ".join(" or ".join(group) for group in _groups(self.extension.requires))
 
@@ -366,7 +371,7 @@ def extension_rows(versions: Iterable[Any], picks: Mapping[str, str]) -> list[Ex
 class RelationHint:
     """A sentence about the current picks, with an optional link that fixes it."""
 
-    kind: str  # requires | conflicts | needs | replaces
+    kind: str  # unavailable | requires | conflicts | needs | replaces
     text: str
     fixes: tuple[tuple[str, str], ...] = ()  # (label, url)
 
@@ -387,7 +392,16 @@ def relation_hints(
     seen_pairs: set[tuple[str, ...]] = set()
     for name in sorted(picks):
         row = offered.get(name)
-        if row is None:
+        if row is None or row.picked_unavailable:
+            remove = f"{step_url}?{state.with_changes(**{EXTENSION_PREFIX + name: None}).urlencode()}"
+            hints.append(
+                RelationHint(
+                    "unavailable",
+                    f"{name} {picks[name]} is not offered for {state.arch}: "
+                    "not in your catalog, not approved, or deprecated.",
+                    ((f"Remove {name}", remove),),
+                )
+            )
             continue
         for group in _groups(row.extension.requires):
             if picks.keys() & set(group):

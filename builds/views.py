@@ -19,6 +19,7 @@ from builds.adapters.store import ArtifactNotFound, ArtifactStoreError, get_arti
 from builds.flavours import MAX_FRAGMENT_BYTES, FlavourInvalid, flavour_choices_resolve, fragment_problems
 from builds.forms import (
     CHANNELS,
+    EXTENSION_PREFIX,
     STEP1_FIELDS,
     STEP3_FIELDS,
     ComposerState,
@@ -212,7 +213,13 @@ def compose_extensions(request: HttpRequest) -> HttpResponse:
         ],
         "errors": [reason for reasons in step_errors.values() for reason in reasons],
         "steps": _step_links(state, 2),
-        "hidden": state.hidden_pairs((), own_extensions=True),
+        # Picks the list cannot show stay in the form, so that Next reports them instead of dropping them.
+        "hidden": state.hidden_pairs((), own_extensions=True)
+        + [
+            (EXTENSION_PREFIX + n, v)
+            for n, v in state.picks.items()
+            if n not in {r.extension.name for r in rows}
+        ],
         "relations_json": {
             row.extension.name: {
                 "requires": row.extension.requires,

@@ -9,6 +9,8 @@
     const selects = new Map(
       [...document.querySelectorAll("[data-extension-select]")].map((s) => [s.dataset.extensionSelect, s]),
     );
+    // What the server found wrong with the link itself (picks this list cannot offer) stays shown.
+    const serverHints = [...hintsBox.querySelectorAll('[data-kind="unavailable"]')];
     const groups = (requires) => (requires || []).map((g) => (Array.isArray(g) ? g : [g]));
     const why =
       "they install the same files (binaries, units), and when two merged sysexts provide one path " +
@@ -39,7 +41,7 @@
 
     function render() {
       const picked = new Set([...selects].filter(([, s]) => s.value).map(([name]) => name));
-      const hints = [];
+      const hints = [...serverHints];
       const seenPairs = new Set();
       for (const name of [...picked].sort()) {
         const rel = relations[name];

@@ -158,3 +158,17 @@ def test_lts_channel_warns_about_an_extension_needing_newer_flatcar(client, worl
     assert any(h.kind == "needs" and "3975.2.0" in h.text for h in lts)
     stable = client.get("/compose/extensions/", {**BASE, "x_docker": "28.0.4"}).context["hints"]
     assert not any(h.kind == "needs" for h in stable)
+
+
+def test_a_link_asking_for_something_not_offered_is_explained_not_dropped(client, world):
+    client.force_login(world["builder"])
+    params = {**BASE, "arch": "arm64", "x_wasm3": "0.5.0", "x_docker": "1.0-nope"}
+    page = client.get("/compose/extensions/", params)
+    html = page.content.decode()
+    kinds = {h.text.split(" ")[0]: h.kind for h in page.context["hints"]}
+    assert kinds == {"docker": "unavailable", "wasm3": "unavailable"}
+    assert '<input type="hidden" name="x_wasm3" value="0.5.0">' in html
+    assert '<option value="1.0-nope" selected>' in html
+    refused = client.get("/compose/extensions/", {**params, "go": "next"})
+    assert refused.status_code == 200
+    assert "wasm3 does not support arm64" in refused.content.decode()
