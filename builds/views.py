@@ -523,10 +523,14 @@ def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
             messages.success(request, f"Webhook {hook.url} removed.")
             return redirect("builds:team-detail", team.slug)
         if form.is_valid():
-            hook = services.webhook_create(team=team, user=request.user, url=form.cleaned_data["url"])
-            new_secret = hook.secret
-            messages.success(request, "Webhook added. Copy its secret now: it will not be shown again.")
-            form = WebhookForm()
+            try:
+                hook = services.webhook_create(team=team, user=request.user, url=form.cleaned_data["url"])
+            except services.BuildRefused as refused:
+                form.add_error("url", refused.message)
+            else:
+                new_secret = hook.secret
+                messages.success(request, "Webhook added. Copy its secret now: it will not be shown again.")
+                form = WebhookForm()
     context = {
         "team": team,
         "memberships": team.memberships.select_related("user").order_by("user__username"),

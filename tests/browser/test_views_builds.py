@@ -130,6 +130,15 @@ def test_team_page_members_and_webhooks(client, world):
     assert not Webhook.objects.filter(pk=hook.pk).exists()
 
 
+def test_webhook_to_a_private_address_is_a_field_error_not_a_crash(client, world):
+    client.force_login(world["admin"])
+    response = client.post("/teams/blue/", {"url": "http://127.0.0.1:8080/hook"})
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'id="id_url_error"' in page
+    assert not Webhook.objects.exists()
+
+
 def test_only_admins_manage_webhooks(client, world):
     client.force_login(world["viewer"])
     assert b"Add webhook" not in client.get("/teams/blue/").content
