@@ -15,18 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.recipe import Recipe, load_recipe, parse_recipe
 from catalog import discovery, uploads
-from catalog.errors import CatalogConflict, CatalogError
+from catalog.errors import CatalogConflict, CatalogError, CatalogNotFound
 from catalog.models import (
     ApprovalAction,
     ApprovalRecord,
     Extension,
     ExtensionVersion,
+    Membership,
     Origin,
     Role,
     Team,
@@ -133,6 +135,19 @@ class CatalogSyncError(CatalogError):
         self.errors = errors
         lines = "; ".join(f"{path}: {reason}" for path, reason in errors)
         super().__init__("catalog.invalid-recipes", f"{len(errors)} recipe file(s) did not load: {lines}")
+
+
+def team_member_set(*, team_slug: str, team_name: str = "", username: str, role: str) -> Membership:
+    """Create the team if needed and give ``username`` exactly ``role`` in it (idempotent)."""
+    if role not in Role.values:
+        raise CatalogError("team.invalid-role", f"role {role!r} is not one of {', '.join(Role.values)}")
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise CatalogNotFound("user.not-found", f"No user called {username!r}; create it first.")
+    with transaction.atomic():
+        team, _ = Team.objects.get_or_create(slug=team_slug, defaults={"name": team_name or team_slug})
+        membership, _ = Membership.objects.update_or_create(team=team, user=user, defaults={"role": role})
+    return membership
 
 
 def recipe_relation_problems(recipes: list[tuple[Recipe, str]]) -> list[tuple[str, str]]:
