@@ -13,6 +13,7 @@ infrastructure trouble, propagates so the task retries it with backoff.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -609,9 +610,32 @@ class _ImagePlan:
     file_name: str
 
 
-def _image_plan(build: Build, build_image: BuildImage) -> _ImagePlan:
+def _image_cache_key(
+    version: ExtensionVersion, arch: str, pins: dict[str, str], options: FlavourOptions
+) -> str | None:
+    """The image cache key of ``version`` baked for ``arch`` with these pins and options.
+
+    None when some source has no pinned sha256: such an image is never reused.
+    """
     from builds.pipeline.bake import image_cache_key
     from builds.pipeline.image import tool_versions
+
+    recipe = version.recipe()
+    resolved = recipe.resolve(version.version, arch, pins)
+    if not all(source.sha256 for source in resolved):
+        return None
+    return image_cache_key(
+        recipe_digest=recipe.image_digest(version.version),
+        version=version.version,
+        arch=arch,
+        source_digests={source.id: str(source.sha256) for source in resolved},
+        image_format=options.image_format,
+        compression=options.compression,
+        tools=tool_versions(),
+    )
+
+
+def _image_plan(build: Build, build_image: BuildImage) -> _ImagePlan:
     from builds.pipeline.sysupdate import image_file_name
 
     version = build_image.extension_version
@@ -630,19 +654,7 @@ def _image_plan(build: Build, build_image: BuildImage) -> _ImagePlan:
             "compose a new revision of the flavour to build with the new recipe",
         )
     pins = dict(entry["pins"])
-    resolved = recipe.resolve(version.version, build.flavour.arch, pins)
-    options = flavour_options(build.flavour)
-    cache_key = None
-    if all(source.sha256 for source in resolved):
-        cache_key = image_cache_key(
-            recipe_digest=recipe.image_digest(version.version),
-            version=version.version,
-            arch=build.flavour.arch,
-            source_digests={source.id: str(source.sha256) for source in resolved},
-            image_format=options.image_format,
-            compression=options.compression,
-            tools=tool_versions(),
-        )
+    cache_key = _image_cache_key(version, build.flavour.arch, pins, flavour_options(build.flavour))
     return _ImagePlan(
         name=extension.name,
         version=version.version,
@@ -926,22 +938,110 @@ def flavour_config(
     flavour: Flavour, images: list[_ReadyImage], *, keyring: bytes, public_url: Callable[[str], str]
 ) -> Any:
     """The pipeline's ``FlavourConfig`` for a flavour whose images are about to be published."""
-    from builds.publication import extension_prefix
-
-    published = {}
-    for ready in images:
-        prefix = extension_prefix(ready.extension.name)
-        published[ready.extension.name] = PublishedImage(
-            url=public_url(prefix + ready.image.file_name),
-            hash=f"sha512-{ready.image.sha512}",
-            publish_url=public_url(prefix),
+    published = {
+        ready.extension.name: _published_image(
+            ready.extension.name, ready.image.file_name, f"sha512-{ready.image.sha512}", public_url
         )
+        for ready in images
+    }
     return butane_config(
         arch=flavour.arch,
         options=flavour_options(flavour),
         versions=list(flavour.extension_versions.select_related("extension")),
         images=published,
         keyring=keyring,
+    )
+
+
+def _published_image(
+    name: str, file_name: str, image_hash: str, public_url: Callable[[str], str]
+) -> PublishedImage:
+    """Where publication puts image ``file_name`` of extension ``name``, as nodes see it."""
+    from builds.publication import extension_prefix
+
+    prefix = extension_prefix(name)
+    return PublishedImage(url=public_url(prefix + file_name), hash=image_hash, publish_url=public_url(prefix))
+
+
+# Stand-ins of a preview, chosen so they cannot be a real value: the hash of nothing a bake writes,
+# a keyring that is not OpenPGP. Their lines are replaced by these comments in the text shown.
+PREVIEW_HASH_NOTE = "# sha512 filled in when the image is baked"
+PREVIEW_KEYRING_NOTE = "# public keyring (import-pubring.gpg) filled in when the build signs"
+_PREVIEW_HASH = "sha512-" + "0" * 128
+_PREVIEW_KEYRING = b"\x00 bakehouse preview: the signing key's public keyring goes here"
+
+
+@dataclass(frozen=True)
+class ButanePreview:
+    """The Butane config a flavour's choices will publish, shown before they are built.
+
+    ``baked`` lists the extensions whose image is already stored, so their real hash is in
+    ``text``; ``pending`` those whose hash line is a ``PREVIEW_HASH_NOTE`` comment until a build
+    bakes them. ``keyring_pending`` says the keyring line is a ``PREVIEW_KEYRING_NOTE`` comment.
+    """
+
+    text: str
+    baked: tuple[str, ...]
+    pending: tuple[str, ...]
+    keyring_pending: bool
+
+
+def flavour_preview_butane(*, choices: FlavourChoices) -> ButanePreview:
+    """Render the Butane for validated ``choices`` with the URLs a build would publish them at.
+
+    Each image's hash is the real one when an image with its cache key is already stored, else a
+    marked placeholder; the keyring is always a placeholder (exporting it needs the signing key).
+    Reads only the database and the settings: it never bakes, fetches or signs, and the same
+    choices and stored images always give the same text. Raises ``PipelineError`` if rendering
+    refuses the choices (which ``flavour_choices_resolve`` has already checked).
+    """
+    from builds.adapters.store import get_artifact_store
+    from builds.pipeline.butane.render import render_butane
+    from builds.pipeline.sysupdate import image_file_name
+
+    public_url = get_artifact_store().public_url
+    images: dict[str, PublishedImage] = {}
+    baked: list[str] = []
+    pending: list[str] = []
+    for chosen in sorted(choices.extensions, key=lambda c: c.name):
+        if chosen.version.extension.delivery != Delivery.BAKE:
+            continue
+        cache_key = _image_cache_key(chosen.version, choices.arch, chosen.pins, choices.options)
+        stored = (
+            ImageArtifact.objects.filter(cache_key=cache_key).exclude(sha512="").first()
+            if cache_key is not None
+            else None
+        )
+        if stored is not None:
+            file_name, image_hash = stored.file_name, f"sha512-{stored.sha512}"
+            baked.append(chosen.name)
+        else:
+            file_name = image_file_name(chosen.name, chosen.version.version, choices.arch)
+            image_hash = _PREVIEW_HASH
+            pending.append(chosen.name)
+        images[chosen.name] = _published_image(chosen.name, file_name, image_hash, public_url)
+    config = butane_config(
+        arch=choices.arch,
+        options=choices.options,
+        versions=[c.version for c in choices.extensions],
+        images=images,
+        keyring=_PREVIEW_KEYRING,
+    )
+    text = render_butane(config)
+    keyring_source = "data:;base64," + base64.b64encode(_PREVIEW_KEYRING).decode("ascii")
+    lines = []
+    for line in text.splitlines(keepends=True):
+        indent = line[: len(line) - len(line.lstrip(" "))]
+        if line.strip() == f"hash: {_PREVIEW_HASH}":
+            line = f"{indent}{PREVIEW_HASH_NOTE}\n"
+        elif line.strip() == f"source: {keyring_source}":
+            line = f"{indent}{PREVIEW_KEYRING_NOTE}\n"
+        lines.append(line)
+    return ButanePreview(
+        text="".join(lines),
+        baked=tuple(baked),
+        pending=tuple(pending),
+        keyring_pending=choices.options.signed,
     )
 
 

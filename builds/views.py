@@ -33,6 +33,7 @@ from builds.forms import (
     relation_hints,
 )
 from builds.models import Arch, Artifact, ArtifactKind, Build, BuildImage, BuildState, Flavour
+from builds.pipeline.errors import PipelineError
 from catalog.models import Delivery, ExtensionVersion, Role, Team
 from catalog.permissions import has_team_role
 from catalog.selectors import extensions_visible_to, versions_usable_for_new_flavours
@@ -287,13 +288,18 @@ def compose_review(request: HttpRequest) -> HttpResponse:
         for key, reasons in invalid.errors.items():
             problems.setdefault(error_place(key)[0], []).extend(reasons)
     existing = Flavour.objects.filter(pk=choices.flavour_id()).first() if choices else None
+    butane, preview, butane_problem = flavour_butane_preview(choices, existing) if choices else ("", None, "")
     context = {
         "state": state,
         "team": team,
         "choices": choices,
         "flavour_id": choices.flavour_id() if choices else "",
         "document": json.dumps(choices.document(), indent=2, sort_keys=True) if choices else "",
-        "butane": flavour_butane_preview(choices, existing) if choices else "",
+        "butane": butane,
+        "preview": preview,
+        "butane_problem": butane_problem,
+        "preview_hash_note": services.PREVIEW_HASH_NOTE,
+        "preview_keyring_note": services.PREVIEW_KEYRING_NOTE,
         "existing": existing,
         "problems": [
             (n, label, f"{reverse(name)}?{state.urlencode()}", problems[n])
@@ -362,9 +368,22 @@ def _latest_artifact_text(flavour: Flavour, kind: str) -> str:
         return ""
 
 
-def flavour_butane_preview(choices: Any, existing: Flavour | None = None) -> str:
-    """The Butane a review shows: the published one when these choices were already built."""
-    return _latest_artifact_text(existing, ArtifactKind.BUTANE) if existing else ""
+def flavour_butane_preview(
+    choices: Any, existing: Flavour | None = None
+) -> tuple[str, services.ButanePreview | None, str]:
+    """The Butane a review shows, as (text, preview, problem).
+
+    The published file when these choices were already built (preview None); otherwise a preview
+    rendered from the choices, with placeholders for what only a build fills in.
+    """
+    published = _latest_artifact_text(existing, ArtifactKind.BUTANE) if existing else ""
+    if published:
+        return published, None, ""
+    try:
+        preview = services.flavour_preview_butane(choices=choices)
+    except PipelineError as refused:
+        return "", None, refused.message
+    return preview.text, preview, ""
 
 
 # --- builds -------------------------------------------------------------------------------------

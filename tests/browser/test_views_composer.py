@@ -172,3 +172,85 @@ def test_a_link_asking_for_something_not_offered_is_explained_not_dropped(client
     refused = client.get("/compose/extensions/", {**params, "go": "next"})
     assert refused.status_code == 200
     assert "wasm3 does not support arm64" in refused.content.decode()
+
+
+def _butane_shown(response) -> str:
+    """The text of the page's ``<pre id="butane">``, as a user would copy it."""
+    from html import unescape
+
+    html = response.content.decode()
+    start = html.index('<pre id="butane">') + len('<pre id="butane">')
+    return unescape(html[start : html.index("</pre>", start)])
+
+
+def test_review_previews_the_butane_before_any_build(client, world, settings):
+    from catalog.models import Extension
+
+    settings.PUBLIC_BASE_URL = "https://downloads.example.org/bakehouse/"
+    Extension.objects.filter(name="docker").update(replaces_builtin=["docker"])
+    client.force_login(world["builder"])
+    params = {**BASE, "x_docker": "28.0.4", "x_docker-compose": "v2.34.0"}
+    review = client.get("/compose/review/", params)
+    butane = _butane_shown(review)
+    html = review.content.decode()
+
+    published = "https://downloads.example.org/bakehouse/extensions/"
+    assert f"source: {published}docker/docker-28.0.4-x86-64.raw" in butane
+    assert f"source: {published}docker-compose/docker-compose-v2.34.0-x86-64.raw" in butane
+    # Updates are on by default: a transfer file per image, reading the published directory.
+    assert "path: /etc/sysupdate.docker.d/" in butane
+    assert "path: /etc/sysupdate.docker-compose.d/" in butane
+    assert f"Path={published}docker-compose/" in butane
+    # docker replaces Flatcar's bundled docker, which is masked.
+    assert "- path: /etc/extensions/docker-flatcar.raw\n    target: /dev/null" in butane
+    # Nothing is baked: no hash can pass for a real one, and the page says what a build fills in.
+    assert "sha512-" not in butane
+    assert butane.count("# sha512 filled in when the image is baked") == 2
+    assert "# public keyring (import-pubring.gpg) filled in when the build signs" in butane
+    assert 'id="butane-preview-notice"' in html
+    assert "Image hash of docker, docker-compose:" in html
+    assert 'data-copy-target="butane"' in html
+    # Previewing bakes and stores nothing, and the same link shows the same text.
+    assert not Build.objects.exists() and not Flavour.objects.exists()
+    assert _butane_shown(client.get("/compose/review/", params)) == butane
+
+    no_updates = _butane_shown(client.get("/compose/review/", {**params, "o": "1", "signed": "on"}))
+    assert "/etc/sysupdate." not in no_updates
+    assert f"source: {published}docker/docker-28.0.4-x86-64.raw" in no_updates
+
+
+def test_review_shows_the_real_sha512_of_an_image_already_baked(client, world):
+    import hashlib
+    from unittest import mock
+
+    from builds import services
+    from builds.models import ImageArtifact
+
+    client.force_login(world["builder"])
+    params = {**BASE, "x_docker": "28.0.4", "x_docker-compose": "v2.34.0"}
+    with mock.patch("builds.services._queue"):  # no broker here: the bake is recorded as it would be
+        client.post("/compose/build/", params)
+    build = Build.objects.get()
+    docker_image = build.images.get(extension_version__extension__name="docker")
+    plan = services._image_plan(build, docker_image)  # the key the bake task stores its image under
+    sha512 = hashlib.sha512(b"the docker image bytes").hexdigest()
+    ImageArtifact.objects.create(
+        cache_key=plan.cache_key,
+        extension_version=docker_image.extension_version,
+        arch="x86-64",
+        file_name=plan.file_name,
+        sha256=hashlib.sha256(b"the docker image bytes").hexdigest(),
+        sha512=sha512,
+        size=22,
+        key=f"images/{plan.cache_key}/{plan.file_name}",
+        built_by=build,
+    )
+
+    review = client.get("/compose/review/", params)
+    butane = _butane_shown(review)
+    assert f"hash: sha512-{sha512}" in butane
+    # docker-compose is not baked yet: its hash stays a placeholder, and the page says which is which.
+    assert butane.count("# sha512 filled in when the image is baked") == 1
+    html = review.content.decode()
+    assert "Image hash of docker: real" in html
+    assert "Image hash of docker-compose:" in html
