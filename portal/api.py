@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -37,3 +38,27 @@ class Conflict(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_code = "conflict"
     default_detail = "The request conflicts with the current state."
+
+
+# Django answers some requests before any DRF view runs: a URL no route matches (a build id that is
+# not a UUID, a negative artifact id) and a request it refuses outright (a body over
+# DATA_UPLOAD_MAX_MEMORY_SIZE, too many fields). Under /api/ those get the same {code, message}.
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler404: JSON under /api/, Django's page elsewhere."""
+    if _is_api(request):
+        return JsonResponse({"code": "not_found", "message": "No such API resource."}, status=404)
+    return defaults.page_not_found(request, exception)  # type: ignore[arg-type]
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler400: JSON under /api/ (oversized bodies land here), Django's page elsewhere."""
+    if _is_api(request):
+        message = str(exception) if exception is not None and str(exception) else "The request was refused."
+        return JsonResponse({"code": "bad_request", "message": message}, status=400)
+    return defaults.bad_request(request, exception)  # type: ignore[arg-type]

@@ -17,3 +17,7 @@ urlpatterns = [
     path("", include("catalog.urls")),
     path("", include("builds.urls")),
 ]
+
+# Under /api/, the 404 of a URL no route matches and Django's own 400s are JSON like every API error.
+handler404 = "portal.api.not_found"
+handler400 = "portal.api.bad_request"

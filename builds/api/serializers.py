@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
@@ -78,6 +79,10 @@ class WebhookCreateSerializer(serializers.Serializer):
     def validate_url(self, value: str) -> str:
         if not value.lower().startswith(("http://", "https://")):
             raise serializers.ValidationError("Webhook URLs are http or https.")
+        try:
+            urlsplit(value).port  # noqa: B018 - raises for a port outside 0-65535
+        except ValueError:
+            raise serializers.ValidationError("The URL's port must be a number from 1 to 65535.") from None
         return value
 
 
@@ -177,9 +182,9 @@ class BuildImageSerializer(serializers.Serializer):
     version = serializers.CharField(source="extension_version.version")
     state = serializers.CharField()
     reused = serializers.BooleanField(help_text="Taken from the image cache instead of baked.")
-    file_name = serializers.CharField(source="image.file_name", default=None)
-    sha256 = serializers.CharField(source="image.sha256", default=None)
-    size = serializers.IntegerField(source="image.size", default=None)
+    file_name = serializers.CharField(source="image.file_name", default=None, allow_null=True)
+    sha256 = serializers.CharField(source="image.sha256", default=None, allow_null=True)
+    size = serializers.IntegerField(source="image.size", default=None, allow_null=True)
     verification = serializers.CharField()
     verification_reason = serializers.CharField()
 

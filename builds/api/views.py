@@ -38,7 +38,12 @@ from catalog.permissions import has_team_role
 ERROR = inline_serializer("Error", {"code": serializers.CharField(), "message": serializers.CharField()})
 VALIDATION_ERROR = inline_serializer(
     "ValidationErrorBody",
-    {"code": serializers.CharField(), "message": serializers.CharField(), "fields": serializers.DictField()},
+    # A body that is not JSON at all (parse_error) has no per-field detail.
+    {
+        "code": serializers.CharField(),
+        "message": serializers.CharField(),
+        "fields": serializers.DictField(required=False),
+    },
 )
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import Prefetch
-from drf_spectacular.utils import extend_schema
-from rest_framework import exceptions, status
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, mixins, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from builds.pipeline.errors import PipelineError
+from builds.pipeline.recipe import SYSTEMD_ARCHES
 from catalog import services, uploads
 from catalog.api.serializers import (
     CustomExtensionSerializer,
@@ -23,7 +24,7 @@ from catalog.api.serializers import (
 )
 from catalog.errors import CatalogError
 from catalog.filters import ExtensionFilter
-from catalog.models import Extension, ExtensionVersion, Role, Team
+from catalog.models import Category, Extension, ExtensionVersion, Role, Team
 from catalog.permissions import has_team_role, team_for_user, teams_of
 from catalog.selectors import (
     extension_detail_queryset,
@@ -62,11 +63,20 @@ def _with_versions(qs: Any) -> Any:
     )
 
 
-class ExtensionListView(CatalogAPIView):
+class ExtensionListView(mixins.ListModelMixin, CatalogAPIView):
     """GET: the extensions you can see (``?search=&category=&arch=&team=``). POST: add a custom one."""
 
+    # ListModelMixin only tells the OpenAPI generator that GET is a paginated list.
     serializer_class = ExtensionListSerializer
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("search", str, description="Words in the name or description."),
+            OpenApiParameter("category", str, enum=[c.value for c in Category]),
+            OpenApiParameter("arch", str, enum=list(SYSTEMD_ARCHES)),
+            OpenApiParameter("team", str, description="Only this team's catalog (its slug)."),
+        ]
+    )
     def get(self, request: Request) -> Response:
         qs = ExtensionFilter.from_params(request.query_params).apply(
             extensions_visible_to(request.user, team=self.team_param())
