@@ -400,6 +400,11 @@ def version_deprecate(
 ) -> ExtensionVersion:
     """Stop (or resume) offering a version for new flavours; existing flavours keep building."""
     require_team_role(actor, version.extension.team, Role.CURATOR, action="deprecate a version")
+    if version.status != VersionStatus.APPROVED:
+        raise CatalogConflict(
+            "version.not-approved",
+            f"{version} is {version.status}; only approved versions are deprecated or undeprecated.",
+        )
     if version.deprecated != deprecated:
         version.deprecated = deprecated
         version.save(update_fields=["deprecated"])

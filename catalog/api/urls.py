@@ -19,4 +19,14 @@ urlpatterns = [
         views.VersionDecisionView.as_view(decision="reject"),
         name="version-reject",
     ),
+    path(
+        "versions/<int:version_id>/deprecate",
+        views.VersionDeprecateView.as_view(deprecated=True),
+        name="version-deprecate",
+    ),
+    path(
+        "versions/<int:version_id>/undeprecate",
+        views.VersionDeprecateView.as_view(deprecated=False),
+        name="version-undeprecate",
+    ),
 ]

@@ -190,3 +190,25 @@ class VersionDecisionView(CatalogAPIView):
         decided = decide(version=version, actor=request.user, reason=form.validated_data["reason"])
         decided.refresh_from_db()
         return Response(ExtensionVersionSerializer(decided).data)
+
+
+class VersionDeprecateView(CatalogAPIView):
+    """Stop (deprecate) or resume (undeprecate) offering an approved version for new flavours:
+    curators only. Existing flavours keep building it either way."""
+
+    serializer_class = VersionDecisionSerializer
+    deprecated = True
+
+    @extend_schema(request=VersionDecisionSerializer, responses={200: ExtensionVersionSerializer})
+    def post(self, request: Request, version_id: int) -> Response:
+        version = version_get_for_user(request.user, version_id=version_id)
+        form = VersionDecisionSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        changed = services.version_deprecate(
+            version=version,
+            actor=request.user,
+            reason=form.validated_data["reason"],
+            deprecated=self.deprecated,
+        )
+        changed.refresh_from_db()
+        return Response(ExtensionVersionSerializer(changed).data)
