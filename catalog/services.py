@@ -481,6 +481,23 @@ def version_pin_digests(*, version_id: int) -> ExtensionVersion | None:
     return locked
 
 
+def versions_reap_stuck_pinning(*, now: Any = None, timeout: float | None = None) -> list[int]:
+    """Return versions stuck in ``pinning`` (their task lost: broker flushed, worker killed) to
+    ``proposed`` with the error recorded, so a curator sees why and can approve again."""
+    timeout = timeout if timeout is not None else getattr(settings, "CATALOG_PINNING_TIMEOUT", 3600)
+    cutoff = (now or timezone.now()) - timezone.timedelta(seconds=timeout)
+    stuck = ExtensionVersion.objects.filter(status=VersionStatus.PINNING, decided_at__lt=cutoff)
+    reaped = []
+    for version in stuck.select_related("extension"):
+        _pinning_failed(
+            version,
+            f"pinning.lost: digest pinning did not finish within {int(timeout // 60)} minutes "
+            "(its task was lost); approve the version again to retry.",
+        )
+        reaped.append(version.pk)
+    return reaped
+
+
 def _pinning_failed(version: ExtensionVersion, error: str) -> None:
     log.warning("pinning %s failed: %s", version, error)
     with transaction.atomic():

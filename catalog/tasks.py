@@ -18,3 +18,9 @@ def discover_upstream_releases() -> list[str]:
     """Periodic: file proposals for new upstream releases (never approves anything)."""
     report = services.upstream_discover()
     return report.proposed
+
+
+@shared_task(name="catalog.reap_stuck_pinning")
+def reap_stuck_pinning() -> list[int]:
+    """Periodic: versions whose pinning task was lost go back to proposed, with the error recorded."""
+    return services.versions_reap_stuck_pinning()

@@ -158,6 +158,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "catalog.discover_upstream_releases",
         "schedule": 6 * 3600,
     },
+    # Versions stuck in "pinning" (task lost) go back to proposed (catalog.services).
+    "catalog-reap-stuck-pinning": {"task": "catalog.reap_stuck_pinning", "schedule": 600},
     # Fails builds whose worker stopped sending heartbeats (builds.services.builds_reap_stale).
     "builds-reap-stale": {"task": "builds.tasks.builds_reap_stale", "schedule": 60},
 }
