@@ -410,20 +410,27 @@ def _queue(task_name: str, *args: Any) -> None:
 
 
 def _log(build_id: Any, text: str) -> None:
-    """Append a line to the build's log; ``seq`` is dense per build (tails use ``?after=``)."""
+    """Append a line to the build's log; ``seq`` is dense per build (tails use ``?after=``).
+
+    The build's row is locked before the next number is taken, so writers queue on that one
+    lock in the same order as every other build update. Taking the number first and locking
+    the build afterwards deadlocked a cancel against a worker's progress update on PostgreSQL.
+    """
     for _ in range(20):
-        last = (
-            BuildLogLine.objects.filter(build_id=build_id)
-            .order_by("-seq")
-            .values_list("seq", flat=True)
-            .first()
-        )
         try:
             with transaction.atomic():
+                if not Build.objects.select_for_update().filter(pk=build_id).exists():
+                    return  # the build is gone: nothing to log to
+                last = (
+                    BuildLogLine.objects.filter(build_id=build_id)
+                    .order_by("-seq")
+                    .values_list("seq", flat=True)
+                    .first()
+                )
                 BuildLogLine.objects.create(build_id=build_id, seq=(last or 0) + 1, text=text[:10000])
             return
         except IntegrityError:
-            continue  # a parallel task took that number: take the next
+            continue  # only without row locks (SQLite serialises writers anyway): take the next
     logger.warning("build %s: log line dropped after repeated seq conflicts: %s", build_id, text)
 
 
