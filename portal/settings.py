@@ -210,6 +210,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Extensions and digests both have an "origin"; give each choice set its own schema name.
+    "ENUM_NAME_OVERRIDES": {
+        "ExtensionOriginEnum": "catalog.models.Origin",
+        "DigestOriginEnum": "catalog.models.UpstreamDigest.Origin",
+    },
 }
 
 LOGGING = {
