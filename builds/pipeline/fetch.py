@@ -286,6 +286,12 @@ class Fetcher:
                     allow_redirects=False,
                     timeout=(self.connect_timeout, self.read_timeout),
                 )
+            except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
+                # A malformed URL (bad host, port out of range) fails the same way every time.
+                raise PipelineError(
+                    "fetch.invalid-url",
+                    f"{who}{current} is not a valid URL ({exc}); check the recipe's url and the mirror map",
+                ) from exc
             except requests.Timeout as exc:
                 raise _Transient(
                     PipelineError("fetch.timeout", f"{who}{current} did not answer in time", retryable=True)

@@ -299,3 +299,16 @@ def test_unsupported_scheme(fetcher: Fetcher) -> None:
 def test_hash_url(upstream: UpstreamServer, fetcher: Fetcher) -> None:
     url = upstream.add_bytes("/release.tar.gz", PAYLOAD)
     assert fetcher.hash_url(url) == (PAYLOAD_SHA, len(PAYLOAD))
+
+
+@pytest.mark.parametrize("url", ["http://exa mple.org/x", "http://127.0.0.1:99999/x", "http:///x"])
+def test_malformed_urls_fail_at_once_and_are_not_retryable(
+    tmp_path: Path, sleeps: list[float], url: str
+) -> None:
+    fetcher = Fetcher(tmp_path / "cache", retries=3, backoff=0.1, sleep=sleeps.append)
+    with pytest.raises(PipelineError) as caught:
+        fetcher.fetch(url, label="hello v1 x86-64")
+    assert caught.value.code == "fetch.invalid-url"
+    assert not caught.value.retryable
+    assert caught.value.message.startswith("hello v1 x86-64: ") and "mirror" in caught.value.message
+    assert sleeps == []
