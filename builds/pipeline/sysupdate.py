@@ -72,9 +72,14 @@ def match_pattern(name: str, minor_pin: str | None = None) -> str:
 
 
 def transfer_file_name(name: str, minor_pin: str | None = None) -> str:
-    """``NAME.conf``, or ``NAME-vX.Y.conf`` for a transfer pinned to a minor line."""
+    """``NAME.conf``, or ``NAME-vX.Y.conf`` for a transfer pinned to a minor line.
+
+    The file name always carries the ``v`` (``1.32`` and ``v1.32`` both give ``NAME-v1.32.conf``),
+    as sysupdate.md publishes it; the ``MatchPattern`` inside keeps the version's own spelling.
+    """
     if minor_pin:
-        return f"{check_name(name)}-{check_version(minor_pin)}.conf"
+        line = minor_pin if minor_pin.startswith("v") else f"v{minor_pin}"
+        return f"{check_name(name)}-{check_version(line)}.conf"
     return f"{check_name(name)}.conf"
 
 

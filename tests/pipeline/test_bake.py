@@ -195,6 +195,21 @@ def test_minor_pinned_transfer_file(upstream: UpstreamServer, fetcher: Fetcher, 
     assert minor_pin("1.32.0") == "1.32"
 
 
+
+def test_signed_minor_pin_without_v_verifies_both_transfers(
+    upstream: UpstreamServer, fetcher: Fetcher, signer: GpgSigner, tmp_path: Path
+) -> None:
+    serve(upstream, "1.2.3", "x86_64", make_tar(hello_members("1.2.3")))
+    recipe = make_recipe(minor_pinning=True, versions={"1.2.3": {}})
+    out = tmp_path / "out"
+    result = bake_sysext(recipe, "1.2.3", "x86-64", out, fetcher=fetcher, signer=signer, publish_url=PUBLISH)
+    # sysupdate.md: a minor-pinned transfer is published as NAME-vX.Y.conf, whatever the spelling
+    assert result.transfer_files == ("hello.conf", "hello-v1.2.conf")
+    pinned = (out / "hello-v1.2.conf").read_text()
+    assert "MatchPattern=hello-1.2.@v-%a.raw\n" in pinned  # matches hello-1.2.3-x86-64.raw
+    for name in result.transfer_files:
+        assert "[Transfer]\nVerify=yes\n" in (out / name).read_text()  # signed: nodes check the signature
+
 def test_other_arch_joins_the_served_directory(
     upstream: UpstreamServer, fetcher: Fetcher, tmp_path: Path
 ) -> None:
