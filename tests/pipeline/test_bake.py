@@ -195,7 +195,6 @@ def test_minor_pinned_transfer_file(upstream: UpstreamServer, fetcher: Fetcher, 
     assert minor_pin("1.32.0") == "1.32"
 
 
-
 def test_signed_minor_pin_without_v_verifies_both_transfers(
     upstream: UpstreamServer, fetcher: Fetcher, signer: GpgSigner, tmp_path: Path
 ) -> None:
@@ -209,6 +208,7 @@ def test_signed_minor_pin_without_v_verifies_both_transfers(
     assert "MatchPattern=hello-1.2.@v-%a.raw\n" in pinned  # matches hello-1.2.3-x86-64.raw
     for name in result.transfer_files:
         assert "[Transfer]\nVerify=yes\n" in (out / name).read_text()  # signed: nodes check the signature
+
 
 def test_other_arch_joins_the_served_directory(
     upstream: UpstreamServer, fetcher: Fetcher, tmp_path: Path
