@@ -1,6 +1,37 @@
 // The composer's live parts. Without JavaScript every step still works: the server checks the
 // picks and the fragment when a step is submitted and shows the same hints.
 (() => {
+  // --- every step: the address, the "Every step is a link" text and the step links follow the form,
+  // so a link copied (or a step clicked) after changing a field carries that change along.
+  const shareUrl = document.getElementById("share-url");
+  const wizardForm = shareUrl && document.querySelector("main form[method=get]");
+  if (wizardForm) {
+    const stateQuery = () => {
+      const query = new URLSearchParams();
+      for (const [name, value] of new FormData(wizardForm)) {
+        // The same pruning the server does: no control parameters, no empty fields.
+        if (name === "go" || name === "csrfmiddlewaretoken" || !String(value).trim()) continue;
+        query.append(name, value);
+      }
+      return query.toString();
+    };
+    const syncLinks = () => {
+      const query = stateQuery();
+      const here = new URL(wizardForm.getAttribute("action") || window.location.pathname, window.location.href);
+      here.search = query;
+      history.replaceState(null, "", here);
+      shareUrl.textContent = here.href;
+      for (const link of document.querySelectorAll(".steps a")) {
+        const url = new URL(link.href);
+        url.search = query;
+        link.href = url.href;
+      }
+    };
+    wizardForm.addEventListener("change", syncLinks);
+    wizardForm.addEventListener("input", syncLinks);
+    wizardForm.addEventListener("bakehouse:picked", syncLinks);
+  }
+
   // --- step 2: requires / conflicts hints as you pick -----------------------------------------
   const relationsScript = document.getElementById("relations");
   const hintsBox = document.getElementById("relation-hints");
@@ -32,6 +63,7 @@
           const select = selects.get(name);
           select.value = relations[name].latest;
           render();
+          select.form.dispatchEvent(new Event("bakehouse:picked"));
           select.focus();
         });
         box.appendChild(button);

@@ -127,6 +127,32 @@ def test_compose_with_the_keyboard_only(page, snap, world):
     expect(page.locator("#extension-errors")).to_contain_text("containerd and docker conflict; choose one.")
 
 
+def test_picks_made_in_the_page_reach_the_share_link_and_the_step_links(page, snap, world):
+    """Picking with JavaScript must not leave the shareable link (or the step links) behind."""
+    from playwright.sync_api import expect
+
+    sign_in(page, "alice")
+    page.goto("/compose/extensions/?team=blue&name=edge&arch=x86-64&channel=stable")
+    page.get_by_label("docker-compose").select_option("v2.34.0")
+    page.get_by_role("button", name="Add docker 28.0.4").click()
+    expect(page.locator("#share-url")).to_contain_text("x_docker=28.0.4")
+    expect(page.locator("#share-url")).to_contain_text("x_docker-compose=v2.34.0")
+    assert "x_docker=28.0.4" in page.url  # reloading or bookmarking keeps the picks too
+
+    # A colleague opening the copied link sees the same picks.
+    shared = page.locator("#share-url").inner_text()
+    page.goto(shared)
+    expect(page.get_by_label("docker", exact=True)).to_have_value("28.0.4")
+    expect(page.get_by_label("docker-compose")).to_have_value("v2.34.0")
+
+    page.get_by_label("docker", exact=True).select_option("27.5.1")
+    page.get_by_role("navigation", name="Composer steps").get_by_role("link", name="Review").click()
+    page.wait_for_url(re.compile(r"/compose/review/"))
+    expect(page.locator("main")).to_contain_text("docker 27.5.1")
+    expect(page.locator("main")).to_contain_text("docker-compose v2.34.0")
+    snap(page, "compose-review-from-step-link")
+
+
 def test_build_page_live_and_at_phone_width(page, snap, world):
     from playwright.sync_api import expect
 
