@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from builds import selectors, services
+from builds.adapters.store import ArtifactNotFound, ArtifactStoreError, get_artifact_store
 from builds.api.serializers import (
     BuildLogSerializer,
     BuildSerializer,
@@ -53,6 +54,26 @@ class RefusedError(exceptions.APIException):
     def __init__(self, refused: services.BuildRefused) -> None:
         super().__init__(detail=refused.message, code=refused.code)
         self.status_code = refused.status
+
+
+def _store_refusal(artifact: Artifact, exc: ArtifactStoreError) -> RefusedError:
+    """A store failure while serving a published file, as a JSON answer instead of a 500."""
+    if isinstance(exc, ArtifactNotFound) or exc.code == "store.invalid-key":
+        return RefusedError(
+            services.BuildRefused(
+                "artifact.missing",
+                f"{artifact.name} of this build is no longer in the artifact store; "
+                "ask an administrator to restore the bucket or directory it was published to.",
+                status=404,
+            )
+        )
+    return RefusedError(
+        services.BuildRefused(
+            "store.unavailable",
+            f"The artifact store cannot be read right now ({exc.message}); try again shortly.",
+            status=503,
+        )
+    )
 
 
 def _require_role(user: Any, team: Team, role: str, action: str) -> None:
@@ -183,9 +204,10 @@ class _FlavourConfigView(APIView):
                     status=409,
                 )
             )
-        from builds.adapters.store import get_artifact_store
-
-        data = get_artifact_store().get_bytes(artifact.key)
+        try:
+            data = get_artifact_store().get_bytes(artifact.key)
+        except ArtifactStoreError as exc:
+            raise _store_refusal(artifact, exc) from None
         return HttpResponse(data, content_type=self.content_type)
 
 
@@ -340,14 +362,16 @@ class ArtifactDownloadView(APIView):
     def get(self, request: Request, pk: str, artifact_id: int) -> HttpResponse:
         build = get_object_or_404(selectors.builds_visible_to(user=request.user), pk=pk)
         artifact = get_object_or_404(Artifact, pk=artifact_id, build=build)
-        from builds.adapters.store import get_artifact_store
-
         store = get_artifact_store()
-        presigned = store.presigned_url(artifact.key, expires=300)
-        if presigned:
-            return HttpResponseRedirect(presigned)
+        try:
+            presigned = store.presigned_url(artifact.key, expires=300)
+            if presigned:
+                return HttpResponseRedirect(presigned)
+            stream = store.open(artifact.key)
+        except ArtifactStoreError as exc:
+            raise _store_refusal(artifact, exc) from None
         response: FileResponse | StreamingHttpResponse = FileResponse(
-            store.open(artifact.key),
+            stream,
             as_attachment=True,
             filename=artifact.name,
             content_type=artifact.content_type,

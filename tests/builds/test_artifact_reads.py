@@ -1,0 +1,59 @@
+"""Reading a published file through the API when the store cannot deliver it: a JSON answer a
+user can act on ({code, message}), never a 500 page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builds.adapters.store import get_artifact_store
+from tests.builds.test_api_scoping import World, client, world
+
+__all__ = ["world"]
+
+pytestmark = pytest.mark.django_db
+
+
+def reads(w: World) -> list[str]:
+    return [
+        f"/api/flavours/{w.flavour.pk}/butane",
+        f"/api/flavours/{w.flavour.pk}/ignition",
+        f"/api/builds/{w.done.pk}/artifacts/{w.artifact.pk}/download",
+    ]
+
+
+def test_a_published_file_missing_from_the_store_is_a_json_404(world: World) -> None:
+    store = get_artifact_store()
+    for artifact in world.done.artifacts.all():
+        store.delete(artifact.key)
+    api = client(world.cast.watcher)
+    api.raise_request_exception = False
+    for url in reads(world):
+        response = api.get(url)
+        assert response.status_code == 404, (url, response.content)
+        body = response.json()
+        assert body["code"] == "artifact.missing"
+        assert "no longer in the artifact store" in body["message"]
+
+
+def test_an_unreachable_store_is_a_json_503(
+    world: World, settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from portal.config import S3Config
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    # Port 9 (discard) refuses connections on 127.0.0.1: the S3 server is down.
+    settings.S3 = S3Config(
+        bucket="gone", endpoint_url="http://127.0.0.1:9", region="us-east-1", checksum_mode="when_required"
+    )
+    api = client(world.cast.watcher)
+    api.raise_request_exception = False
+    for url in reads(world)[:2]:
+        response = api.get(url)
+        assert response.status_code == 503, (url, response.content)
+        assert response.json()["code"] == "store.unavailable"
