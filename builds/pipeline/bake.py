@@ -208,10 +208,19 @@ def bake_sysext(
 
     out = Path(out_dir).absolute()
     created_out = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # Staging lives in out_dir so that publishing is a rename on one file system.
+        staging = Path(tempfile.mkdtemp(prefix=".bakehouse-staging-", dir=out))
+    except OSError as exc:
+        if created_out:
+            _remove_if_empty(out)
+        raise PipelineError(
+            "bake.output-unwritable",
+            f"cannot write into the output directory {out}: {exc.strerror}; "
+            "choose a directory you can write to",
+        ) from exc
     scratch = Path(tempfile.mkdtemp(prefix="bh-bake-", dir=work_dir))
-    # Staging lives in out_dir so that publishing is a rename on one file system.
-    staging = Path(tempfile.mkdtemp(prefix=".bakehouse-staging-", dir=out))
     steps = _Steps(progress)
     try:
         fetched = _fetch(sources, fetcher, steps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from tests.pipeline.test_bake import PUBLISH, UPSTREAM, hello_members, serve
 from tests.upstream import UpstreamServer, make_tar
 
 ROOT = Path(__file__).resolve().parents[2]
+EROFS_MAGIC = (0xE0F5E1E2).to_bytes(4, "little")  # superblock at offset 1024
 
 
 def arguments(recipe: Path, out: Path, upstream: UpstreamServer, cache: Path, *extra: str) -> list[str]:
@@ -114,3 +116,77 @@ def test_module_entry_point(upstream: UpstreamServer, tmp_path: Path) -> None:
     assert (out / "hello-v1.2.3-x86-64.raw").is_file()
     bad = subprocess.run([*command[:4], "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "--sign-key" in bad.stdout
+
+
+def test_every_step_line_shows_its_time(
+    upstream: UpstreamServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve(upstream, "v1.2.3", "x86_64", make_tar(hello_members()))
+    assert main(arguments(write_recipe(tmp_path), tmp_path / "out", upstream, tmp_path / "cache")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    step_lines = [line for line in lines if line.startswith("  ")]
+    assert [line.split()[0] for line in step_lines] == [
+        "fetch", "unpack", "assemble", "image", "audit", "checksums", "publish",
+    ]  # fmt: skip
+    for line in step_lines:
+        assert re.search(r"\(\d+\.\d\ds\)$", line), line
+
+
+def test_erofs_signed_minor_pinned(
+    upstream: UpstreamServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve(upstream, "v1.2.3", "x86_64", make_tar(hello_members()))
+    key, phrase = make_signing_key(tmp_path)
+    out = tmp_path / "out"
+    extra = ("--format", "erofs", "--sign-key", str(key), "--passphrase-file", str(phrase))
+    extra += ("--publish-url", PUBLISH)
+    recipe = write_recipe(tmp_path, minor_pinning=True)
+    assert main(arguments(recipe, out, upstream, tmp_path / "cache", *extra)) == 0, capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "SHA256SUMS", "SHA256SUMS.gpg", "hello-v1.2.3-x86-64.raw", "hello-v1.2.conf", "hello.conf",
+    ]  # fmt: skip
+    with open(out / "hello-v1.2.3-x86-64.raw", "rb") as image:
+        image.seek(1024)
+        assert image.read(4) == EROFS_MAGIC
+    pinned = (out / "hello-v1.2.conf").read_text()
+    assert pinned.startswith("[Transfer]\nVerify=yes\n") and "MatchPattern=hello-v1.2.@v-%a.raw\n" in pinned
+    assert (out / "hello.conf").read_text().startswith("[Transfer]\nVerify=yes\n")
+
+
+def test_unsigned_publication_does_not_ask_nodes_to_verify(
+    upstream: UpstreamServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve(upstream, "v1.2.3", "x86_64", make_tar(hello_members()))
+    out = tmp_path / "out"
+    extra = ("--publish-url", PUBLISH)
+    assert main(arguments(write_recipe(tmp_path), out, upstream, tmp_path / "cache", *extra)) == 0
+    assert not (out / "SHA256SUMS.gpg").exists()
+    assert (out / "hello.conf").read_text().startswith("[Transfer]\nVerify=no\n")
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_output_directory_that_cannot_be_written(
+    upstream: UpstreamServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    serve(upstream, "v1.2.3", "x86_64", make_tar(hello_members()))
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a directory\n")
+    out = blocker if where == "a file" else blocker / "out"
+    assert main(arguments(write_recipe(tmp_path), out, upstream, tmp_path / "cache")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: bake.output-unwritable: ") and str(out) in err
+    assert "Traceback" not in err
+    assert blocker.read_text() == "not a directory\n"
+
+
+def test_zstd_compression_reaches_the_image(
+    upstream: UpstreamServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve(upstream, "v1.2.3", "x86_64", make_tar(hello_members()))
+    out = tmp_path / "out"
+    extra = ("--compression", "zstd")
+    assert main(arguments(write_recipe(tmp_path), out, upstream, tmp_path / "cache", *extra)) == 0
+    info = subprocess.run(
+        ["unsquashfs", "-s", str(out / "hello-v1.2.3-x86-64.raw")], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Compression zstd" in info
