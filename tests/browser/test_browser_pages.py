@@ -199,3 +199,38 @@ def test_butane_fragment_is_checked_as_you_type(page, snap, world):
     page.get_by_role("button", name="Next: review").click()
     page.wait_for_url(re.compile(r"/compose/review/"))
     assert "fragment=" in page.url
+
+
+def test_every_page_fits_a_phone_without_sideways_scrolling(page, snap, world):
+    """A 375 px wide phone: long digests, links and tables wrap or scroll inside their own box."""
+    with mock.patch("builds.services._queue"):
+        flavour, _ = services.flavour_create(
+            user=world["alice"], team=world["blue"], name="edge-phone", arch="x86-64",
+            extensions=[{"name": "docker", "version": "28.0.4"}],
+        )  # fmt: skip
+        build, _ = services.build_request(flavour=flavour, user=world["alice"])
+    page.set_viewport_size({"width": 375, "height": 740})
+    sign_in(page, "alice")
+    state = "team=blue&name=edge-phone&arch=x86-64&channel=stable&x_docker=28.0.4&x_docker-compose=v2.34.0"
+    too_wide = []
+    for path, name in (
+        ("/catalog/", "catalog"),
+        ("/catalog/docker/", "extension"),
+        ("/catalog/blue-agent/propose/?team=blue", "propose"),
+        ("/custom-extensions/new/", "custom-extension"),
+        (f"/compose/?{state}", "compose-1"),
+        (f"/compose/extensions/?{state}", "compose-2"),
+        (f"/compose/options/?{state}", "compose-3"),
+        (f"/compose/review/?{state}", "compose-4"),
+        ("/flavours/", "flavours"),
+        (f"/flavours/{flavour.pk}/", "flavour"),
+        (f"/builds/{build.pk}/", "build"),
+        ("/teams/blue/", "team"),
+        ("/account/tokens/", "tokens"),
+    ):
+        page.goto(path)
+        overflow = page.evaluate("(d => d.scrollWidth - d.clientWidth)(document.documentElement)")
+        if overflow > 0:
+            too_wide.append(f"{path}: {overflow}px")
+        snap(page, f"{name}-phone")
+    assert not too_wide, too_wide
