@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from django.contrib import admin
+from collections.abc import Callable
+from typing import Any
 
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+
+from catalog import services
+from catalog.errors import CatalogError
 from catalog.models import (
     ApprovalRecord,
     Extension,
@@ -74,9 +81,61 @@ class ApprovalInline(admin.TabularInline):  # type: ignore[type-arg]
         return False
 
 
+class VersionActionForm(ActionForm):
+    """The changelist's action bar, with the reason the audit record keeps (rejecting needs one)."""
+
+    reason = forms.CharField(required=False, max_length=2000, label="Reason")
+
+
+def _decide(
+    model_admin: admin.ModelAdmin,  # type: ignore[type-arg]
+    request: Any,
+    queryset: Any,
+    decide: Callable[..., ExtensionVersion],
+    done: str,
+    **kwargs: Any,
+) -> None:
+    """Run one approval-flow service per selected version, reporting each refusal by name."""
+    reason = request.POST.get("reason", "")
+    count = 0
+    for version in queryset.select_related("extension", "extension__team"):
+        try:
+            decide(version=version, actor=request.user, reason=reason, **kwargs)
+        except CatalogError as error:
+            model_admin.message_user(request, f"{version}: {error.message}", messages.ERROR)
+        else:
+            count += 1
+    if count:
+        model_admin.message_user(request, f"{count} version(s) {done}.", messages.SUCCESS)
+
+
+@admin.action(description="Approve selected versions (pins their upstream digests)", permissions=["change"])
+def approve_versions(model_admin: Any, request: Any, queryset: Any) -> None:
+    _decide(model_admin, request, queryset, services.version_approve, "approved; pinning digests")
+
+
+@admin.action(description="Reject selected versions (give a reason)", permissions=["change"])
+def reject_versions(model_admin: Any, request: Any, queryset: Any) -> None:
+    _decide(model_admin, request, queryset, services.version_reject, "rejected")
+
+
+@admin.action(description="Deprecate selected versions (no longer offered)", permissions=["change"])
+def deprecate_versions(model_admin: Any, request: Any, queryset: Any) -> None:
+    _decide(model_admin, request, queryset, services.version_deprecate, "deprecated", deprecated=True)
+
+
+@admin.action(description="Undeprecate selected versions", permissions=["change"])
+def undeprecate_versions(model_admin: Any, request: Any, queryset: Any) -> None:
+    _decide(model_admin, request, queryset, services.version_deprecate, "undeprecated", deprecated=False)
+
+
 @admin.register(ExtensionVersion)
 class ExtensionVersionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    """Status changes belong to the approval flow (services); here they are shown, not edited."""
+    """Status changes belong to the approval flow (services); here they are shown, not edited,
+    and the actions run that flow (role checks, audit record, digest pinning) like the API does."""
+
+    action_form = VersionActionForm
+    actions = [approve_versions, reject_versions, deprecate_versions, undeprecate_versions]
 
     list_display = [
         "extension",
