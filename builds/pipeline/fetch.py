@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import ssl
 import tempfile
 import time
 import urllib.parse
@@ -292,6 +293,19 @@ class Fetcher:
                     "fetch.invalid-url",
                     f"{who}{current} is not a valid URL ({exc}); check the recipe's url and the mirror map",
                 ) from exc
+            except requests.exceptions.SSLError as exc:
+                if not _certificate_rejected(exc):
+                    raise _Transient(
+                        PipelineError(
+                            "fetch.connection-error", f"{who}TLS with {current} failed: {exc}", retryable=True
+                        )
+                    ) from exc
+                # The same certificate will be refused on every attempt: say so at once.
+                raise PipelineError(
+                    "fetch.tls-error",
+                    f"{who}{current} presented a TLS certificate that does not verify ({_root_cause(exc)}); "
+                    "fix the server's certificate or point the mirror map at a trusted host",
+                ) from exc
             except requests.Timeout as exc:
                 raise _Transient(
                     PipelineError("fetch.timeout", f"{who}{current} did not answer in time", retryable=True)
@@ -382,6 +396,35 @@ def _is_hex_digest(text: str) -> bool:
 
 def _who(label: str | None) -> str:
     return f"{label}: " if label else ""
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: requests nests urllib3's errors in ``args`` and ``reason``."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            pending.append(reason)
+        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        if current.__cause__ is not None:
+            pending.append(current.__cause__)
+
+
+def _certificate_rejected(exc: BaseException) -> bool:
+    return any(isinstance(cause, ssl.SSLCertVerificationError) for cause in _causes(exc))
+
+
+def _root_cause(exc: BaseException) -> str:
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause.verify_message or str(cause)
+    return str(exc)
 
 
 def _retry_after(response: requests.Response) -> float | None:

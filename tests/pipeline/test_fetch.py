@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
+import shutil
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -311,4 +317,41 @@ def test_malformed_urls_fail_at_once_and_are_not_retryable(
     assert caught.value.code == "fetch.invalid-url"
     assert not caught.value.retryable
     assert caught.value.message.startswith("hello v1 x86-64: ") and "mirror" in caught.value.message
+    assert sleeps == []
+
+
+@pytest.fixture
+def untrusted_tls_server(tmp_path: Path) -> Iterator[str]:
+    """An HTTPS server on 127.0.0.1 with a self-signed certificate nobody trusts."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed, so no self-signed certificate can be made")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_port}/wasmtime.tar.xz"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_untrusted_certificate_fails_at_once_and_is_not_retryable(
+    untrusted_tls_server: str, fetcher: Fetcher, sleeps: list[float]
+) -> None:
+    with pytest.raises(PipelineError) as caught:
+        fetcher.fetch(untrusted_tls_server, label="wasmtime v31 x86-64")
+    assert caught.value.code == "fetch.tls-error"
+    assert not caught.value.retryable
+    assert "self-signed certificate" in caught.value.message
+    assert caught.value.message.startswith("wasmtime v31 x86-64: ")
     assert sleeps == []
