@@ -153,6 +153,25 @@ def test_picks_made_in_the_page_reach_the_share_link_and_the_step_links(page, sn
     snap(page, "compose-review-from-step-link")
 
 
+def test_the_butane_preview_scrolls_and_copies_from_the_keyboard(page, world):
+    """Long Butane lines scroll inside their box: a keyboard user must be able to reach it."""
+    from playwright.sync_api import expect
+
+    sign_in(page, "alice")
+    page.goto("/compose/review/?team=blue&name=edge&arch=x86-64&channel=stable&x_docker=28.0.4")
+    butane = page.get_by_label("Butane config", exact=True)
+    expect(butane).to_contain_text("variant: flatcar")
+    for _ in range(60):
+        if page.evaluate("document.activeElement.id") == "butane":
+            break
+        page.keyboard.press("Tab")
+    else:
+        raise AssertionError("the Butane preview is not reachable with Tab")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
+    # Each copy button says what it copies (a screen reader lists them by name).
+    expect(page.get_by_role("button", name="Copy the Butane config")).to_be_visible()
+
+
 def test_build_page_live_and_at_phone_width(page, snap, world):
     from playwright.sync_api import expect
 

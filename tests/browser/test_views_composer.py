@@ -179,7 +179,7 @@ def _butane_shown(response) -> str:
     from html import unescape
 
     html = response.content.decode()
-    start = html.index('<pre id="butane">') + len('<pre id="butane">')
+    start = html.index(">", html.index('<pre id="butane"')) + 1
     return unescape(html[start : html.index("</pre>", start)])
 
 
