@@ -199,7 +199,7 @@ def build_request(*, flavour: Flavour, user: Any, retry_of: Build | None = None)
         done = (
             Build.objects.filter(flavour=flavour, state=BuildState.SUCCEEDED).order_by("-created_at").first()
         )
-        if done is not None:
+        if done is not None and _published_files_present(done):
             return done, False
     active = Build.objects.filter(flavour=flavour, state__in=ACTIVE_BUILD_STATES).first()
     if active is not None:
@@ -231,6 +231,22 @@ def build_request(*, flavour: Flavour, user: Any, retry_of: Build | None = None)
             raise
         return active, False
     return build, True
+
+
+def _published_files_present(build: Build) -> bool:
+    """Whether the store still holds every file ``build`` published.
+
+    A succeeded build stands for its artifacts; once some are gone (a wiped bucket, a lifecycle
+    rule) a new request must publish them again rather than hand back download links that 404.
+    A store that cannot be reached right now proves nothing, so the build is kept.
+    """
+    from builds.adapters.store import ArtifactStoreError, get_artifact_store
+
+    store = get_artifact_store()
+    try:
+        return all(store.stat(key) is not None for key in build.artifacts.values_list("key", flat=True))
+    except ArtifactStoreError:
+        return True
 
 
 def build_retry(*, build: Build, user: Any) -> tuple[Build, bool]:

@@ -63,7 +63,7 @@ def _store_refusal(artifact: Artifact, exc: ArtifactStoreError) -> RefusedError:
             services.BuildRefused(
                 "artifact.missing",
                 f"{artifact.name} of this build is no longer in the artifact store; "
-                "ask an administrator to restore the bucket or directory it was published to.",
+                "start a build of the flavour again (POST .../builds/) to publish it anew.",
                 status=404,
             )
         )

@@ -1,5 +1,5 @@
 """Reading a published file through the API when the store cannot deliver it: a JSON answer a
-user can act on ({code, message}), never a 500 page."""
+user can act on ({code, message}), never a 500 page; and asking to build again publishes anew."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from builds.adapters.store import get_artifact_store
+from builds.models import Build
 from tests.builds.test_api_scoping import World, client, world
 
 __all__ = ["world"]
@@ -36,6 +37,20 @@ def test_a_published_file_missing_from_the_store_is_a_json_404(world: World) -> 
         body = response.json()
         assert body["code"] == "artifact.missing"
         assert "no longer in the artifact store" in body["message"]
+
+
+def test_a_succeeded_build_whose_files_are_gone_is_built_again(world: World) -> None:
+    api = client(world.cast.owner)
+    kept = api.post(f"/api/flavours/{world.flavour.pk}/builds/")
+    assert kept.status_code == 200 and kept.json()["id"] == str(world.done.pk)
+
+    get_artifact_store().delete(world.artifact.key)
+    again = api.post(f"/api/flavours/{world.flavour.pk}/builds/")
+
+    assert again.status_code == 202, again.content
+    assert again.json()["id"] != str(world.done.pk)
+    assert again.json()["state"] == "queued"
+    assert Build.objects.filter(flavour=world.flavour).count() == 2
 
 
 def test_an_unreachable_store_is_a_json_503(
