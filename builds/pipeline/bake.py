@@ -190,6 +190,7 @@ def bake_sysext(
     progress: Progress | None = None,
     verify: bool = False,
     timestamp: int = DEFAULT_TIMESTAMP,
+    unpack_limits: archive.UnpackLimits | None = None,
 ) -> BakeResult:
     """Bake ``recipe`` at ``version`` for ``arch`` into ``out_dir``.
 
@@ -197,7 +198,8 @@ def bake_sysext(
     already present in ``out_dir``), ``SHA256SUMS.gpg`` when a ``signer`` is given, and the
     transfer file(s) when a ``publish_url`` is given. ``progress(step, message, fraction)`` is
     called as steps run. With ``verify`` the image is merged by systemd-sysext before anything
-    is published. Any failure raises ``PipelineError`` and leaves ``out_dir`` as it was.
+    is published. ``unpack_limits`` caps each archive's members and unpacked bytes (decompression
+    bombs). Any failure raises ``PipelineError`` and leaves ``out_dir`` as it was.
     """
     # Everything that can be refused without downloading is checked first.
     sources = recipe.resolve(version, arch, pins)
@@ -224,7 +226,7 @@ def bake_sysext(
     steps = _Steps(progress)
     try:
         fetched = _fetch(sources, fetcher, steps)
-        unpacked = _unpack(sources, fetched, scratch, steps)
+        unpacked = _unpack(sources, fetched, scratch, steps, unpack_limits)
 
         started = time.monotonic()
         steps.report("assemble", "assembling the image tree", 0.0)
@@ -353,7 +355,11 @@ def _fetch(sources: list[ResolvedSource], fetcher: Fetcher, steps: _Steps) -> li
 
 
 def _unpack(
-    sources: list[ResolvedSource], fetched: list[FetchedFile], scratch: Path, steps: _Steps
+    sources: list[ResolvedSource],
+    fetched: list[FetchedFile],
+    scratch: Path,
+    steps: _Steps,
+    limits: archive.UnpackLimits | None = None,
 ) -> list[UnpackedSource]:
     started = time.monotonic()
     unpacked = []
@@ -365,7 +371,9 @@ def _unpack(
         steps.report("unpack", f"{source.label}: {source.archive}", index / len(sources))
         dest = scratch / "src" / str(index)
         try:
-            archive.unpack(download.path, source.archive, dest, strip_components=source.strip_components)
+            archive.unpack(
+                download.path, source.archive, dest, strip_components=source.strip_components, limits=limits
+            )
         except PipelineError as exc:
             # Name the source: the cached file's own name is only its digest.
             raise PipelineError(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from builds.pipeline.archive import UnpackLimits
 from builds.pipeline.bake import BakeResult, bake_sysext, image_cache_key, minor_pin
 from builds.pipeline.checksums import parse_sums, sha256_file
 from builds.pipeline.errors import PipelineError
@@ -297,6 +298,43 @@ def test_hostile_archives_fail_with_their_own_code(
         bake(make_recipe(sources=[source]), out, fetcher)
     assert error.value.code == code
     assert "hello v1.2.3 x86-64" in error.value.message  # names the source, not a cache digest
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("members", "limits", "code"),
+    [
+        pytest.param(
+            [directory("hello-v1.2.3"), file("hello-v1.2.3/zeros", bytes(32 * 1024 * 1024))],
+            UnpackLimits(max_total_bytes=4 * 1024 * 1024),
+            "archive.too-large",
+            id="decompression-bomb",
+        ),
+        pytest.param(
+            [directory("hello-v1.2.3"), *(file(f"hello-v1.2.3/f{i}", b"x") for i in range(40))],
+            UnpackLimits(max_members=20),
+            "archive.too-many-members",
+            id="too-many-members",
+        ),
+    ],
+)
+def test_archive_caps_fail_the_bake_and_leave_nothing(
+    upstream: UpstreamServer,
+    fetcher: Fetcher,
+    tmp_path: Path,
+    members: list[Member],
+    limits: UnpackLimits,
+    code: str,
+) -> None:
+    data = make_tar(members)
+    assert len(data) < 1024 * 1024  # small download, big (or crowded) tree
+    serve(upstream, "v1.2.3", "x86_64", data)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(PipelineError) as error:
+        bake(make_recipe(), out, fetcher, unpack_limits=limits)
+    assert error.value.code == code
+    assert error.value.message.startswith("hello v1.2.3 x86-64: ")
     assert list(out.iterdir()) == []
 
 
