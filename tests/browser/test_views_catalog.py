@@ -78,6 +78,17 @@ def test_list_shows_globals_and_own_team_only(client, cast):
     assert b"other-secret" not in response.content
 
 
+def test_list_cards_show_every_version_with_its_status(client, cast):
+    """A card must not read "Approved:" and nothing when the only version is still proposed."""
+    compose = Extension.objects.get(name="docker-compose")
+    ExtensionVersion.objects.create(extension=compose, version="v2.34.0", status=VersionStatus.PROPOSED)
+    client.force_login(cast["owner"])
+    html = client.get("/catalog/").content.decode()
+    assert ">v2.34.0 proposed</span>" in html
+    assert ">28.0.4 approved</span>" in html
+    assert html.count(">none yet<") == 2  # wasmtime and ops-agent have no version at all
+
+
 def test_filters_by_text_category_and_arch(client, cast):
     client.force_login(cast["owner"])
     assert _names(client.get("/catalog/", {"search": "compose"})) == {"docker-compose"}
