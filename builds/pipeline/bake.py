@@ -209,6 +209,14 @@ def bake_sysext(
     tools = tool_versions()
 
     out = Path(out_dir).absolute()
+    if signer is None and (out / SIGNATURE_FILE_NAME).exists():
+        # A new SHA256SUMS without a new signature would leave the old one stale: nodes that
+        # verify would refuse every image in the directory.
+        raise PipelineError(
+            "bake.signature-required",
+            f"{out} holds a signed publication ({SIGNATURE_FILE_NAME}); sign this bake too "
+            "(--sign-key) or bake into another directory",
+        )
     created_out = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -261,6 +261,27 @@ def test_a_failure_keeps_the_previous_publication(
     assert snapshot(out) == before
 
 
+def test_an_unsigned_bake_cannot_leave_a_stale_signature(
+    upstream: UpstreamServer, fetcher: Fetcher, signer: GpgSigner, tmp_path: Path
+) -> None:
+    serve(upstream, "v1.2.3", "x86_64", make_tar(hello_members()))
+    serve(upstream, "v1.2.3", "aarch64", make_tar(hello_members()))
+    out = tmp_path / "out"
+    bake(make_recipe(), out, fetcher, signer=signer, publish_url=PUBLISH)
+    before = snapshot(out)
+    with pytest.raises(PipelineError) as error:
+        bake(make_recipe(), out, fetcher, arch="arm64", publish_url=PUBLISH)
+    assert error.value.code == "bake.signature-required"
+    assert "--sign-key" in error.value.message
+    assert snapshot(out) == before
+    assert upstream.hits("/dl/v1.2.3/hello-v1.2.3-aarch64.tar.gz") == 0  # refused before downloading
+    signed = bake(make_recipe(), out, fetcher, arch="arm64", signer=signer, publish_url=PUBLISH)
+    keyring = tmp_path / "pubring.gpg"
+    keyring.write_bytes(signer.export_public_keyring())
+    verify_like_systemd(out / "SHA256SUMS", out / "SHA256SUMS.gpg", keyring)
+    assert len(parse_sums((out / "SHA256SUMS").read_bytes())) == 2 and signed.signature_path
+
+
 HOSTILE = [
     ("absolute-path", [file("/etc/cron.d/evil", b"x")], "archive.absolute-path"),
     ("dot-dot", [file("hello-v1.2.3/../../evil", b"x")], "archive.path-traversal"),
