@@ -14,9 +14,13 @@ commands:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in {"-h", "--help"}:
+    if args and args[0] in {"-h", "--help"}:
         print(USAGE, end="")
-        return 0 if args else 2
+        return 0
+    if not args:
+        # A usage error: the text goes to stderr so that stdout stays clean for pipes.
+        print(USAGE, end="", file=sys.stderr)
+        return 2
     command, rest = args[0], args[1:]
     if command == "bake":
         from builds.pipeline.bake_cli import main as bake_main

@@ -190,3 +190,21 @@ def test_zstd_compression_reaches_the_image(
         ["unsquashfs", "-s", str(out / "hello-v1.2.3-x86-64.raw")], capture_output=True, text=True, check=True
     ).stdout
     assert "Compression zstd" in info
+
+
+def test_dispatcher_usage() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "builds.pipeline", *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    bare = run()
+    assert (bare.returncode, bare.stdout) == (2, "") and "commands:" in bare.stderr
+    unknown = run("frobnicate")
+    assert (unknown.returncode, unknown.stdout) == (2, "")
+    assert unknown.stderr.startswith("unknown command 'frobnicate'")
+    helped = run("--help")
+    assert (
+        (helped.returncode, helped.stderr) == (0, "")
+        and "bake" in helped.stdout
+        and "butane" in helped.stdout
+    )
