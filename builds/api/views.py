@@ -216,7 +216,7 @@ class FlavourButaneView(_FlavourConfigView):
     content_type = "application/yaml; charset=utf-8"
 
     @extend_schema(
-        responses={(200, "application/yaml"): OpenApiTypes.STR, 404: ERROR, 409: ERROR},
+        responses={(200, "application/yaml"): OpenApiTypes.STR, 404: ERROR, 409: ERROR, 503: ERROR},
         description="The Butane config (YAML) published by the flavour's latest successful build.",
     )
     def get(self, request: Request, pk: str) -> HttpResponse:
@@ -228,7 +228,7 @@ class FlavourIgnitionView(_FlavourConfigView):
     content_type = "application/json"
 
     @extend_schema(
-        responses={(200, "application/json"): OpenApiTypes.OBJECT, 404: ERROR, 409: ERROR},
+        responses={(200, "application/json"): OpenApiTypes.OBJECT, 404: ERROR, 409: ERROR, 503: ERROR},
         description="The Ignition config (JSON) transpiled from the flavour's Butane config.",
     )
     def get(self, request: Request, pk: str) -> HttpResponse:
@@ -357,6 +357,7 @@ class ArtifactDownloadView(APIView):
             (200, "application/octet-stream"): OpenApiTypes.BINARY,
             302: OpenApiResponse(description="Redirect to a short-lived presigned URL."),
             404: ERROR,
+            503: ERROR,
         }
     )
     def get(self, request: Request, pk: str, artifact_id: int) -> HttpResponse:
