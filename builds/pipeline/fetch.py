@@ -94,8 +94,15 @@ class Fetcher:
         self._session.headers["User-Agent"] = user_agent
         # Ask for the bytes as stored; we never decode Content-Encoding anyway.
         self._session.headers["Accept-Encoding"] = "identity"
-        for sub in ("blobs", "urls", "tmp"):
-            (self.cache_dir / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in ("blobs", "urls", "tmp"):
+                (self.cache_dir / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PipelineError(
+                "fetch.cache-unwritable",
+                f"cannot use {self.cache_dir} as the download cache: {exc.strerror}; "
+                "choose a directory you can write to (FETCH_CACHE_DIR or --cache-dir)",
+            ) from exc
 
     def close(self) -> None:
         self._session.close()

@@ -355,3 +355,12 @@ def test_untrusted_certificate_fails_at_once_and_is_not_retryable(
     assert "self-signed certificate" in caught.value.message
     assert caught.value.message.startswith("wasmtime v31 x86-64: ")
     assert sleeps == []
+
+
+def test_a_cache_directory_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a directory\n")
+    with pytest.raises(PipelineError) as caught:
+        Fetcher(blocker / "cache")
+    assert caught.value.code == "fetch.cache-unwritable"
+    assert str(blocker / "cache") in caught.value.message and "--cache-dir" in caught.value.message
