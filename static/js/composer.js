@@ -108,6 +108,8 @@
     }
 
     for (const select of selects.values()) select.addEventListener("change", render);
+    // A pick made while this deferred script was still loading fired no event we could hear.
+    render();
   }
 
   // --- step 3: Butane fragment checked as you type --------------------------------------------
