@@ -34,6 +34,16 @@ def _pairs(values: Sequence[str], option: str) -> dict[str, str]:
     return pairs
 
 
+def _write_pubring(path: Path, keyring: bytes) -> None:
+    try:
+        path.write_bytes(keyring)
+    except OSError as exc:
+        raise PipelineError(
+            "cli.output-unwritable", f"cannot write the public keyring {path}: {exc.strerror or exc}"
+        ) from None
+    print(f"wrote {path} (public keyring, {len(keyring)} bytes)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     compressions = sorted({c for cs in COMPRESSIONS.values() for c in cs})
     parser = argparse.ArgumentParser(
@@ -53,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sign-key", help="armored or binary OpenPGP secret key file")
     parser.add_argument("--passphrase-file", help="file holding the signing key's passphrase")
+    parser.add_argument(
+        "--export-pubring",
+        metavar="FILE",
+        help="also write the signing key's public half as a binary keyring for nodes "
+        "(/etc/systemd/import-pubring.gpg)",
+    )
     parser.add_argument("--publish-url", help="URL the directory is served at (writes NAME.conf)")
     parser.add_argument("--cache-dir", default=None, help="download cache (default: $FETCH_CACHE_DIR)")
     parser.add_argument(
@@ -76,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.passphrase_file and not args.sign_key:
         raise PipelineError("cli.invalid-argument", "--passphrase-file needs --sign-key")
+    if args.export_pubring and not args.sign_key:
+        raise PipelineError("cli.invalid-argument", "--export-pubring needs --sign-key")
     mirrors = _pairs(args.mirror, "--mirror")
     pins = _pairs(args.pin, "--pin")
     recipe = load_recipe(args.recipe)
@@ -102,6 +120,8 @@ def _run(args: argparse.Namespace) -> int:
                 progress=progress,
                 verify=args.verify,
             )
+            if signer is not None and args.export_pubring:
+                _write_pubring(Path(args.export_pubring), signer.export_public_keyring())
     finally:
         if signer is not None:
             signer.close()

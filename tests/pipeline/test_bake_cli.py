@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from builds.pipeline.bake_cli import main
-from builds.pipeline.signing import GpgSigner, verify_like_systemd
+from builds.pipeline.signing import verify_like_systemd
 from tests.pipeline.bake_support import make_signing_key, write_recipe
 from tests.pipeline.test_bake import PUBLISH, UPSTREAM, hello_members, serve
 from tests.upstream import UpstreamServer, make_tar
@@ -44,6 +44,8 @@ def test_bake_prints_steps_and_writes_signed_files(
             str(phrase),
             "--publish-url",
             PUBLISH,
+            "--export-pubring",
+            str(tmp_path / "ring.gpg"),
         )
     )
     printed = capsys.readouterr().out
@@ -54,9 +56,22 @@ def test_bake_prints_steps_and_writes_signed_files(
     assert sorted(p.name for p in out.iterdir()) == [
         "SHA256SUMS", "SHA256SUMS.gpg", "hello-v1.2.3-x86-64.raw", "hello.conf",
     ]  # fmt: skip
-    with GpgSigner(key, phrase) as signer:
-        (tmp_path / "ring.gpg").write_bytes(signer.export_public_keyring())
-    verify_like_systemd(out / "SHA256SUMS", out / "SHA256SUMS.gpg", tmp_path / "ring.gpg")
+    # The exported keyring is what nodes get as /etc/systemd/import-pubring.gpg: binary, and enough
+    # for gpg run as systemd runs it to accept the signature.
+    ring = tmp_path / "ring.gpg"
+    assert f"wrote {ring} (public keyring" in printed
+    assert not ring.read_bytes().startswith(b"-----BEGIN")
+    verify_like_systemd(out / "SHA256SUMS", out / "SHA256SUMS.gpg", ring)
+
+
+def test_export_pubring_needs_a_signing_key(
+    upstream: UpstreamServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = ("--export-pubring", str(tmp_path / "ring.gpg"))
+    recipe = write_recipe(tmp_path)
+    assert main(arguments(recipe, tmp_path / "out", upstream, tmp_path / "cache", *extra)) == 1
+    assert "cli.invalid-argument: --export-pubring needs --sign-key" in capsys.readouterr().err
+    assert not (tmp_path / "ring.gpg").exists()
 
 
 def test_failure_prints_code_and_sentence(
