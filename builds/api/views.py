@@ -134,16 +134,17 @@ class FlavourListCreateView(generics.ListAPIView):
     @extend_schema(
         request=FlavourCreateSerializer,
         responses={
-            201: FlavourSerializer,
-            200: OpenApiResponse(
-                FlavourSerializer, description="The same choices already exist: that flavour."
+            201: OpenApiResponse(
+                FlavourSerializer,
+                description="The flavour: new, or the existing one when the same choices were posted before.",
             ),
             400: VALIDATION_ERROR,
             403: ERROR,
         },
         description=(
             "Compose a flavour. Its ID is the sha256 of the canonical document of the choices, so the "
-            "same choices return the existing flavour (200). Every problem is reported per field (400). "
+            "same choices return the existing flavour with the same ID. Every problem is reported per "
+            "field (400). "
             "Flavours never change: to edit one, post the new choices with revision_of=<its ID>; the "
             "result is its next revision, and earlier revisions and their artifacts stay available."
         ),
@@ -160,7 +161,7 @@ class FlavourListCreateView(generics.ListAPIView):
             if revision_of is None:
                 raise exceptions.ValidationError({"revision_of": ["No such flavour among your teams."]})
         try:
-            flavour, created = services.flavour_create(
+            flavour, _created = services.flavour_create(
                 user=request.user,
                 team=team,
                 name=data.get("name"),
@@ -175,7 +176,9 @@ class FlavourListCreateView(generics.ListAPIView):
         except services.BuildRefused as refused:
             raise RefusedError(refused) from None
         body = FlavourSerializer(flavour, context={"request": request}).data
-        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        # 201 either way: a flavour is addressed by its choices, so posting them again names the
+        # same resource; the Location is where it lives.
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
 
 
 class FlavourDetailView(generics.RetrieveAPIView):
@@ -249,9 +252,12 @@ class FlavourBuildsView(generics.ListAPIView):
     @extend_schema(
         request=None,
         responses={
-            202: OpenApiResponse(BuildSerializer, description="A build was queued, or one already running."),
-            200: OpenApiResponse(
-                BuildSerializer, description="A succeeded build of the same flavour exists."
+            202: OpenApiResponse(
+                BuildSerializer,
+                description=(
+                    "The build, with its URL in Location: a newly queued one, or the identical build that "
+                    "is already queued, running or succeeded (see its state); poll it until it ends."
+                ),
             ),
             403: ERROR,
             404: ERROR,
@@ -260,18 +266,15 @@ class FlavourBuildsView(generics.ListAPIView):
     def post(self, request: Request, pk: str) -> Response:
         flavour = get_object_or_404(selectors.flavours_visible_to(user=request.user), pk=pk)
         _require_role(request.user, flavour.team, Role.BUILDER, "start builds")
-        build, created = services.build_request(flavour=flavour, user=request.user)
-        return _build_response(request, build, accepted=created or build.is_active)
+        build, _created = services.build_request(flavour=flavour, user=request.user)
+        return _build_response(request, build)
 
 
-def _build_response(request: Request, build: Build, *, accepted: bool) -> Response:
+def _build_response(request: Request, build: Build) -> Response:
+    """202 with the build and its URL: clients poll it whether it is new, running or already done."""
     build = _build_queryset(request.user).get(pk=build.pk)
     body = BuildSerializer(build, context={"request": request}).data
-    return Response(
-        body,
-        status=status.HTTP_202_ACCEPTED if accepted else status.HTTP_200_OK,
-        headers={"Location": body["url"]},
-    )
+    return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
 
 
 # --- builds -------------------------------------------------------------------------------------
@@ -334,7 +337,7 @@ class BuildCancelView(APIView):
             build = services.build_cancel(build=build, user=request.user)
         except services.BuildRefused as refused:
             raise RefusedError(refused) from None
-        return _build_response(request, build, accepted=True)
+        return _build_response(request, build)
 
 
 class BuildRetryView(APIView):
@@ -346,7 +349,7 @@ class BuildRetryView(APIView):
             retried, _created = services.build_retry(build=build, user=request.user)
         except services.BuildRefused as refused:
             raise RefusedError(refused) from None
-        return _build_response(request, retried, accepted=True)
+        return _build_response(request, retried)
 
 
 class ArtifactDownloadView(APIView):

@@ -362,7 +362,7 @@ def test_build_publishes_what_nodes_need(
         # A second identical request builds nothing: the same build comes back.
         hits = upstream_server.hits("/example/hello/releases/download/v1.0.0/hello-v1.0.0-x86_64.tar.gz")
         again = builder.post(f"/api/flavours/{flavour['id']}/builds/")
-        assert again.status_code == 200
+        assert again.status_code == 202
         assert again.json()["id"] == build["id"]
         assert Build.objects.count() == 1
         assert (

@@ -62,7 +62,7 @@ def test_same_choices_give_the_same_flavour(small_catalog: Cast) -> None:
         options={"butane_version": "1.0.0"},
     )
     assert first.status_code == 201
-    assert again.status_code == 200
+    assert again.status_code == 201
     assert again.json()["id"] == first.json()["id"]
     assert Flavour.objects.count() == 1
 
@@ -98,7 +98,7 @@ def test_a_new_catalog_version_leaves_existing_flavours_alone(small_catalog: Cas
     hello.save()
     assert "v9.9.9" in hello.recipe().versions
     again = post_flavour(small_catalog.teammate)
-    assert again.status_code == 200
+    assert again.status_code == 201
     assert again.json()["id"] == base
 
 
