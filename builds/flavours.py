@@ -26,6 +26,10 @@ from catalog.models import Delivery, Extension, ExtensionVersion, Team, VersionS
 DOCUMENT_SCHEMA = "bakehouse.flavour/v1"
 
 BUTANE_VERSIONS = ("1.0.0", "1.1.0")
+# Flatcar's channels and the newest Butane spec each one's Ignition reads: LTS-2023 ships
+# Ignition 2.14 (spec 3.3.0, Butane 1.0.0); the others have Ignition >= 2.15 (Butane 1.1.0).
+CHANNEL_BUTANE_VERSION = {"stable": "1.1.0", "beta": "1.1.0", "alpha": "1.1.0", "lts": "1.0.0"}
+CHANNELS = tuple(CHANNEL_BUTANE_VERSION)
 UPDATE_ACTIONS = ("refresh", "reboot")
 # One choice each on purpose: published file names (NAME-VER-ARCH.raw) do not carry the format
 # or compression, so two flavours must never make different bytes under one name.
@@ -47,6 +51,7 @@ MAX_EXTENSIONS = 64
 class FlavourOptions:
     """Provisioning options, every one with its default filled in."""
 
+    channel: str = "stable"
     butane_version: str = "1.0.0"
     updates: bool = True
     update_action: str = "refresh"
@@ -61,6 +66,7 @@ class FlavourOptions:
 
     def as_document(self) -> dict[str, Any]:
         return {
+            "channel": self.channel,
             "butane_version": self.butane_version,
             "updates": self.updates,
             "update_action": self.update_action,
@@ -78,6 +84,8 @@ class FlavourOptions:
     def from_document(cls, data: Mapping[str, Any]) -> FlavourOptions:
         """Rebuild options stored by ``as_document`` (already validated)."""
         values = dict(data)
+        # Flavours stored before the channel was recorded: their Butane spec tells which it was.
+        values.setdefault("channel", "lts" if values.get("butane_version") == "1.0.0" else "stable")
         values["masks"] = tuple(values.get("masks", ()))
         values["ssh_keys"] = tuple(values.get("ssh_keys", ()))
         return cls(**values)
@@ -305,6 +313,7 @@ def _resolve_options(raw: Any, errors: _Errors) -> FlavourOptions:
             else:
                 errors.add(f"options.{key}", "Expected true or false.")
 
+    choice("channel", CHANNELS)
     choice("butane_version", BUTANE_VERSIONS)
     choice("update_action", UPDATE_ACTIONS)
     choice("image_format", IMAGE_FORMATS)
@@ -354,6 +363,14 @@ def _resolve_options(raw: Any, errors: _Errors) -> FlavourOptions:
         else:
             values["butane_fragment"] = fragment
     if errors:
+        return defaults
+    newest = CHANNEL_BUTANE_VERSION[values["channel"]]
+    if BUTANE_VERSIONS.index(values["butane_version"]) > BUTANE_VERSIONS.index(newest):
+        errors.add(
+            "options.butane_version",
+            f"Flatcar {values['channel']} reads Butane {newest} at most (its Ignition is older); "
+            f"choose {newest} or another channel.",
+        )
         return defaults
     options = FlavourOptions.from_document(values)
     if options.butane_fragment.strip():

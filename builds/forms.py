@@ -15,16 +15,21 @@ from urllib.parse import urlencode
 from django import forms
 from django.http import QueryDict
 
-from builds.flavours import BUILTIN_SYSEXTS, COMPRESSIONS, IMAGE_FORMATS, UPDATE_ACTIONS
+from builds.flavours import (
+    BUILTIN_SYSEXTS,
+    BUTANE_VERSIONS,
+    CHANNEL_BUTANE_VERSION,
+    COMPRESSIONS,
+    IMAGE_FORMATS,
+    UPDATE_ACTIONS,
+    FlavourOptions,
+)
 from builds.models import Arch
 
-# Flatcar channels and the Butane spec their Ignition understands: LTS-2023 ships Ignition 2.14
-# (spec 3.3.0, Butane 1.0.0); the other channels have Ignition >= 2.15 (Butane 1.1.0).
+# The composer targets the newest Butane spec the chosen channel's Ignition reads.
 CHANNELS = {
-    "stable": ("Stable", "1.1.0"),
-    "beta": ("Beta", "1.1.0"),
-    "alpha": ("Alpha", "1.1.0"),
-    "lts": ("LTS", "1.0.0"),
+    channel: ("LTS" if channel == "lts" else channel.capitalize(), butane_version)
+    for channel, butane_version in CHANNEL_BUTANE_VERSION.items()
 }
 UPDATE_ACTION_LABELS = {
     "refresh": "Refresh the extensions in place (systemd-sysext refresh)",
@@ -33,7 +38,7 @@ UPDATE_ACTION_LABELS = {
 EXTENSION_PREFIX = "x_"
 # Present once the options step has been submitted: from then on an unticked box means "off".
 OPTIONS_MARKER = "o"
-STEP1_FIELDS = ("team", "name", "description", "arch", "channel")
+STEP1_FIELDS = ("team", "name", "description", "arch", "channel", "butane")
 STEP3_FIELDS = (
     OPTIONS_MARKER, "updates", "action", "minor_pin", "signed", "masks", "ssh", "hostname", "fragment",
     "format", "compression",
@@ -79,7 +84,9 @@ class ComposerState:
 
     @property
     def butane_version(self) -> str:
-        return CHANNELS[self.channel][1]
+        """The spec asked for, else the newest the channel reads (flavour validation checks the pair)."""
+        asked = self.get("butane")
+        return asked if asked in BUTANE_VERSIONS else CHANNELS[self.channel][1]
 
     @property
     def picks(self) -> dict[str, str]:
@@ -96,7 +103,7 @@ class ComposerState:
 
     def options(self) -> dict[str, Any]:
         """The ``options`` document for ``flavour_create`` (defaults until step 3 is submitted)."""
-        options: dict[str, Any] = {"butane_version": self.butane_version}
+        options: dict[str, Any] = {"channel": self.channel, "butane_version": self.butane_version}
         if not self.options_chosen:
             return options
         options.update(
@@ -156,7 +163,7 @@ class ComposerState:
 def flavour_state(flavour: Any) -> ComposerState:
     """The composer state that reproduces a stored flavour (to edit it as a new revision)."""
     options = dict(flavour.options)
-    channel = "lts" if options.get("butane_version") == "1.0.0" else "stable"
+    channel = FlavourOptions.from_document(options).channel
     query = QueryDict(mutable=True)
     query.update(
         {
@@ -165,6 +172,8 @@ def flavour_state(flavour: Any) -> ComposerState:
             "description": flavour.description,
             "arch": flavour.arch,
             "channel": channel,
+            # Only when it is not what the channel implies, so that links stay short.
+            "butane": "" if options["butane_version"] == CHANNELS[channel][1] else options["butane_version"],
             "revision_of": flavour.pk,
             OPTIONS_MARKER: "1",
             "action": options.get("update_action", ""),
@@ -202,10 +211,29 @@ class TargetForm(forms.Form):
         initial="stable",
         help_text="LTS nodes get a Butane 1.0.0 config (Ignition 3.3.0); the others Butane 1.1.0.",
     )
+    butane = forms.ChoiceField(
+        label="Butane spec",
+        choices=[
+            ("", "The newest the channel reads"),
+            ("1.0.0", "1.0.0 (Ignition 3.3.0, boots on every Flatcar)"),
+            ("1.1.0", "1.1.0 (Ignition 3.4.0)"),
+        ],
+        required=False,
+    )
 
     def __init__(self, *args: Any, teams: Iterable[Any], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["team"].choices = [(t.slug, t.name) for t in teams]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        channel, butane = cleaned.get("channel"), cleaned.get("butane")
+        newest = CHANNELS[channel][1] if channel in CHANNELS else ""
+        if butane and newest and BUTANE_VERSIONS.index(butane) > BUTANE_VERSIONS.index(newest):
+            self.add_error(
+                "butane", f"Flatcar {channel} reads Butane {newest} at most (its Ignition is older)."
+            )
+        return cleaned
 
 
 class OptionsForm(forms.Form):
@@ -293,7 +321,8 @@ ERROR_PLACES: Mapping[str, tuple[int, str]] = {
     "options.update_action": (3, "action"),
     "options.image_format": (3, "format"),
     "options.compression": (3, "compression"),
-    "options.butane_version": (1, "channel"),
+    "options.butane_version": (1, "butane"),
+    "options.channel": (1, "channel"),
 }
 
 

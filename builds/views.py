@@ -169,6 +169,7 @@ def compose_target(request: HttpRequest) -> HttpResponse:
             "team": state.team or teams[0].slug,
             "arch": state.arch or "x86-64",
             "channel": state.channel,
+            "butane": state.get("butane"),
         }
         initial.update({f: state.get(f) for f in ("name", "description") if state.get(f)})
         form = TargetForm(initial=initial, teams=teams)
@@ -491,7 +492,7 @@ def flavour_detail(request: HttpRequest, flavour_id: str) -> HttpResponse:
     )
     context = {
         "flavour": flavour,
-        "options": flavour.options,
+        "options": services.flavour_options(flavour),
         "versions": flavour.extension_versions.select_related("extension").order_by("extension__name"),
         "latest": latest,
         "artifacts": artifacts,

@@ -15,7 +15,14 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from builds import selectors
-from builds.flavours import BUILTIN_SYSEXTS, BUTANE_VERSIONS, COMPRESSIONS, IMAGE_FORMATS, UPDATE_ACTIONS
+from builds.flavours import (
+    BUILTIN_SYSEXTS,
+    BUTANE_VERSIONS,
+    CHANNELS,
+    COMPRESSIONS,
+    IMAGE_FORMATS,
+    UPDATE_ACTIONS,
+)
 from builds.models import Arch, Artifact, Build, BuildLogLine, BuildStep, Flavour, Webhook, WebhookDelivery
 
 
@@ -32,7 +39,14 @@ class ExtensionChoiceSerializer(serializers.Serializer):
 
 
 class FlavourOptionsSerializer(serializers.Serializer):
-    butane_version = serializers.ChoiceField(choices=BUTANE_VERSIONS, default="1.0.0")
+    channel = serializers.ChoiceField(
+        choices=CHANNELS,
+        default="stable",
+        help_text="Flatcar channel the nodes run (lts reads Butane 1.0.0 only); shown in flatcar-install -C.",
+    )
+    butane_version = serializers.ChoiceField(
+        choices=BUTANE_VERSIONS, default="1.0.0", help_text="1.0.0 boots on every channel."
+    )
     updates = serializers.BooleanField(default=True, help_text="Keep extensions current with sysupdate.")
     update_action = serializers.ChoiceField(
         choices=UPDATE_ACTIONS, default="refresh", help_text="refresh in place, or flag reboot-required."

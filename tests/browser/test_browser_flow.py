@@ -117,7 +117,7 @@ def test_compose_docker_with_compose_build_and_download(page, snap, chromium, li
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Compose").click()
     page.get_by_label("Flavour name").fill("edge-docker")
     page.get_by_label("x86-64").check()
-    page.get_by_label("Target Flatcar channel").select_option("stable")
+    page.get_by_label("Target Flatcar channel").select_option("beta")
     snap(page, "compose-1-target")
     page.get_by_role("button", name="Next: extensions").click()
 
@@ -171,6 +171,8 @@ def test_compose_docker_with_compose_build_and_download(page, snap, chromium, li
     image = ImageArtifact.objects.get(extension_version__extension__name="docker", arch="x86-64")
     assert image.sha256 == hashlib.sha256(image_bytes).hexdigest()
     assert page.locator("#butane").inner_text().strip() == butane.strip()
+    # The install commands target the channel picked in step 1.
+    expect(page.locator("#commands")).to_contain_text("flatcar-install -d /dev/sda -C beta -i config.ign")
 
     # The shared review link now shows the Butane these exact choices published.
     page.goto(review_url)

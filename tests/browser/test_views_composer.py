@@ -52,6 +52,17 @@ def test_step1_shows_errors_next_to_fields(client, world):
     assert 'id="id_arch_error"' in html
 
 
+def test_step1_refuses_a_butane_spec_the_channel_cannot_read(client, world):
+    client.force_login(world["builder"])
+    html = client.get("/compose/", {**BASE, "channel": "lts", "butane": "1.1.0", "go": "next"}).content.decode()
+    assert 'id="id_butane_error"' in html
+    assert "Flatcar lts reads Butane 1.0.0 at most" in html
+    # An older spec than the channel's newest is a deliberate choice, kept into the flavour.
+    review = client.get("/compose/review/", {**BASE, "butane": "1.0.0", "x_docker": "28.0.4"})
+    assert review.context["choices"].options.butane_version == "1.0.0"
+    assert review.context["choices"].options.channel == "stable"
+
+
 def test_viewer_cannot_compose(client, world):
     client.force_login(world["viewer"])
     assert client.get("/compose/").status_code == 403
@@ -137,6 +148,28 @@ def test_review_shows_the_id_and_build_stores_the_flavour(client, world, django_
     assert response["Location"] == f"/builds/{build.pk}/"
     page = client.get(response["Location"]).content.decode()
     assert "docker-compose" in page and 'id="build-progress"' in page
+
+
+def test_the_chosen_channel_is_kept_by_the_flavour_and_reopened_by_its_edit_link(
+    client, world, django_capture_on_commit_callbacks
+):
+    client.force_login(world["builder"])
+    params = {**BASE, "channel": "beta", "x_docker": "28.0.4"}
+    review = client.get("/compose/review/", params)
+    assert review.context["choices"].options.channel == "beta"
+
+    from unittest import mock
+
+    with mock.patch("builds.services._queue"):  # no broker in this test
+        client.post("/compose/build/", params)
+    flavour = Flavour.objects.get(pk=review.context["flavour_id"])
+    assert flavour.options["channel"] == "beta"
+    page = client.get(f"/flavours/{flavour.pk}/").content.decode()
+    assert "<dt>Flatcar channel</dt><dd>beta</dd>" in page
+    # Editing it reopens the wizard on the same channel.
+    start = page.index('href="/compose/?') + len('href="')
+    link = page[start : page.index('"', start)].replace("&amp;", "&")
+    assert "channel=beta" in link
 
 
 def test_review_of_invalid_choices_links_back_to_the_step(client, world):

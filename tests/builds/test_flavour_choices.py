@@ -75,6 +75,7 @@ def test_same_choices_give_the_same_flavour(small_catalog: Cast) -> None:
         {"options": {"hostname": "node-1"}},
         {"options": {"update_action": "reboot"}},
         {"options": {"updates": False}},
+        {"options": {"channel": "beta"}},
     ],
 )
 def test_any_changed_choice_changes_the_id(small_catalog: Cast, change: dict[str, Any]) -> None:
@@ -203,6 +204,7 @@ def test_unsupported_arch_is_reported_for_the_extension_and_the_flavour(small_ca
     ("options", "field"),
     [
         ({"butane_version": "9.9.9"}, "options.butane_version"),
+        ({"channel": "edge"}, "options.channel"),
         ({"update_action": "explode"}, "options.update_action"),
         ({"updates": "yes"}, "options.updates"),
         ({"masks": ["podman"]}, "options.masks"),
@@ -215,6 +217,17 @@ def test_unsupported_arch_is_reported_for_the_extension_and_the_flavour(small_ca
 def test_option_problems_are_reported_per_field(small_catalog: Cast, options: Any, field: str) -> None:
     fields = _fields(post_flavour(small_catalog.teammate, options=options))
     assert field in fields, fields
+
+
+def test_lts_channel_refuses_a_butane_spec_its_ignition_cannot_read(small_catalog: Cast) -> None:
+    options = {"channel": "lts", "butane_version": "1.1.0"}
+    fields = _fields(post_flavour(small_catalog.teammate, options=options))
+    assert "Flatcar lts reads Butane 1.0.0 at most" in fields["options.butane_version"][0]
+
+    kept = post_flavour(small_catalog.teammate, options={"channel": "lts"})
+    assert kept.status_code == 201, kept.json()
+    assert kept.json()["options"]["channel"] == "lts"
+    assert kept.json()["options"]["butane_version"] == "1.0.0"
 
 
 def test_unknown_top_level_field_is_an_error_not_ignored(small_catalog: Cast) -> None:
