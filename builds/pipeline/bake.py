@@ -292,10 +292,12 @@ def bake_sysext(
         started = time.monotonic()
         _publish(staging, names, out)
         steps.done("publish", started, f"{len(names)} files into {out}")
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if created_out:
             _remove_if_empty(out)
+        if isinstance(exc, OSError):
+            raise _file_trouble(exc) from exc
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -427,6 +429,18 @@ def _publish(staging: Path, names: list[str], out: Path) -> None:
         for backup, target in backups:
             os.replace(backup, target)
         raise PipelineError("bake.publish-failed", f"could not write {out}: {exc.strerror}") from exc
+
+
+def _file_trouble(exc: OSError) -> PipelineError:
+    """A file operation of ours failed (a full disk, a vanished directory): the machine's trouble,
+    not the recipe's, so a later attempt may succeed."""
+    where = f" on {exc.filename}" if exc.filename else ""
+    return PipelineError(
+        "bake.file-error",
+        f"a file operation failed{where}: {exc.strerror or exc}; check the free space and permissions "
+        "of the work and output directories",
+        retryable=True,
+    )
 
 
 def _remove_if_empty(directory: Path) -> None:

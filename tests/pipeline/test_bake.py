@@ -248,6 +248,34 @@ def test_wrong_pin_fails_and_leaves_nothing(
     assert not out.exists()
 
 
+def test_a_full_disk_fails_with_a_retryable_code_and_keeps_the_previous_publication(
+    upstream: UpstreamServer,
+    fetcher: Fetcher,
+    signer: GpgSigner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+
+    from builds.pipeline import bake as bake_module
+
+    serve(upstream, "v1.2.3", "x86_64", make_tar(hello_members()))
+    out = tmp_path / "out"
+    bake(make_recipe(), out, fetcher, signer=signer, publish_url=PUBLISH)
+    before = snapshot(out)
+
+    def disk_full(path: Path, sums: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(bake_module, "write_sums", disk_full)
+    with pytest.raises(PipelineError) as error:
+        bake(make_recipe(), out, fetcher, arch="x86-64", signer=signer, publish_url=PUBLISH)
+    assert error.value.code == "bake.file-error"
+    assert error.value.retryable  # the machine's trouble: a later attempt may succeed
+    assert "No space left on device" in error.value.message and "free space" in error.value.message
+    assert snapshot(out) == before
+
+
 def test_a_failure_keeps_the_previous_publication(
     upstream: UpstreamServer, fetcher: Fetcher, signer: GpgSigner, tmp_path: Path
 ) -> None:
