@@ -364,19 +364,26 @@ def _resolve_options(raw: Any, errors: _Errors) -> FlavourOptions:
             values["butane_fragment"] = fragment
     if errors:
         return defaults
-    newest = CHANNEL_BUTANE_VERSION[values["channel"]]
-    if BUTANE_VERSIONS.index(values["butane_version"]) > BUTANE_VERSIONS.index(newest):
-        errors.add(
-            "options.butane_version",
-            f"Flatcar {values['channel']} reads Butane {newest} at most (its Ignition is older); "
-            f"choose {newest} or another channel.",
-        )
+    too_new = channel_butane_problem(values["channel"], values["butane_version"])
+    if too_new:
+        errors.add("options.butane_version", too_new)
         return defaults
     options = FlavourOptions.from_document(values)
     if options.butane_fragment.strip():
         for reason in fragment_problems(options.butane_fragment, options.butane_version):
             errors.add("options.butane_fragment", reason)
     return options
+
+
+def channel_butane_problem(channel: str, butane_version: str) -> str:
+    """Why nodes of ``channel`` cannot read a ``butane_version`` config ('' when they can)."""
+    newest = CHANNEL_BUTANE_VERSION[channel]
+    if BUTANE_VERSIONS.index(butane_version) <= BUTANE_VERSIONS.index(newest):
+        return ""
+    return (
+        f"Flatcar {channel} reads Butane {newest} at most (its Ignition is older); "
+        f"choose {newest} or another channel."
+    )
 
 
 def fragment_problems(fragment: str, butane_version: str) -> list[str]:

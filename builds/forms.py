@@ -23,6 +23,7 @@ from builds.flavours import (
     IMAGE_FORMATS,
     UPDATE_ACTIONS,
     FlavourOptions,
+    channel_butane_problem,
 )
 from builds.models import Arch
 
@@ -228,11 +229,10 @@ class TargetForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         channel, butane = cleaned.get("channel"), cleaned.get("butane")
-        newest = CHANNELS[channel][1] if channel in CHANNELS else ""
-        if butane and newest and BUTANE_VERSIONS.index(butane) > BUTANE_VERSIONS.index(newest):
-            self.add_error(
-                "butane", f"Flatcar {channel} reads Butane {newest} at most (its Ignition is older)."
-            )
+        if channel and butane:
+            too_new = channel_butane_problem(channel, butane)
+            if too_new:
+                self.add_error("butane", too_new)
         return cleaned
 
 
