@@ -151,7 +151,7 @@ WRITES = {
 # outsider naming team blue in a body gets a field error; an outsider's URL is a 404.
 EXPECTED = {
     "compose": {"owner": 201, "teammate": 201, "watcher": 403, "outsider": 400},
-    "build": {"owner": 200, "teammate": 200, "watcher": 403, "outsider": 404},
+    "build": {"owner": 202, "teammate": 202, "watcher": 403, "outsider": 404},
     "cancel": {"owner": 202, "teammate": 202, "watcher": 403, "outsider": 404},
     "retry": {"owner": 202, "teammate": 202, "watcher": 403, "outsider": 404},
     "add webhook": {"owner": 201, "teammate": 403, "watcher": 403, "outsider": 400},
