@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
+from builds import services
+from builds.models import Flavour
 from catalog.models import (
     Delivery,
     Extension,
@@ -177,6 +179,19 @@ def cast(db: Any) -> Cast:
 def small_catalog(cast: Cast) -> Cast:
     make_small_catalog(cast)
     return cast
+
+
+def hello_flavour(cast: Cast) -> Flavour:
+    """Team blue's flavour of the 'hello' extension, composed through the service."""
+    make_extension("hello")
+    flavour, _ = services.flavour_create(
+        user=cast.teammate,
+        team=cast.blue,
+        name="n",
+        arch="x86-64",
+        extensions=[{"name": "hello", "version": "v1.0.0"}],
+    )
+    return flavour
 
 
 def flavour_payload(**overrides: Any) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from tests.builds.build_support import (
     serve_extension,
     upstream_mirrors,
 )
-from tests.builds.catalog_fixtures import Cast, make_extension
+from tests.builds.catalog_fixtures import Cast, hello_flavour
 from tests.upstream import UpstreamServer
 
 pytestmark = pytest.mark.django_db
@@ -137,14 +137,7 @@ def test_wrong_pin_fails_the_build_with_its_code_and_publishes_nothing(
 
 
 def test_reaper_fails_a_build_whose_heartbeat_stopped(cast: Cast, db: Any, settings: Any) -> None:
-    make_extension("hello")
-    flavour, _ = services.flavour_create(
-        user=cast.teammate,
-        team=cast.blue,
-        name="n",
-        arch="x86-64",
-        extensions=[{"name": "hello", "version": "v1.0.0"}],
-    )
+    flavour = hello_flavour(cast)
     build, created = services.build_request(flavour=flavour, user=cast.teammate)
     assert created
     long_ago = timezone.now() - timedelta(minutes=10)

@@ -15,26 +15,14 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 
 from builds import services
-from builds.models import Build, BuildState, Flavour, ImageArtifact, Webhook, WebhookDelivery
+from builds.models import Build, BuildState, ImageArtifact, Webhook, WebhookDelivery
 from catalog.models import ExtensionVersion
-from tests.builds.catalog_fixtures import Cast, make_cast, make_extension
-
-
-def _flavour(cast: Cast) -> Flavour:
-    make_extension("hello")
-    flavour, _ = services.flavour_create(
-        user=cast.teammate,
-        team=cast.blue,
-        name="n",
-        arch="x86-64",
-        extensions=[{"name": "hello", "version": "v1.0.0"}],
-    )
-    return flavour
+from tests.builds.catalog_fixtures import Cast, hello_flavour, make_cast, make_extension
 
 
 @pytest.mark.django_db
 def test_the_database_refuses_a_second_active_build_of_a_flavour(cast: Cast) -> None:
-    flavour = _flavour(cast)
+    flavour = hello_flavour(cast)
     Build.objects.create(flavour=flavour, state=BuildState.BAKING)
     with pytest.raises(IntegrityError), transaction.atomic():
         Build.objects.create(flavour=flavour, state=BuildState.QUEUED)
@@ -46,7 +34,7 @@ def test_the_database_refuses_a_second_active_build_of_a_flavour(cast: Cast) -> 
 
 @pytest.mark.django_db
 def test_requesting_again_returns_the_active_build(cast: Cast) -> None:
-    flavour = _flavour(cast)
+    flavour = hello_flavour(cast)
     first, created = services.build_request(flavour=flavour, user=cast.teammate)
     again, created_again = services.build_request(flavour=flavour, user=cast.owner)
     assert created and not created_again
@@ -55,7 +43,7 @@ def test_requesting_again_returns_the_active_build(cast: Cast) -> None:
 
 @pytest.mark.django_db
 def test_failed_builds_are_not_reused_but_retried(cast: Cast) -> None:
-    flavour = _flavour(cast)
+    flavour = hello_flavour(cast)
     first, _ = services.build_request(flavour=flavour, user=cast.teammate)
     Build.objects.filter(pk=first.pk).update(state=BuildState.FAILED)
     first.refresh_from_db()
@@ -72,7 +60,7 @@ def test_concurrent_requests_share_one_build() -> None:
     if connection.vendor != "postgresql":
         pytest.skip("concurrent writers need PostgreSQL (SQLite serialises the whole database)")
     cast = make_cast()
-    flavour = _flavour(cast)
+    flavour = hello_flavour(cast)
     barrier = threading.Barrier(8)
     results: list[tuple[str, bool]] = []
 
@@ -150,7 +138,7 @@ def receiver(settings: Any) -> Iterator[Receiver]:
 def test_a_build_that_ends_sends_a_signed_event_to_its_team_only(
     cast: Cast, receiver: Receiver, django_capture_on_commit_callbacks: Any
 ) -> None:
-    flavour = _flavour(cast)
+    flavour = hello_flavour(cast)
     hook = services.webhook_create(team=cast.blue, user=cast.owner, url=receiver.url)
     services.webhook_create(team=cast.red, user=cast.outsider, url=receiver.url + "/red")
     build, _ = services.build_request(flavour=flavour, user=cast.teammate)
@@ -176,7 +164,7 @@ def test_server_trouble_is_retried_and_a_refusal_is_not(
     cast: Cast, receiver: Receiver, status: int, retry: bool
 ) -> None:
     receiver.status = status
-    flavour = _flavour(cast)
+    flavour = hello_flavour(cast)
     services.webhook_create(team=cast.blue, user=cast.owner, url=receiver.url)
     build, _ = services.build_request(flavour=flavour, user=cast.teammate)
     services.build_fail(build_id=build.pk, code="x.y", message="z")
@@ -190,7 +178,7 @@ def test_server_trouble_is_retried_and_a_refusal_is_not(
 @pytest.mark.django_db
 def test_an_unreachable_webhook_is_retried(cast: Cast, settings: Any) -> None:
     settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = True
-    flavour = _flavour(cast)
+    flavour = hello_flavour(cast)
     services.webhook_create(team=cast.blue, user=cast.owner, url="http://127.0.0.1:9/nobody-listens")
     build, _ = services.build_request(flavour=flavour, user=cast.teammate)
     services.build_fail(build_id=build.pk, code="x.y", message="z")
@@ -216,7 +204,7 @@ def test_webhooks_to_internal_addresses_are_refused(cast: Cast, settings: Any, u
     assert response.status_code == 400
     assert "private or local" in response.json()["fields"]["url"][0]
     # One stored before the rule (or by an operator) is never contacted either.
-    flavour = _flavour(cast)
+    flavour = hello_flavour(cast)
     Webhook.objects.create(team=cast.blue, url=url, secret="s" * 32)
     build, _ = services.build_request(flavour=flavour, user=cast.teammate)
     services.build_fail(build_id=build.pk, code="x.y", message="z")

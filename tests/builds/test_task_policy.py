@@ -11,21 +11,14 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from builds import services, tasks
 from builds.models import Build, BuildState
 from builds.pipeline.errors import PipelineError
-from tests.builds.catalog_fixtures import Cast, make_extension
+from tests.builds.catalog_fixtures import Cast, hello_flavour
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def build(cast: Cast) -> Build:
-    make_extension("hello")
-    flavour, _ = services.flavour_create(
-        user=cast.teammate,
-        team=cast.blue,
-        name="n",
-        arch="x86-64",
-        extensions=[{"name": "hello", "version": "v1.0.0"}],
-    )
+    flavour = hello_flavour(cast)
     created, _ = services.build_request(flavour=flavour, user=cast.teammate)
     return created
 

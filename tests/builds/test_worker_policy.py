@@ -12,7 +12,7 @@ from builds import services, tasks
 from builds.models import Build, BuildImage, BuildState
 from builds.pipeline.errors import PipelineError
 from portal.celery import app
-from tests.builds.catalog_fixtures import Cast, make_extension
+from tests.builds.catalog_fixtures import Cast, hello_flavour
 
 BUILD_TASKS = [tasks.build_start, tasks.build_bake_image, tasks.build_finalize]
 
@@ -38,14 +38,7 @@ def test_a_user_error_fails_the_build_at_once_without_a_retry(
 ) -> None:
     settings.ARTIFACT_DIR = tmp_path / "artifacts"
     settings.S3 = None
-    make_extension("hello")
-    flavour, _ = services.flavour_create(
-        user=cast.teammate,
-        team=cast.blue,
-        name="n",
-        arch="x86-64",
-        extensions=[{"name": "hello", "version": "v1.0.0"}],
-    )
+    flavour = hello_flavour(cast)
     build, _ = services.build_request(flavour=flavour, user=cast.teammate)
     calls: list[tuple[Any, ...]] = []
 
