@@ -29,6 +29,17 @@ def world(transactional_db):
     return {"alice": alice, "blue": blue}
 
 
+def queued_docker_build(world, name):
+    """A build of Alice's docker flavour, left queued: no worker runs in these page tests."""
+    with mock.patch("builds.services._queue"):
+        flavour, _ = services.flavour_create(
+            user=world["alice"], team=world["blue"], name=name, arch="x86-64",
+            extensions=[{"name": "docker", "version": "28.0.4"}],
+        )  # fmt: skip
+        build, _ = services.build_request(flavour=flavour, user=world["alice"])
+    return build
+
+
 @pytest.fixture
 def no_js_page(chromium, live_server):
     context = chromium.new_context(base_url=live_server.url, java_script_enabled=False)
@@ -175,12 +186,7 @@ def test_the_butane_preview_scrolls_and_copies_from_the_keyboard(page, world):
 def test_build_page_live_and_at_phone_width(page, snap, world):
     from playwright.sync_api import expect
 
-    with mock.patch("builds.services._queue"):
-        flavour, _ = services.flavour_create(
-            user=world["alice"], team=world["blue"], name="edge", arch="x86-64",
-            extensions=[{"name": "docker", "version": "28.0.4"}],
-        )  # fmt: skip
-        build, _ = services.build_request(flavour=flavour, user=world["alice"])
+    build = queued_docker_build(world, "edge")
     page.set_viewport_size({"width": 390, "height": 844})
     sign_in(page, "alice")
     page.goto(f"/builds/{build.pk}/")
@@ -222,12 +228,8 @@ def test_butane_fragment_is_checked_as_you_type(page, snap, world):
 
 def test_every_page_fits_a_phone_without_sideways_scrolling(page, snap, world):
     """A 375 px wide phone: long digests, links and tables wrap or scroll inside their own box."""
-    with mock.patch("builds.services._queue"):
-        flavour, _ = services.flavour_create(
-            user=world["alice"], team=world["blue"], name="edge-phone", arch="x86-64",
-            extensions=[{"name": "docker", "version": "28.0.4"}],
-        )  # fmt: skip
-        build, _ = services.build_request(flavour=flavour, user=world["alice"])
+    build = queued_docker_build(world, "edge-phone")
+    flavour = build.flavour
     page.set_viewport_size({"width": 375, "height": 740})
     sign_in(page, "alice")
     state = "team=blue&name=edge-phone&arch=x86-64&channel=stable&x_docker=28.0.4&x_docker-compose=v2.34.0"
