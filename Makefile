@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format typecheck bench migrations-check venv clean
+.PHONY: run test reliability lint format typecheck bench migrations-check venv clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Bakehouse needs Python >= 3.11")'
@@ -24,6 +24,10 @@ run: venv
 ## test: the whole suite (pipeline, catalog, builds, browser)
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## reliability: worker kills, broker/database/S3 outages, races, hostile inputs, access matrix, secret scan
+reliability: venv
+	$(PY) -m pytest -m reliability $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,1 @@
+"""The reliability suite (issue 10): run with ``make reliability`` (``pytest -m reliability``)."""
