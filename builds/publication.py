@@ -12,6 +12,17 @@ From a node's point of view a publication is all or nothing: images go up first,
 and checked by the store, and only then are SHA256SUMS and its signature rewritten. An image that
 is uploaded but not (yet) listed is invisible to sysupdate.
 
+SHA256SUMS and SHA256SUMS.gpg are two objects, and no store (S3 least of all) replaces two objects
+at once. So the new pair is first staged, complete and verified, under ``pending-publication/``
+(the signature written last: a staged signature means "this pair is ready to switch"), then both
+live objects are written back to back, then the staged pair is deleted (signature first). A writer
+killed anywhere leaves either the old signed pair live, or a staged pair that the next writer of the
+prefix, or a worker at start (``recover_pending_publications``), switches in before doing anything
+else (``complete_pending_publication``). What remains: between the two live writes (one small PUT,
+nothing else in between) a node may read a mismatched pair; it refuses it as unsigned and retries
+later. A writer killed exactly there leaves that mismatch until the next worker start or the next
+publication to the prefix (a retried build), which complete the switch.
+
 Several workers may add versions of one extension at the same time. The read-merge-sign-write of
 its SHA256SUMS runs under ``publication_lock``: a PostgreSQL advisory lock keyed by the prefix
 (held until the surrounding transaction ends), or on SQLite the database write lock that
@@ -142,10 +153,83 @@ def _conflict(key: str, published: str, new: str) -> PipelineError:
     )
 
 
+PENDING_ROOT = "pending-publication/"
+
+
+def pending_keys(prefix: str) -> tuple[str, str]:
+    """Where the next SHA256SUMS of ``prefix`` and its signature are staged before the switch."""
+    return PENDING_ROOT + prefix + SUMS_FILE_NAME, PENDING_ROOT + prefix + SIGNATURE_FILE_NAME
+
+
+def _pair_verifies(sums: bytes, signature: bytes, keyring: bytes) -> bool:
+    with tempfile.TemporaryDirectory(prefix="bh-publish-") as work:
+        paths = [Path(work) / name for name in (SUMS_FILE_NAME, SIGNATURE_FILE_NAME, KEYRING_FILE_NAME)]
+        for path, data in zip(paths, (sums, signature, keyring), strict=True):
+            path.write_bytes(data)
+        try:
+            verify_like_systemd(*paths)
+        except PipelineError:
+            return False
+    return True
+
+
+def _switch_pending(
+    store: ArtifactStore, prefix: str, sums: bytes, signature: bytes
+) -> tuple[StoredObject, StoredObject]:
+    """Make the staged pair live, then drop the staging record (its signature first)."""
+    live_sums, live_signature = store.put_many(
+        [(prefix + SUMS_FILE_NAME, sums), (prefix + SIGNATURE_FILE_NAME, signature)]
+    )
+    staged_sums, staged_signature = pending_keys(prefix)
+    store.delete(staged_signature)
+    store.delete(staged_sums)
+    return live_sums, live_signature
+
+
+def complete_pending_publication(store: ArtifactStore, prefix: str, keyring: bytes) -> str | None:
+    """Finish or undo a switch of ``prefix``'s SHA256SUMS that a killed writer left half done.
+
+    Call it holding ``publication_lock(prefix)``. A staged pair whose signature verifies is
+    switched in ("completed"); a partial or unverifiable one is deleted ("discarded"): the live
+    pair was not touched yet. Returns None when nothing was pending.
+    """
+    staged_sums_key, staged_signature_key = pending_keys(prefix)
+    try:
+        signature = store.get_bytes(staged_signature_key)
+    except ArtifactNotFound:
+        if store.exists(staged_sums_key):  # killed while staging: the live pair is the old one
+            store.delete(staged_sums_key)
+            return "discarded"
+        return None
+    try:
+        sums = store.get_bytes(staged_sums_key)
+    except ArtifactNotFound:
+        sums = b""
+    if sums and _pair_verifies(sums, signature, keyring):
+        _switch_pending(store, prefix, sums, signature)
+        return "completed"
+    store.delete(staged_signature_key)
+    store.delete(staged_sums_key)
+    return "discarded"
+
+
+def recover_pending_publications(store: ArtifactStore, keyring: bytes) -> dict[str, str]:
+    """Complete every switch left pending in the store (a worker runs this at start)."""
+    prefixes = sorted({key[len(PENDING_ROOT) :].rsplit("/", 1)[0] + "/" for key in store.list(PENDING_ROOT)})
+    outcomes: dict[str, str] = {}
+    for prefix in prefixes:
+        with publication_lock(prefix):
+            outcome = complete_pending_publication(store, prefix, keyring)
+        if outcome:
+            outcomes[prefix] = outcome
+    return outcomes
+
+
 def _sign_and_upload_sums(
     store: ArtifactStore, signer: GpgSigner, prefix: str, entries: Mapping[str, str]
 ) -> tuple[StoredObject, StoredObject]:
-    """Write SHA256SUMS for ``entries``, sign it, check the signature as systemd will, upload both."""
+    """Write SHA256SUMS for ``entries``, sign it, check the signature as systemd will, stage the
+    pair, then switch it in (see the module docstring). Call it holding ``publication_lock``."""
     with tempfile.TemporaryDirectory(prefix="bh-publish-") as work:
         sums_path = Path(work) / SUMS_FILE_NAME
         sums_path.write_text(format_sums(entries), encoding="utf-8")
@@ -153,11 +237,10 @@ def _sign_and_upload_sums(
         keyring = Path(work) / KEYRING_FILE_NAME
         keyring.write_bytes(signer.export_public_keyring())
         verify_like_systemd(sums_path, signature_path, keyring)
-        # SHA256SUMS before its signature: in between, a node sees a mismatch and retries later;
-        # it never accepts an unsigned list.
-        sums = store.put_file(prefix + SUMS_FILE_NAME, sums_path)
-        signature = store.put_file(prefix + SIGNATURE_FILE_NAME, signature_path)
-    return sums, signature
+        staged_sums, staged_signature = pending_keys(prefix)
+        store.put_file(staged_sums, sums_path)
+        store.put_file(staged_signature, signature_path)  # from here on, the switch will happen
+        return _switch_pending(store, prefix, sums_path.read_bytes(), signature_path.read_bytes())
 
 
 def publish_extension(
@@ -199,6 +282,7 @@ def publish_extension(
 
     # 2. The listing, under the lock: merge with what others published meanwhile, sign, upload.
     with publication_lock(prefix):
+        complete_pending_publication(store, prefix, signer.export_public_keyring())
         listed = read_published_sums(store, prefix)
         for file_name, stored in uploaded.items():
             if file_name in listed and listed[file_name] != stored.sha256:
@@ -249,6 +333,7 @@ def publish_flavour(
             prefix + file_name, data, content_type=content_types.get(file_name)
         )
     with publication_lock(prefix):
+        complete_pending_publication(store, prefix, signer.export_public_keyring())
         sums, signature = _sign_and_upload_sums(
             store, signer, prefix, {file_name: obj.sha256 for file_name, obj in stored.items()}
         )

@@ -1242,3 +1242,49 @@ def build_finalize(*, build_id: Any) -> None:
         _build_end(build, BuildState.SUCCEEDED)
 
     _run_guarded(build_id, work)
+
+
+# --- worker start: finish what killed workers left ---------------------------------------------
+
+# Scratch directories of build and upload tasks (tempfile prefixes), in the system temp dir.
+SCRATCH_PREFIXES = ("bh-", "bakehouse-upload-")
+
+
+def scratch_remove_stale(*, older_than: float | None = None, now: float | None = None) -> list[str]:
+    """Remove task scratch directories no running task can still own; return their names.
+
+    A task never outlives the hard time limit, and a directory's mtime is never older than its
+    creation, so one untouched for longer than that limit was left by a killed worker (a
+    ``finally`` never runs under SIGKILL).
+    """
+    import shutil
+
+    older_than = settings.CELERY_TASK_TIME_LIMIT if older_than is None else older_than
+    now = time.time() if now is None else now
+    removed = []
+    for entry in Path(tempfile.gettempdir()).iterdir():
+        if not entry.name.startswith(SCRATCH_PREFIXES):
+            continue
+        try:
+            if not entry.is_dir() or entry.is_symlink() or now - entry.stat().st_mtime < older_than:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry.name)
+    return removed
+
+
+def worker_start_recover() -> None:
+    """Run once when a worker starts: drop stale scratch, finish interrupted SHA256SUMS switches."""
+    from builds.adapters.signing_key import get_signer
+    from builds.adapters.store import get_artifact_store
+    from builds.publication import recover_pending_publications
+
+    removed = scratch_remove_stale()
+    if removed:
+        logger.warning("removed %d scratch directories left by killed workers", len(removed))
+    with get_signer() as signer:
+        outcomes = recover_pending_publications(get_artifact_store(), signer.export_public_keyring())
+    for prefix, outcome in outcomes.items():
+        logger.warning("a killed worker left %sSHA256SUMS being switched: %s", prefix, outcome)

@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_ready
 from django.db import DatabaseError
 
 from builds import services
@@ -65,6 +66,15 @@ def _retry_or_fail(task: Task, build_id: str, exc: BaseException) -> None:
         build_id=build_id, text=f"Infrastructure trouble ({code}: {message}); retrying in {countdown} s."
     )
     raise task.retry(exc=exc, countdown=countdown, max_retries=MAX_RETRIES)
+
+
+@worker_ready.connect
+def _recover_at_worker_start(**_: Any) -> None:
+    """Before taking work: finish publications and remove scratch that killed workers left."""
+    try:
+        services.worker_start_recover()
+    except Exception:  # the store or database may be down; the next publication recovers too
+        logger.exception("recovery at worker start failed")
 
 
 @shared_task(bind=True, acks_late=True, max_retries=MAX_RETRIES, soft_time_limit=300)

@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +150,23 @@ class ArtifactStore(abc.ABC):
         expected = hashlib.sha256(data).hexdigest()
         self._write_bytes(key, data, sha256=expected, content_type=content_type)
         return self._verify_written(key, expected, content_type)
+
+    def put_many(self, items: Sequence[tuple[str, bytes]]) -> list[StoredObject]:
+        """Store several small objects back to back, then read each back and check it.
+
+        Readers may see some of the new objects with some of the old ones until the last write
+        lands; writing them all before any read-back keeps that span to the writes alone (the
+        publisher uses it to switch SHA256SUMS and its signature).
+        """
+        planned = []
+        for key, data in items:
+            check_key(key)
+            planned.append((key, data, hashlib.sha256(data).hexdigest(), guess_content_type(key)))
+        for key, data, expected, content_type in planned:
+            self._write_bytes(key, data, sha256=expected, content_type=content_type)
+        return [
+            self._verify_written(key, expected, content_type) for key, _, expected, content_type in planned
+        ]
 
     def _verify_written(self, key: str, expected: str, content_type: str) -> StoredObject:
         self._before_verify(key)
