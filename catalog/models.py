@@ -166,8 +166,13 @@ class Extension(models.Model):
 
 
 class VersionStatus(models.TextChoices):
-    """Life cycle of a version: proposed -> pinning -> approved, or -> rejected."""
+    """Life cycle of a version: proposed -> pinning -> approved, or -> rejected.
 
+    An uploaded version starts as ``checking`` while a worker unpacks its archive, then becomes
+    proposed, or rejected when the archive is refused (``UploadedArchive`` says why).
+    """
+
+    CHECKING = "checking", "Checking upload"
     PROPOSED = "proposed", "Proposed"
     PINNING = "pinning", "Pinning digests"
     APPROVED = "approved", "Approved"
@@ -179,7 +184,13 @@ class VersionStatus(models.TextChoices):
         return STATUS_BADGES[self.value]
 
 
-STATUS_BADGES = {"proposed": "blue", "pinning": "yellow", "approved": "green", "rejected": "red"}
+STATUS_BADGES = {
+    "checking": "yellow",
+    "proposed": "blue",
+    "pinning": "yellow",
+    "approved": "green",
+    "rejected": "red",
+}
 
 
 class ExtensionVersion(models.Model):
@@ -312,8 +323,14 @@ class UploadedArchive(models.Model):
 
     Kept as bytes in the database so any worker host can materialise it (see
     ``catalog.services.uploaded_archive_materialize``) without a shared filesystem; uploads are
-    capped by ``CUSTOM_UPLOAD_MAX_BYTES``.
+    capped by ``CUSTOM_UPLOAD_MAX_BYTES``. The web only stores the bytes; a worker unpacks them
+    (``catalog.services.uploaded_archive_check``) and sets ``state`` to ready or refused.
     """
+
+    class State(models.TextChoices):
+        CHECKING = "checking", "Checking"
+        READY = "ready", "Ready"
+        REFUSED = "refused", "Refused"
 
     version = models.OneToOneField(ExtensionVersion, on_delete=models.CASCADE, related_name="upload")
     file_name = models.CharField(max_length=255)
@@ -325,6 +342,10 @@ class UploadedArchive(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     uploaded_at = models.DateTimeField(auto_now_add=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.CHECKING)
+    error_code = models.CharField(max_length=100, blank=True)
+    error_message = models.TextField(blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.file_name} ({self.sha256[:12]})"

@@ -525,6 +525,23 @@ def _check_name_free(team: Team, name: str) -> None:
         )
 
 
+def _extension_insert(extension: Extension) -> Extension:
+    """Save a new extension; a concurrent request that took the name first is a 409, not a 500.
+
+    ``_check_name_free`` cannot see a row another transaction has not committed yet; the unique
+    constraint can. The savepoint keeps the caller's transaction usable to answer.
+    """
+    try:
+        with transaction.atomic():
+            extension.save(force_insert=True)
+    except IntegrityError:
+        raise CatalogConflict(
+            "extension.name-taken",
+            f"The extension name {extension.name!r} was just taken by another request; choose another name.",
+        ) from None
+    return extension
+
+
 def extension_create_custom(
     *,
     team: Team,
@@ -554,12 +571,14 @@ def _extension_create_from_recipe(*, team: Team, actor: Any, text: str) -> Exten
         raise CatalogError(exc.code, exc.message) from exc
     with transaction.atomic():
         _check_name_free(team, recipe.name)
-        extension = Extension.objects.create(
-            name=recipe.name,
-            team=team,
-            origin=Origin.RECIPE,
-            created_by=actor,
-            **_extension_fields(recipe, text),
+        extension = _extension_insert(
+            Extension(
+                name=recipe.name,
+                team=team,
+                origin=Origin.RECIPE,
+                created_by=actor,
+                **_extension_fields(recipe, text),
+            )
         )
         for name, spec in recipe.versions.items():
             version = ExtensionVersion.objects.create(
@@ -575,10 +594,14 @@ def _extension_create_from_recipe(*, team: Team, actor: Any, text: str) -> Exten
 
 
 def _extension_add_upload(*, team: Team, actor: Any, archive: uploads.CustomArchive) -> Extension:
-    """Validate the archive, then create the extension (or add a version to the team's own)."""
+    """Keep the archive and queue its check; the new version is ``checking`` until a worker has
+    unpacked it (``uploaded_archive_check``). Nothing is unpacked in the web request."""
+    from catalog.tasks import check_upload
+
     checked = uploads.validate_archive(archive)
     with transaction.atomic():
         extension = Extension.objects.filter(team=team, name=archive.name).first()
+        is_new = extension is None
         if extension is None:
             _check_name_free(team, archive.name)
             extension = Extension(name=archive.name, team=team, origin=Origin.UPLOAD, created_by=actor)
@@ -589,13 +612,21 @@ def _extension_add_upload(*, team: Team, actor: Any, archive: uploads.CustomArch
                 "choose another name for the upload.",
             )
         else:
-            previous = UploadedArchive.objects.filter(version__extension=extension).first()
+            previous = (
+                UploadedArchive.objects.filter(version__extension=extension)
+                .exclude(state=UploadedArchive.State.REFUSED)
+                .first()
+            )
             if previous is not None and previous.kind != checked.kind:
                 raise CatalogError(
                     "upload.kind-changed",
                     f"Earlier versions of {archive.name} were uploaded as {previous.kind}; upload a "
                     f"{previous.kind} archive.",
                 )
+            # A refused upload of this version may be replaced by a new one.
+            extension.versions.filter(
+                version=archive.version, upload__state=UploadedArchive.State.REFUSED
+            ).delete()
             if extension.versions.filter(version=archive.version).exists():
                 raise CatalogConflict(
                     "version.exists", f"{archive.name} {archive.version} was already uploaded."
@@ -606,11 +637,18 @@ def _extension_add_upload(*, team: Team, actor: Any, archive: uploads.CustomArch
         extension.delivery = "bake"
         extension.recipe_text = "# generated on upload; replaced below\n"
         extension.recipe_digest = ""
-        extension.save()
+        if is_new:
+            _extension_insert(extension)
+        else:
+            extension.save()
         version = ExtensionVersion.objects.create(
-            extension=extension, version=archive.version, proposed_by=actor, proposed_via="upload"
+            extension=extension,
+            version=archive.version,
+            proposed_by=actor,
+            proposed_via="upload",
+            status=VersionStatus.CHECKING,
         )
-        UploadedArchive.objects.create(
+        upload = UploadedArchive.objects.create(
             version=version,
             file_name=archive.file_name,
             kind=checked.kind,
@@ -619,9 +657,7 @@ def _extension_add_upload(*, team: Team, actor: Any, archive: uploads.CustomArch
             data=archive.data,
             uploaded_by=actor,
         )
-        extension.recipe_text = uploads.render_upload_recipe(extension)
-        extension.recipe_digest = hashlib.sha256(extension.recipe_text.encode()).hexdigest()
-        extension.save(update_fields=["recipe_text", "recipe_digest"])
+        _upload_recipe_render(extension)
         recipe = extension.recipe()
         for arch in recipe.arches:
             for source in recipe.resolve(version.version, arch):
@@ -635,13 +671,64 @@ def _extension_add_upload(*, team: Team, actor: Any, archive: uploads.CustomArch
                     origin="upload",
                     fetched_at=timezone.now(),
                 )
-        _record(
-            version,
-            ApprovalAction.PROPOSED,
-            actor=actor,
-            reason=f"Uploaded {archive.file_name} ({checked.size} bytes, sha256 {checked.sha256}).",
-        )
+        upload_id = upload.pk
+        transaction.on_commit(lambda: check_upload.delay(upload_id))
     return extension
+
+
+def _upload_recipe_render(extension: Extension) -> None:
+    extension.recipe_text = uploads.render_upload_recipe(extension)
+    extension.recipe_digest = hashlib.sha256(extension.recipe_text.encode()).hexdigest()
+    extension.save(update_fields=["recipe_text", "recipe_digest"])
+
+
+def uploaded_archive_check(*, upload_id: int) -> UploadedArchive | None:
+    """Unpack a ``checking`` upload within its budgets (a worker runs this, never the web).
+
+    The version becomes proposed, or rejected with the refusal's code and sentence, which the
+    API and the extension page show. Infrastructure trouble (a full disk) propagates: the task
+    is retried and the upload stays ``checking``.
+    """
+    upload = (
+        UploadedArchive.objects.select_related("version__extension", "uploaded_by")
+        .filter(pk=upload_id, state=UploadedArchive.State.CHECKING)
+        .first()
+    )
+    if upload is None:
+        return None
+    refusal: CatalogError | None = None
+    try:
+        uploads.check_archive_contents(bytes(upload.data), upload.kind, upload.file_name)
+    except CatalogError as exc:
+        refusal = exc
+    now = timezone.now()
+    with transaction.atomic():
+        if not UploadedArchive.objects.filter(pk=upload.pk, state=UploadedArchive.State.CHECKING).exists():
+            return upload  # checked by another delivery of the task meanwhile
+        version = ExtensionVersion.objects.select_for_update().get(pk=upload.version_id)
+        upload.checked_at = now
+        if refusal is None:
+            upload.state = UploadedArchive.State.READY
+            version.status = VersionStatus.PROPOSED
+            version.save(update_fields=["status"])
+            _record(
+                version,
+                ApprovalAction.PROPOSED,
+                actor=upload.uploaded_by,
+                reason=f"Uploaded {upload.file_name} ({upload.size} bytes, sha256 {upload.sha256}).",
+            )
+        else:
+            upload.state = UploadedArchive.State.REFUSED
+            upload.error_code = refusal.code[:100]
+            upload.error_message = refusal.message
+            version.status = VersionStatus.REJECTED
+            version.decided_at = now
+            version.reason = f"The uploaded archive was refused ({refusal.code}): {refusal.message}"
+            version.save(update_fields=["status", "decided_at", "reason"])
+            _record(version, ApprovalAction.REJECTED, reason=version.reason)
+        upload.save(update_fields=["state", "error_code", "error_message", "checked_at"])
+        _upload_recipe_render(version.extension)
+    return upload
 
 
 def uploaded_archive_materialize(*, version: ExtensionVersion) -> Path:
@@ -729,6 +816,7 @@ __all__ = [
     "SyncReport",
     "catalog_sync",
     "extension_create_custom",
+    "uploaded_archive_check",
     "uploaded_archive_materialize",
     "upstream_discover",
     "version_approve",

@@ -24,3 +24,9 @@ def discover_upstream_releases() -> list[str]:
 def reap_stuck_pinning() -> list[int]:
     """Periodic: versions whose pinning task was lost go back to proposed, with the error recorded."""
     return services.versions_reap_stuck_pinning()
+
+
+@shared_task(name="catalog.check_upload", acks_late=True, soft_time_limit=300)
+def check_upload(upload_id: int) -> None:
+    """Unpack an uploaded archive within its budgets; the version becomes proposed or rejected."""
+    services.uploaded_archive_check(upload_id=upload_id)

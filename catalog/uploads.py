@@ -2,12 +2,16 @@
 
 How an upload becomes a bakeable extension:
 
-1. The archive is unpacked by the pipeline's strict unpacker into a scratch directory, which
-   refuses path traversal, links leaving the tree, device nodes, FIFOs, setuid/setgid files and
-   archives over the size limits; then every file must sit under ``usr/`` (not ``usr/sbin``, not
-   an ``os-release`` or ``extension-release.d`` file). Anything else is a 400 with the reason.
-2. The archive bytes are kept as uploaded in ``UploadedArchive`` (the database), with their
-   sha256; each upload is one version of the extension.
+1. The web checks only what costs nothing (name, version, size, kind: a 400 otherwise), keeps
+   the bytes as uploaded in ``UploadedArchive`` (the database) with their sha256, and answers 202:
+   the version is ``checking``. Each upload is one version of the extension.
+2. A worker (``catalog.check_upload``) unpacks the archive with the pipeline's strict unpacker
+   into a scratch directory, within budgets of bytes, members, seconds and compression ratio
+   (``check_archive_contents``): it refuses path traversal, links leaving the tree, device nodes,
+   FIFOs, setuid/setgid files and bombs; then every file must sit under ``usr/`` (not
+   ``usr/sbin``, not an ``os-release`` or ``extension-release.d`` file). The version becomes
+   proposed, or rejected with the refusal's code and sentence. The scratch directory is always
+   removed; one left by a killed worker is removed when a worker starts.
 3. The extension's recipe is generated: one source ``upload`` with a ``file://`` URL template
    ``<FETCH_CACHE_DIR>/uploads/<team>/<name>/{version}.<kind>``, one install rule
    ``{from: usr, to: usr}``, and every version pinned to its upload's sha256.
@@ -47,10 +51,16 @@ from builds.pipeline.recipe import (
 from catalog.errors import CatalogError
 
 if TYPE_CHECKING:
+    from builds.pipeline.archive import UnpackLimits
     from catalog.models import Extension, UploadedArchive
 
 DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
+# A sysext of a large toolchain has some thousands of files; 99k empty directories is an attack.
+DEFAULT_MAX_UNPACKED_ENTRIES = 20_000
+DEFAULT_CHECK_SECONDS = 60.0
+# Binaries compress 3-5x and text 10x; a gzip bomb about 1000x.
+DEFAULT_MAX_RATIO = 100.0
 UPLOAD_KINDS = ("tar.gz", "tgz", "tar.xz", "tar.zst", "zip")
 SOURCE_ID = "upload"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -87,7 +97,7 @@ def _refuse(code: str, message: str) -> CatalogError:
 
 
 def validate_archive(archive: CustomArchive) -> CheckedArchive:
-    """Check the metadata and unpack the archive strictly into a scratch directory.
+    """Check the metadata, size and kind, without unpacking (a worker does that later).
 
     Raises CatalogError (400) with a sentence naming the problem; returns kind, sha256 and size.
     """
@@ -119,24 +129,44 @@ def validate_archive(archive: CustomArchive) -> CheckedArchive:
             f"{archive.file_name!r} is not a supported archive: "
             "upload a .tar.gz, .tgz, .tar.xz, .tar.zst or .zip.",
         )
-    with tempfile.TemporaryDirectory(prefix="bakehouse-upload-") as scratch:
-        # Named after the user's file so the unpacker's messages speak of it.
-        stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(archive.file_name).name)[:100] or "upload"
-        path = Path(scratch, stem if stem.endswith("." + kind) else f"{stem}.{kind}")
-        path.write_bytes(archive.data)
-        tree = Path(scratch, "tree")
-        tree.mkdir()
-        _unpack_strictly(path, kind, tree, archive.file_name)
-        _check_layout(tree)
     return CheckedArchive(kind=kind, sha256=hashlib.sha256(archive.data).hexdigest(), size=len(archive.data))
 
 
-def _unpack_strictly(path: Path, kind: str, dest: Path, file_name: str) -> None:
-    from builds.pipeline.archive import UnpackLimits, unpack
+def check_archive_contents(data: bytes, kind: str, file_name: str) -> None:
+    """Unpack an upload strictly within its budgets and check the layout (run by a worker).
 
-    max_bytes = int(getattr(settings, "CUSTOM_UPLOAD_MAX_UNPACKED_BYTES", DEFAULT_MAX_UNPACKED_BYTES))
+    Raises CatalogError with the refusal's code and sentence. The scratch directory is removed
+    whatever happens (short of SIGKILL: see ``builds.services.scratch_remove_stale``).
+    """
+    with tempfile.TemporaryDirectory(prefix="bakehouse-upload-") as scratch:
+        # Named after the user's file so the unpacker's messages speak of it.
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(file_name).name)[:100] or "upload"
+        path = Path(scratch, stem if stem.endswith("." + kind) else f"{stem}.{kind}")
+        path.write_bytes(data)
+        tree = Path(scratch, "tree")
+        tree.mkdir()
+        _unpack_strictly(path, kind, tree, file_name)
+        _check_layout(tree)
+
+
+def upload_limits() -> UnpackLimits:
+    from builds.pipeline.archive import UnpackLimits
+
+    return UnpackLimits(
+        max_total_bytes=int(
+            getattr(settings, "CUSTOM_UPLOAD_MAX_UNPACKED_BYTES", DEFAULT_MAX_UNPACKED_BYTES)
+        ),
+        max_members=int(getattr(settings, "CUSTOM_UPLOAD_MAX_ENTRIES", DEFAULT_MAX_UNPACKED_ENTRIES)),
+        max_seconds=float(getattr(settings, "CUSTOM_UPLOAD_CHECK_SECONDS", DEFAULT_CHECK_SECONDS)),
+        max_ratio=float(getattr(settings, "CUSTOM_UPLOAD_MAX_RATIO", DEFAULT_MAX_RATIO)),
+    )
+
+
+def _unpack_strictly(path: Path, kind: str, dest: Path, file_name: str) -> None:
+    from builds.pipeline.archive import unpack
+
     try:
-        result = unpack(path, kind, dest, limits=UnpackLimits(max_total_bytes=max_bytes), file_name=file_name)
+        result = unpack(path, kind, dest, limits=upload_limits(), file_name=file_name)
     except PipelineError as exc:
         raise _refuse(exc.code, f"The archive was refused: {exc.message}") from exc
     # The unpacker clears setuid/setgid bits of upstream tarballs; from a user it is a refusal.
@@ -204,7 +234,11 @@ def _uploads(extension: Extension) -> list[tuple[str, str, str, bool]]:
     """(version, kind, sha256, deprecated) of every uploaded version, oldest first."""
     from catalog.models import UploadedArchive
 
-    rows = UploadedArchive.objects.filter(version__extension=extension).order_by("version__proposed_at", "pk")
+    rows = (
+        UploadedArchive.objects.filter(version__extension=extension)
+        .exclude(state=UploadedArchive.State.REFUSED)
+        .order_by("version__proposed_at", "pk")
+    )
     return [
         (u.version.version, u.kind, u.sha256, u.version.deprecated) for u in rows.select_related("version")
     ]

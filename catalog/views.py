@@ -216,9 +216,11 @@ def custom_extension_create(request: HttpRequest) -> HttpResponse:
             else:
                 _attach_error(form, exc, UPLOAD_ERROR_FIELDS, default="file")
         else:
-            messages.success(
-                request, f"{extension.name} added to team {team.name}; its versions await review."
-            )
+            if posted == "upload":
+                note = "the archive is being checked; the version awaits review once it passes."
+            else:
+                note = "its versions await review."
+            messages.success(request, f"{extension.name} added to team {team.name}; {note}")
             return redirect(extension_url(extension))
     context = {
         "recipe_form": recipe_form,

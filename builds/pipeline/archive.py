@@ -20,6 +20,10 @@ What is refused, each with a stable code (the destination is then removed entire
 - ``archive.duplicate-member``: a path that appears twice (except a directory repeated);
 - ``archive.too-many-members`` / ``archive.too-large``: caps counted while extracting, never
   taken from headers (decompression bombs);
+- ``archive.ratio``: with ``max_ratio``, more bytes came out than that many times the compressed
+  bytes read so far: a bomb is stopped after a few MiB, not after its whole expanded size;
+- ``archive.too-slow``: with ``max_seconds``, unpacking took longer than that (thousands of tiny
+  members, say), checked at every member and chunk;
 - ``archive.corrupt``: anything the decoders cannot read; ``archive.unsupported-kind``.
 
 setuid, setgid and sticky bits are *cleared*, not refused: upstream release tarballs sometimes
@@ -40,6 +44,7 @@ import os
 import shutil
 import stat
 import tarfile
+import time
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -77,6 +82,11 @@ class UnpackLimits:
     max_members: int = 200_000
     max_total_bytes: int = 8 * 1024**3
     max_path_length: int = 1024
+    # Decompressed bytes per compressed byte read so far; None: no check. The first
+    # ``ratio_floor`` compressed bytes may expand as much as ``max_ratio * ratio_floor``.
+    max_ratio: float | None = None
+    ratio_floor: int = 64 * 1024
+    max_seconds: float | None = None  # wall-clock budget for the whole unpack
 
 
 @dataclass
@@ -175,10 +185,12 @@ class _BudgetReader(io.RawIOBase):
     """Counts decompressed bytes and refuses to read past a budget, before allocating anything:
     tar headers (pax records, GNU long names) are read into memory at whatever size they claim."""
 
-    def __init__(self, inner: _Readable, budget: int, writer: _TreeWriter) -> None:
+    def __init__(self, inner: _Readable, budget: int, writer: _TreeWriter, raw: BinaryIO) -> None:
         self._inner = inner
         self._left = budget
+        self._produced = 0
         self._writer = writer
+        self._raw = raw  # the compressed file: its position is what the decoder consumed
 
     def readable(self) -> bool:
         return True
@@ -189,6 +201,9 @@ class _BudgetReader(io.RawIOBase):
         self._left -= len(data)
         if self._left < 0:
             raise self._writer.too_large()
+        self._produced += len(data)
+        self._writer.check_ratio(self._produced, self._raw.tell())
+        self._writer.check_time()
         return data
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
@@ -211,7 +226,7 @@ def _decompressed(raw: BinaryIO, kind: str, writer: _TreeWriter) -> _BudgetReade
         stream = raw
     # Headers take room beyond file data: 512 bytes per member, plus padding and long names.
     budget = writer.limits.max_total_bytes + writer.limits.max_members * 2048 + 1024 * 1024
-    return _BudgetReader(stream, budget, writer)
+    return _BudgetReader(stream, budget, writer, raw)
 
 
 def _chunks(handle: IO[bytes]) -> Iterator[bytes]:
@@ -259,7 +274,22 @@ def _tar_kind(member: tarfile.TarInfo) -> str:
     return f"special member (type {member.type!r})"
 
 
+def _ratio_checked(
+    chunks: Iterator[bytes], writer: _TreeWriter, compressed: int, archive_size: int
+) -> Iterator[bytes]:
+    """A zip member's bytes, checked against its own compressed size and against the whole
+    archive's (members may share compressed bytes: the overlapping-entries bomb)."""
+    produced = 0
+    for chunk in chunks:
+        produced += len(chunk)
+        writer.check_ratio(produced, min(compressed, archive_size))
+        writer.check_ratio(writer.result.total_bytes + len(chunk), archive_size)
+        writer.check_time()
+        yield chunk
+
+
 def _unpack_zip(raw: BinaryIO, writer: _TreeWriter) -> None:
+    archive_size = os.fstat(raw.fileno()).st_size
     with zipfile.ZipFile(raw) as archive:
         infos = archive.infolist()
         if len(infos) > writer.limits.max_members:
@@ -283,7 +313,8 @@ def _unpack_zip(raw: BinaryIO, writer: _TreeWriter) -> None:
                 writer.add_symlink(name, target.decode("utf-8"))
             elif file_type in (0, stat.S_IFREG):
                 with archive.open(info) as handle:
-                    writer.add_file(name, unix_mode & 0o7777 or 0o644, _chunks(handle))
+                    chunks = _ratio_checked(_chunks(handle), writer, info.compress_size, archive_size)
+                    writer.add_file(name, unix_mode & 0o7777 or 0o644, chunks)
             else:
                 writer.check_path(name)
                 raise PipelineError(
@@ -310,6 +341,7 @@ class _TreeWriter:
         self._kinds: dict[str, str] = {}  # relative path -> "dir" | "file" | "symlink"
         self._root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self._dir_cache: tuple[str, int] | None = None
+        self._deadline = time.monotonic() + limits.max_seconds if limits.max_seconds is not None else None
 
     def close(self) -> None:
         self._forget_cached_dir()
@@ -323,6 +355,24 @@ class _TreeWriter:
         self._members += 1
         if self._members > self.limits.max_members:
             raise self.too_many()
+        self.check_time()
+
+    def check_time(self) -> None:
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise PipelineError(
+                "archive.too-slow",
+                f"{self.archive_name} took more than {self.limits.max_seconds:g} s to unpack; "
+                "refusing it (too many members, or too much data)",
+            )
+
+    def check_ratio(self, produced: int, consumed: int) -> None:
+        ratio = self.limits.max_ratio
+        if ratio is not None and produced > ratio * max(consumed, self.limits.ratio_floor):
+            raise PipelineError(
+                "archive.ratio",
+                f"{self.archive_name} expands more than {ratio:g} times its compressed size; "
+                "refusing it as a decompression bomb",
+            )
 
     def too_many(self) -> PipelineError:
         return PipelineError(
@@ -341,6 +391,7 @@ class _TreeWriter:
         self.result.total_bytes += size
         if self.result.total_bytes > self.limits.max_total_bytes:
             raise self.too_large()
+        self.check_time()
 
     # -- paths -----------------------------------------------------------------------------
 

@@ -85,7 +85,10 @@ class ExtensionListView(mixins.ListModelMixin, CatalogAPIView):
         data = ExtensionListSerializer(page, many=True).data
         return self.get_paginated_response(data)
 
-    @extend_schema(request=CustomExtensionSerializer, responses={201: ExtensionDetailSerializer})
+    @extend_schema(
+        request=CustomExtensionSerializer,
+        responses={201: ExtensionDetailSerializer, 202: ExtensionDetailSerializer},
+    )
     def post(self, request: Request) -> Response:
         form = CustomExtensionSerializer(data=request.data)
         form.is_valid(raise_exception=True)
@@ -114,7 +117,10 @@ class ExtensionListView(mixins.ListModelMixin, CatalogAPIView):
             )
             extension = services.extension_create_custom(team=team, actor=request.user, archive=archive)
         fresh = extension_detail_queryset(request.user, team=team).get(pk=extension.pk)
-        return Response(ExtensionDetailSerializer(fresh).data, status=status.HTTP_201_CREATED)
+        # An upload is kept, not yet checked: its version stays "checking" until a worker has
+        # unpacked it, then becomes "proposed" or "rejected" (with the refusal's code in "reason").
+        answer = status.HTTP_201_CREATED if "recipe" in data else status.HTTP_202_ACCEPTED
+        return Response(ExtensionDetailSerializer(fresh).data, status=answer)
 
     def _target_team(self, slug: str | None) -> Team:
         user = self.request.user
