@@ -25,6 +25,7 @@ from builds.forms import (
     ComposerState,
     OptionsForm,
     TargetForm,
+    TeamSettingsForm,
     WebhookForm,
     error_place,
     extension_rows,
@@ -34,6 +35,7 @@ from builds.forms import (
 )
 from builds.models import Arch, Artifact, ArtifactKind, Build, BuildImage, BuildState, Flavour
 from builds.pipeline.errors import PipelineError
+from catalog import services as catalog_services
 from catalog.models import Delivery, ExtensionVersion, Role, Team
 from catalog.permissions import has_team_role
 from catalog.selectors import extensions_visible_to, versions_usable_for_new_flavours
@@ -535,6 +537,12 @@ def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
     if request.method == "POST":
         if not is_admin:
             return _forbidden_admin(request, team)
+        if "team_settings" in request.POST:
+            settings_form = TeamSettingsForm(request.POST)
+            settings_form.is_valid()  # two check boxes: always valid
+            catalog_services.team_settings_update(team=team, actor=request.user, **settings_form.cleaned_data)
+            messages.success(request, "Team settings saved.")
+            return redirect("builds:team-detail", team.slug)
         if "delete" in request.POST:
             hooks = selectors.webhooks_visible_to(user=request.user).filter(team=team)
             hook_id = request.POST["delete"]
@@ -557,11 +565,14 @@ def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "webhooks": selectors.webhooks_visible_to(user=request.user).filter(team=team),
         "is_admin": is_admin,
         "form": form,
+        "settings_form": TeamSettingsForm(
+            initial={name: getattr(team, name) for name in catalog_services.TEAM_SETTINGS}
+        ),
         "new_secret": new_secret,
     }
     return render(request, "builds/team_detail.html", context)
 
 
 def _forbidden_admin(request: HttpRequest, team: Team) -> HttpResponse:
-    message = f"Managing webhooks needs the admin role in team {team.name}."
+    message = f"Managing webhooks and team settings needs the admin role in team {team.name}."
     return render(request, "error.html", {"title": "Not allowed", "message": message}, status=403)

@@ -7,7 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from builds.pipeline.recipe import SYSTEMD_ARCHES
-from catalog.models import ApprovalRecord, Category, Extension, ExtensionVersion, UpstreamDigest
+from catalog.models import ApprovalRecord, Category, Extension, ExtensionVersion, Team, UpstreamDigest
 
 
 def _username(user: Any) -> str | None:
@@ -22,13 +22,39 @@ class UpstreamDigestSerializer(serializers.ModelSerializer):
 
 class ApprovalRecordSerializer(serializers.ModelSerializer):
     actor = serializers.SerializerMethodField()
+    proposer = serializers.SerializerMethodField(
+        help_text="On approvals: who proposed the version (a username, or the system part that filed it)."
+    )
 
     class Meta:
         model = ApprovalRecord
-        fields = ["action", "actor", "at", "reason"]
+        fields = ["action", "actor", "proposer", "at", "reason"]
 
     def get_actor(self, record: ApprovalRecord) -> str:
         return _username(record.actor) or record.actor_label or "system"
+
+    def get_proposer(self, record: ApprovalRecord) -> str | None:
+        return _username(record.proposer) or record.proposer_label or None
+
+
+class TeamSerializer(serializers.ModelSerializer):
+    """A team and its rules; admins change the rules with PATCH."""
+
+    two_person_approval = serializers.BooleanField(
+        required=False,
+        help_text="Whoever proposed a version cannot approve it; another curator must.",
+    )
+    private_artifacts = serializers.BooleanField(
+        required=False,
+        help_text="Serve the team's extension images and flavour files only to signed-in members "
+        "and to nodes holding a flavour's token, never at the public /artifacts/ URLs (404 there). "
+        "Extension names stay global and visible to everyone adding an extension.",
+    )
+
+    class Meta:
+        model = Team
+        fields = ["slug", "name", "two_person_approval", "private_artifacts"]
+        read_only_fields = ["slug", "name"]
 
 
 class ExtensionVersionSerializer(serializers.ModelSerializer):

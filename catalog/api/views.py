@@ -19,6 +19,7 @@ from catalog.api.serializers import (
     ExtensionDetailSerializer,
     ExtensionListSerializer,
     ExtensionVersionSerializer,
+    TeamSerializer,
     VersionDecisionSerializer,
     VersionProposeSerializer,
 )
@@ -212,3 +213,21 @@ class VersionDeprecateView(CatalogAPIView):
         )
         changed.refresh_from_db()
         return Response(ExtensionVersionSerializer(changed).data)
+
+
+class TeamDetailView(CatalogAPIView):
+    """GET: a team of yours and its rules. PATCH: a team admin switches them
+    (``two_person_approval``, ``private_artifacts``)."""
+
+    serializer_class = TeamSerializer
+
+    def get(self, request: Request, slug: str) -> Response:
+        return Response(TeamSerializer(team_for_user(request.user, slug)).data)
+
+    @extend_schema(request=TeamSerializer, responses={200: TeamSerializer})
+    def patch(self, request: Request, slug: str) -> Response:
+        team = team_for_user(request.user, slug)
+        form = TeamSerializer(data=request.data, partial=True)
+        form.is_valid(raise_exception=True)
+        services.team_settings_update(team=team, actor=request.user, **form.validated_data)
+        return Response(TeamSerializer(team).data)
