@@ -15,6 +15,13 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from builds import selectors, services
+from builds.access import (
+    artifact_url_for,
+    flavour_is_private,
+    flavour_token_rotate,
+    public_read_allowed,
+    token_read_allowed,
+)
 from builds.adapters.store import ArtifactNotFound, ArtifactStoreError, get_artifact_store
 from builds.flavours import MAX_FRAGMENT_BYTES, FlavourInvalid, flavour_choices_resolve, fragment_problems
 from builds.forms import (
@@ -47,8 +54,30 @@ def artifact_download(request: HttpRequest, key: str) -> HttpResponse:
 
     No authentication: this is the public prefix that ``PUBLIC_BASE_URL`` points at by default,
     and sysupdate appends file names to it. Keys are checked by the store (no ``..``, no hidden
-    segments), so nothing outside the published tree can be reached.
+    segments), so nothing outside the published tree can be reached. Private artifacts
+    (``builds.access``) are served here only to signed-in members of their team; anyone else gets
+    the 404 of a missing key, so their names do not leak.
     """
+    if not public_read_allowed(request.user, key):
+        raise Http404("No such artifact.")
+    return _serve_artifact(key)
+
+
+@require_safe
+def artifact_download_private(request: HttpRequest, token: str, key: str) -> HttpResponse:
+    """``/artifacts/private/TOKEN/KEY``: a private flavour's artifacts, for nodes holding its token.
+
+    A wrong, rotated or other flavour's token is a 404 like a missing key.
+    """
+    if not token_read_allowed(token, key):
+        raise Http404("No such artifact.")
+    response = _serve_artifact(key)
+    response["Cache-Control"] = "private, " + response["Cache-Control"]
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _serve_artifact(key: str) -> HttpResponse:
     store = get_artifact_store()
     try:
         stored = store.stat(key)
@@ -492,18 +521,18 @@ def flavour_detail(request: HttpRequest, flavour_id: str) -> HttpResponse:
         .prefetch_related("builds")
         .order_by("-revision")
     )
+    node_url = artifact_url_for(flavour)  # token URLs for a private flavour
     context = {
         "flavour": flavour,
+        "private": flavour_is_private(flavour),
         "options": services.flavour_options(flavour),
         "versions": flavour.extension_versions.select_related("extension").order_by("extension__name"),
         "latest": latest,
         "artifacts": artifacts,
-        "public_urls": {a.pk: get_artifact_store().public_url(a.key) for a in artifacts},
+        "public_urls": {a.pk: node_url(a.key) for a in artifacts},
         "butane": _latest_artifact_text(flavour, ArtifactKind.BUTANE),
         "ignition": _latest_artifact_text(flavour, ArtifactKind.IGNITION),
-        "ignition_url": next(
-            (get_artifact_store().public_url(a.key) for a in artifacts if a.kind == ArtifactKind.IGNITION), ""
-        ),
+        "ignition_url": next((node_url(a.key) for a in artifacts if a.kind == ArtifactKind.IGNITION), ""),
         "builds": flavour.builds.order_by("-created_at")[:20],
         "revisions": revisions,
         "can_build": has_team_role(request.user, flavour.team, Role.BUILDER),
@@ -520,6 +549,26 @@ def flavour_build(request: HttpRequest, flavour_id: str) -> HttpResponse:
     if not has_team_role(request.user, flavour.team, Role.BUILDER):
         return _forbidden(request, "start builds", flavour.team)
     build, _created = services.build_request(flavour=flavour, user=request.user)
+    return redirect("builds:build-detail", build.pk)
+
+
+@login_required
+@require_POST
+def flavour_rotate_token(request: HttpRequest, flavour_id: str) -> HttpResponse:
+    """Replace a private flavour's token; its files are published again with the new one."""
+    flavour = get_object_or_404(selectors.flavours_visible_to(user=request.user), pk=flavour_id)
+    try:
+        _token, build = flavour_token_rotate(flavour=flavour, user=request.user)
+    except services.BuildRefused as refused:
+        if refused.status == 403:
+            return _forbidden(request, "rotate the token", flavour.team)
+        messages.error(request, refused.message)
+        return redirect("builds:flavour-detail", flavour.pk)
+    messages.success(
+        request,
+        "Token rotated: the old URLs no longer work. The flavour's files are being published again "
+        "with the new one; provision nodes (or update their transfer files) from them.",
+    )
     return redirect("builds:build-detail", build.pk)
 
 

@@ -15,6 +15,7 @@ from builds.pipeline.errors import PipelineError
 from builds.pipeline.recipe import SYSTEMD_ARCHES
 from catalog import services, uploads
 from catalog.api.serializers import (
+    PRIVACY_NOTE,
     CustomExtensionSerializer,
     ExtensionDetailSerializer,
     ExtensionListSerializer,
@@ -86,7 +87,12 @@ class ExtensionListView(mixins.ListModelMixin, CatalogAPIView):
         data = ExtensionListSerializer(page, many=True).data
         return self.get_paginated_response(data)
 
-    @extend_schema(request=CustomExtensionSerializer, responses={201: ExtensionDetailSerializer})
+    @extend_schema(
+        request=CustomExtensionSerializer,
+        responses={201: ExtensionDetailSerializer},
+        description="Add a team's private extension (builders). Only the team sees it in the catalog. "
+        + PRIVACY_NOTE,
+    )
     def post(self, request: Request) -> Response:
         form = CustomExtensionSerializer(data=request.data)
         form.is_valid(raise_exception=True)
