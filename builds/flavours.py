@@ -11,6 +11,7 @@ nothing is dropped silently (an unknown option is an error, not ignored).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -63,9 +64,13 @@ class FlavourOptions:
     butane_fragment: str = ""
     image_format: str = IMAGE_FORMATS[0]
     compression: str = COMPRESSIONS[0]
+    # Artifacts served only to the team and to nodes holding the flavour's token (builds.access).
+    private: bool = False
 
     def as_document(self) -> dict[str, Any]:
+        # "private" appears only when set, so flavours made before it existed keep their IDs.
         return {
+            **({"private": True} if self.private else {}),
             "channel": self.channel,
             "butane_version": self.butane_version,
             "updates": self.updates,
@@ -91,7 +96,7 @@ class FlavourOptions:
         return cls(**values)
 
 
-OPTION_NAMES = tuple(FlavourOptions().as_document())
+OPTION_NAMES = (*FlavourOptions().as_document(), "private")
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,13 @@ def flavour_choices_resolve(
         errors.add("arch", f"Unsupported architecture {arch!r}; choose one of {', '.join(Arch.values)}.")
     chosen = _resolve_extensions(team, extensions, arch if arch in Arch.values else None, previous, errors)
     flavour_options = _resolve_options(options, errors)
+    if team.private_artifacts and not flavour_options.private:
+        if isinstance(options, Mapping) and options.get("private") is False:
+            errors.add(
+                "options.private",
+                f"Team {team.slug} keeps its artifacts private: its flavours cannot be public.",
+            )
+        flavour_options = dataclasses.replace(flavour_options, private=True)
     if not errors:
         _check_relations(chosen, errors)
     if not errors:
@@ -321,6 +333,7 @@ def _resolve_options(raw: Any, errors: _Errors) -> FlavourOptions:
     boolean("updates")
     boolean("minor_pinning")
     boolean("signed")
+    boolean("private")
 
     if "masks" in raw:
         masks = raw["masks"]

@@ -348,6 +348,23 @@ class WebhookForm(forms.Form):
         return url
 
 
+class TeamSettingsForm(forms.Form):
+    """A team admin's switches (catalog.services.TEAM_SETTINGS)."""
+
+    two_person_approval = forms.BooleanField(
+        required=False,
+        label="Two people approve",
+        help_text="Whoever proposed a version cannot approve it; another curator must.",
+    )
+    private_artifacts = forms.BooleanField(
+        required=False,
+        label="Private artifacts",
+        help_text="Serve the team's extension images and flavour files only to signed-in members and to "
+        "nodes holding a flavour's token. Switching on closes their public /artifacts/ URLs at once: "
+        "nodes provisioned from a public flavour stop getting updates until re-provisioned.",
+    )
+
+
 # --- the extensions step ------------------------------------------------------------------------
 
 

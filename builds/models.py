@@ -56,6 +56,22 @@ class Flavour(models.Model):
         return f"{self.name} ({self.id[:12]})"
 
 
+class FlavourToken(models.Model):
+    """The secret that lets nodes read a private flavour's artifacts (see ``builds.access``).
+
+    It lives in a path segment (``PUBLIC_BASE_URL/private/TOKEN/...``) because sysupdate appends
+    file names to its URL and sends no headers. Rotating replaces it: the old URLs answer 404.
+    """
+
+    flavour = models.OneToOneField(Flavour, on_delete=models.CASCADE, primary_key=True, related_name="token")
+    token = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    rotated_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"token of {self.flavour_id[:12]}"
+
+
 class FlavourExtension(models.Model):
     """One extension version chosen in a flavour."""
 

@@ -188,14 +188,17 @@ def flavour_options(flavour: Flavour) -> FlavourOptions:
 # --- build requests -----------------------------------------------------------------------------
 
 
-def build_request(*, flavour: Flavour, user: Any, retry_of: Build | None = None) -> tuple[Build, bool]:
+def build_request(
+    *, flavour: Flavour, user: Any, retry_of: Build | None = None, republish: bool = False
+) -> tuple[Build, bool]:
     """Start a build of ``flavour``, or return the build that already covers it.
 
     Returns (build, created). An active build of the flavour is shared (the database allows at
     most one, so concurrent requests cannot both create one); a succeeded build is returned as is,
-    since the same flavour always means the same artifacts.
+    since the same flavour always means the same artifacts, unless ``republish`` (a private
+    flavour's token was rotated, so its files must be published again with the new one).
     """
-    if retry_of is None:
+    if retry_of is None and not republish:
         done = (
             Build.objects.filter(flavour=flavour, state=BuildState.SUCCEEDED).order_by("-created_at").first()
         )
@@ -1206,10 +1209,12 @@ def build_finalize(*, build_id: Any) -> None:
                 keyring = signer.export_public_keyring()
                 _log(build_id, f"Signing with key {signer.fingerprint}.")
                 with _step(build_id, "render Butane and Ignition"):
-                    config = flavour_config(
-                        build.flavour, ready, keyring=keyring, public_url=store.public_url
-                    )
-                    files = _flavour_files(build.flavour, config, ready, store.public_url)
+                    from builds.access import artifact_url_for
+
+                    # A private flavour's nodes read through its token URL (builds.access).
+                    node_url = artifact_url_for(build.flavour)
+                    config = flavour_config(build.flavour, ready, keyring=keyring, public_url=node_url)
+                    files = _flavour_files(build.flavour, config, ready, node_url)
                 _check_cancel(build_id)  # the last point where stopping leaves nothing new behind
 
                 _advance(

@@ -15,6 +15,13 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from builds import selectors, services
+from builds.access import (
+    artifact_url_for,
+    flavour_is_private,
+    flavour_token_rotate,
+    public_read_allowed,
+    token_read_allowed,
+)
 from builds.adapters.store import ArtifactNotFound, ArtifactStoreError, get_artifact_store
 from builds.flavours import MAX_FRAGMENT_BYTES, FlavourInvalid, flavour_choices_resolve, fragment_problems
 from builds.forms import (
@@ -25,6 +32,7 @@ from builds.forms import (
     ComposerState,
     OptionsForm,
     TargetForm,
+    TeamSettingsForm,
     WebhookForm,
     error_place,
     extension_rows,
@@ -34,6 +42,7 @@ from builds.forms import (
 )
 from builds.models import Arch, Artifact, ArtifactKind, Build, BuildImage, BuildState, Flavour
 from builds.pipeline.errors import PipelineError
+from catalog import services as catalog_services
 from catalog.models import Delivery, ExtensionVersion, Role, Team
 from catalog.permissions import has_team_role
 from catalog.selectors import extensions_visible_to, versions_usable_for_new_flavours
@@ -45,8 +54,30 @@ def artifact_download(request: HttpRequest, key: str) -> HttpResponse:
 
     No authentication: this is the public prefix that ``PUBLIC_BASE_URL`` points at by default,
     and sysupdate appends file names to it. Keys are checked by the store (no ``..``, no hidden
-    segments), so nothing outside the published tree can be reached.
+    segments), so nothing outside the published tree can be reached. Private artifacts
+    (``builds.access``) are served here only to signed-in members of their team; anyone else gets
+    the 404 of a missing key, so their names do not leak.
     """
+    if not public_read_allowed(request.user, key):
+        raise Http404("No such artifact.")
+    return _serve_artifact(key)
+
+
+@require_safe
+def artifact_download_private(request: HttpRequest, token: str, key: str) -> HttpResponse:
+    """``/artifacts/private/TOKEN/KEY``: a private flavour's artifacts, for nodes holding its token.
+
+    A wrong, rotated or other flavour's token is a 404 like a missing key.
+    """
+    if not token_read_allowed(token, key):
+        raise Http404("No such artifact.")
+    response = _serve_artifact(key)
+    response["Cache-Control"] = "private, " + response["Cache-Control"]
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _serve_artifact(key: str) -> HttpResponse:
     store = get_artifact_store()
     try:
         stored = store.stat(key)
@@ -490,18 +521,18 @@ def flavour_detail(request: HttpRequest, flavour_id: str) -> HttpResponse:
         .prefetch_related("builds")
         .order_by("-revision")
     )
+    node_url = artifact_url_for(flavour)  # token URLs for a private flavour
     context = {
         "flavour": flavour,
+        "private": flavour_is_private(flavour),
         "options": services.flavour_options(flavour),
         "versions": flavour.extension_versions.select_related("extension").order_by("extension__name"),
         "latest": latest,
         "artifacts": artifacts,
-        "public_urls": {a.pk: get_artifact_store().public_url(a.key) for a in artifacts},
+        "public_urls": {a.pk: node_url(a.key) for a in artifacts},
         "butane": _latest_artifact_text(flavour, ArtifactKind.BUTANE),
         "ignition": _latest_artifact_text(flavour, ArtifactKind.IGNITION),
-        "ignition_url": next(
-            (get_artifact_store().public_url(a.key) for a in artifacts if a.kind == ArtifactKind.IGNITION), ""
-        ),
+        "ignition_url": next((node_url(a.key) for a in artifacts if a.kind == ArtifactKind.IGNITION), ""),
         "builds": flavour.builds.order_by("-created_at")[:20],
         "revisions": revisions,
         "can_build": has_team_role(request.user, flavour.team, Role.BUILDER),
@@ -521,6 +552,26 @@ def flavour_build(request: HttpRequest, flavour_id: str) -> HttpResponse:
     return redirect("builds:build-detail", build.pk)
 
 
+@login_required
+@require_POST
+def flavour_rotate_token(request: HttpRequest, flavour_id: str) -> HttpResponse:
+    """Replace a private flavour's token; its files are published again with the new one."""
+    flavour = get_object_or_404(selectors.flavours_visible_to(user=request.user), pk=flavour_id)
+    try:
+        _token, build = flavour_token_rotate(flavour=flavour, user=request.user)
+    except services.BuildRefused as refused:
+        if refused.status == 403:
+            return _forbidden(request, "rotate the token", flavour.team)
+        messages.error(request, refused.message)
+        return redirect("builds:flavour-detail", flavour.pk)
+    messages.success(
+        request,
+        "Token rotated: the old URLs no longer work. The flavour's files are being published again "
+        "with the new one; provision nodes (or update their transfer files) from them.",
+    )
+    return redirect("builds:build-detail", build.pk)
+
+
 # --- teams --------------------------------------------------------------------------------------
 
 
@@ -535,6 +586,12 @@ def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
     if request.method == "POST":
         if not is_admin:
             return _forbidden_admin(request, team)
+        if "team_settings" in request.POST:
+            settings_form = TeamSettingsForm(request.POST)
+            settings_form.is_valid()  # two check boxes: always valid
+            catalog_services.team_settings_update(team=team, actor=request.user, **settings_form.cleaned_data)
+            messages.success(request, "Team settings saved.")
+            return redirect("builds:team-detail", team.slug)
         if "delete" in request.POST:
             hooks = selectors.webhooks_visible_to(user=request.user).filter(team=team)
             hook_id = request.POST["delete"]
@@ -557,11 +614,14 @@ def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "webhooks": selectors.webhooks_visible_to(user=request.user).filter(team=team),
         "is_admin": is_admin,
         "form": form,
+        "settings_form": TeamSettingsForm(
+            initial={name: getattr(team, name) for name in catalog_services.TEAM_SETTINGS}
+        ),
         "new_secret": new_secret,
     }
     return render(request, "builds/team_detail.html", context)
 
 
 def _forbidden_admin(request: HttpRequest, team: Team) -> HttpResponse:
-    message = f"Managing webhooks needs the admin role in team {team.name}."
+    message = f"Managing webhooks and team settings needs the admin role in team {team.name}."
     return render(request, "error.html", {"title": "Not allowed", "message": message}, status=403)

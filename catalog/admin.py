@@ -30,7 +30,7 @@ class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
 
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ["name", "slug", "created_at"]
+    list_display = ["name", "slug", "two_person_approval", "private_artifacts", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]
@@ -73,7 +73,7 @@ class ApprovalInline(admin.TabularInline):  # type: ignore[type-arg]
 
     model = ApprovalRecord
     extra = 0
-    fields = ["at", "action", "actor", "actor_label", "reason"]
+    fields = ["at", "action", "actor", "actor_label", "proposer", "proposer_label", "reason"]
     readonly_fields = fields
     can_delete = False
 
@@ -159,6 +159,16 @@ class ExtensionVersionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     ]
     inlines = [DigestInline, ApprovalInline]
 
+    def has_add_permission(self, request: object) -> bool:
+        # Versions are proposed through the catalog (API or page), which checks them against the
+        # recipe and records the proposer the two-people rule compares with.
+        return False
+
+    def get_readonly_fields(self, request: Any, obj: Any = None) -> list[str]:
+        # What was proposed is what gets approved: editing it here would let the approver change
+        # someone else's proposal and then approve it as their own.
+        return [*self.readonly_fields, "extension", "version", "vars"] if obj else list(self.readonly_fields)
+
 
 @admin.register(UpstreamDigest)
 class UpstreamDigestAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -169,7 +179,7 @@ class UpstreamDigestAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(ApprovalRecord)
 class ApprovalRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ["version", "action", "actor", "actor_label", "at"]
+    list_display = ["version", "action", "actor", "actor_label", "proposer", "proposer_label", "at"]
     list_filter = ["action"]
     search_fields = ["version__extension__name", "version__version", "reason"]
 

@@ -43,6 +43,16 @@ class Team(models.Model):
 
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=50, unique=True)
+    two_person_approval = models.BooleanField(
+        "two people approve",
+        default=False,
+        help_text="A version must be approved by someone other than the person who proposed it.",
+    )
+    private_artifacts = models.BooleanField(
+        default=False,
+        help_text="Serve this team's extension images and flavour files only to signed-in members and "
+        "to nodes holding a flavour's token (not at the public /artifacts/ URLs).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -299,7 +309,8 @@ class ApprovalRecord(models.Model):
     """The audit trail: who did what to a version, when and why.
 
     ``actor`` is None for the system (built-in recipes, upstream discovery, the pinning task);
-    ``actor_label`` then says which.
+    ``actor_label`` then says which. An approval also names who proposed the version
+    (``proposer``, or ``proposer_label`` for the system), so both people are on the record.
     """
 
     version = models.ForeignKey(ExtensionVersion, on_delete=models.CASCADE, related_name="approvals")
@@ -308,6 +319,10 @@ class ApprovalRecord(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     actor_label = models.CharField(max_length=150, blank=True)
+    proposer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    proposer_label = models.CharField(max_length=150, blank=True)
     at = models.DateTimeField(auto_now_add=True)
     reason = models.TextField(blank=True)
 

@@ -22,7 +22,7 @@ from django.utils import timezone
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.recipe import Recipe, load_recipe, parse_recipe
 from catalog import discovery, uploads
-from catalog.errors import CatalogConflict, CatalogError, CatalogNotFound
+from catalog.errors import CatalogConflict, CatalogError, CatalogForbidden, CatalogNotFound
 from catalog.models import (
     ApprovalAction,
     ApprovalRecord,
@@ -70,15 +70,64 @@ def _extension_fields(recipe: Recipe, text: str) -> dict[str, Any]:
 
 
 def _record(
-    version: ExtensionVersion, action: str, *, actor: Any = None, label: str = "", reason: str = ""
+    version: ExtensionVersion,
+    action: str,
+    *,
+    actor: Any = None,
+    label: str = "",
+    reason: str = "",
+    proposer: Any = None,
+    proposer_label: str = "",
 ) -> ApprovalRecord:
     return ApprovalRecord.objects.create(
         version=version,
         action=action,
         actor=actor if actor is not None and actor.is_authenticated else None,
         actor_label=label or (actor.get_username() if actor is not None else "system"),
+        proposer=proposer,
+        proposer_label=proposer_label,
         reason=reason,
     )
+
+
+def version_proposer_label(version: ExtensionVersion) -> str:
+    """Who proposed ``version``, for the audit trail: a username, or which part of the system.
+
+    Built-in versions (``sync_catalog``) and discovery proposals have no person behind them; they
+    are "proposed by the system", so under the two-people rule one curator may approve them.
+    """
+    if version.proposed_by is not None:
+        return str(version.proposed_by.get_username())
+    return {"built-in": BUILTIN_LABEL, "discovery": DISCOVERY_LABEL}.get(
+        version.proposed_via, "a deleted account"
+    )
+
+
+def two_person_rule(team: Team | None) -> bool:
+    """Whether versions of ``team``'s catalog (None: the global one) need two different people."""
+    if team is None:
+        return bool(getattr(settings, "GLOBAL_CATALOG_TWO_PERSON_APPROVAL", True))
+    return team.two_person_approval
+
+
+def _check_not_proposer(version: ExtensionVersion, actor: Any) -> None:
+    """The two-people rule: the approver is not the account that proposed the version.
+
+    The proposer is ``proposed_by``, set by every way a person files a version (API, page, a
+    team's recipe, an upload; the admin site cannot add versions) and never changed afterwards:
+    a version that failed pinning goes back to ``proposed`` with its proposer, and a rejected
+    version cannot be proposed again. Versions without a proposer were filed by the system
+    (built-in recipes, discovery) or by an account since deleted; either way not by ``actor``.
+    """
+    team = version.extension.team
+    if not two_person_rule(team) or version.proposed_by_id is None:
+        return
+    if version.proposed_by_id == getattr(actor, "pk", None):
+        where = "the global catalog" if team is None else f"team {team.slug}"
+        raise CatalogForbidden(
+            "approval.same-person",
+            f"You proposed {version}, and {where} requires two people: another curator must approve it.",
+        )
 
 
 def _recipe_pins(recipe: Recipe, version: str) -> dict[str, dict[str, str]] | None:
@@ -148,6 +197,24 @@ def team_member_set(*, team_slug: str, team_name: str = "", username: str, role:
         team, _ = Team.objects.get_or_create(slug=team_slug, defaults={"name": team_name or team_slug})
         membership, _ = Membership.objects.update_or_create(team=team, user=user, defaults={"role": role})
     return membership
+
+
+TEAM_SETTINGS = ("two_person_approval", "private_artifacts")
+
+
+def team_settings_update(*, team: Team, actor: Any, **changes: bool) -> Team:
+    """A team admin switches the team's rules (``TEAM_SETTINGS``); each change is logged."""
+    require_team_role(actor, team, Role.ADMIN, action="change the team's settings")
+    unknown = set(changes) - set(TEAM_SETTINGS)
+    if unknown:
+        raise CatalogError("team.invalid-setting", f"Unknown team setting(s): {', '.join(sorted(unknown))}.")
+    changed = [name for name, value in changes.items() if getattr(team, name) != bool(value)]
+    for name in changed:
+        setattr(team, name, bool(changes[name]))
+        log.info("team %s: %s set to %s by %s", team.slug, name, changes[name], actor.get_username())
+    if changed:
+        team.save(update_fields=changed)
+    return team
 
 
 def recipe_relation_problems(recipes: list[tuple[Recipe, str]]) -> list[tuple[str, str]]:
@@ -276,7 +343,13 @@ def _approve_with_recipe_pins(
     version.reason = "sha256 pinned in the built-in recipe."
     version.pinning_error = ""
     version.save(update_fields=["status", "decided_by", "decided_at", "reason", "pinning_error"])
-    _record(version, ApprovalAction.APPROVED, label=BUILTIN_LABEL, reason=version.reason)
+    _record(
+        version,
+        ApprovalAction.APPROVED,
+        label=BUILTIN_LABEL,
+        reason=version.reason,
+        proposer_label=version_proposer_label(version),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,22 +423,36 @@ def version_approve(*, version: ExtensionVersion, actor: Any, reason: str = "") 
     """A curator approves: the version goes to ``pinning`` and a task fetches and pins digests.
 
     The task is queued once the transaction commits, so it never sees an uncommitted version.
+    Under the team's two-people rule (``two_person_rule``) the proposer cannot approve; the
+    audit record names both.
     """
     require_team_role(actor, version.extension.team, Role.CURATOR, action="approve a version")
     with transaction.atomic():
-        locked = ExtensionVersion.objects.select_for_update().get(pk=version.pk)
+        locked = (
+            ExtensionVersion.objects.select_for_update(of=("self",))
+            .select_related("extension__team", "proposed_by")
+            .get(pk=version.pk)
+        )
         if locked.status != VersionStatus.PROPOSED:
             raise CatalogConflict(
                 "version.not-proposed",
                 f"{version} is {locked.status}; only proposed versions can be approved.",
             )
+        _check_not_proposer(locked, actor)
         locked.status = VersionStatus.PINNING
         locked.decided_by = actor
         locked.decided_at = timezone.now()
         locked.reason = reason
         locked.pinning_error = ""
         locked.save(update_fields=["status", "decided_by", "decided_at", "reason", "pinning_error"])
-        _record(locked, ApprovalAction.APPROVED, actor=actor, reason=reason)
+        _record(
+            locked,
+            ApprovalAction.APPROVED,
+            actor=actor,
+            reason=reason,
+            proposer=locked.proposed_by,
+            proposer_label=version_proposer_label(locked),
+        )
 
         from catalog.tasks import pin_version_digests
 
@@ -816,6 +903,8 @@ __all__ = [
     "SyncReport",
     "catalog_sync",
     "extension_create_custom",
+    "team_settings_update",
+    "two_person_rule",
     "uploaded_archive_check",
     "uploaded_archive_materialize",
     "upstream_discover",

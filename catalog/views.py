@@ -158,7 +158,14 @@ def version_review(request: HttpRequest, pk: int) -> HttpResponse:
             )
             messages.success(request, f"{decided} {verb}.")
             return redirect(extension_url(extension))
-    context = {"version": version, "extension": extension, "form": form, "can_decide": can_decide}
+    own_proposal = services.two_person_rule(extension.team) and version.proposed_by_id == request.user.pk
+    context = {
+        "version": version,
+        "extension": extension,
+        "form": form,
+        "can_decide": can_decide,
+        "own_proposal": own_proposal,
+    }
     return render(request, "catalog/version_review.html", context)
 
 

@@ -182,6 +182,9 @@ if SIGNING_PASSPHRASE_FILE and not SIGNING_KEY_FILE:
     raise ConfigError("SIGNING_PASSPHRASE_FILE", "is set but SIGNING_KEY_FILE is not")
 UPSTREAM_MIRRORS = env_mirrors("UPSTREAM_MIRRORS")
 FETCH_CACHE_DIR = env_path("FETCH_CACHE_DIR", VAR_DIR / "cache")
+# The global catalog's two-people rule: the staff member who proposed a version cannot approve it
+# (versions filed by the system, built-in recipes and discovery, need one curator).
+GLOBAL_CATALOG_TWO_PERSON_APPROVAL = env_bool("GLOBAL_CATALOG_TWO_PERSON_APPROVAL", True)
 GITHUB_API_URL = env_url("GITHUB_API_URL", "https://api.github.com", schemes=("http", "https"))
 
 # --- REST API ---------------------------------------------------------------------------------

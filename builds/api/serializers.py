@@ -67,6 +67,13 @@ class FlavourOptionsSerializer(serializers.Serializer):
     )
     image_format = serializers.ChoiceField(choices=IMAGE_FORMATS, default=IMAGE_FORMATS[0])
     compression = serializers.ChoiceField(choices=COMPRESSIONS, default=COMPRESSIONS[0])
+    private = serializers.BooleanField(
+        default=False,
+        help_text="Private artifacts: the flavour's files (and the images of its team's extensions, "
+        "if the team keeps them private) are served only to signed-in team members and to nodes "
+        "holding the flavour's token, at PUBLIC_BASE_URL/private/TOKEN/...; the public /artifacts/ "
+        "URLs answer 404. Always on for teams with private artifacts.",
+    )
 
 
 class FlavourCreateSerializer(serializers.Serializer):
@@ -112,14 +119,32 @@ class FlavourSerializer(serializers.ModelSerializer):
     butane_url = serializers.SerializerMethodField()
     ignition_url = serializers.SerializerMethodField()
     builds_url = serializers.SerializerMethodField()
+    private = serializers.SerializerMethodField(
+        help_text="Whether the artifacts are private (the option, or the team's private_artifacts)."
+    )
+    artifacts_url = serializers.SerializerMethodField(
+        help_text="Where nodes read the flavour's files: PUBLIC_BASE_URL/flavours/ID/, or for a "
+        "private flavour PUBLIC_BASE_URL/private/TOKEN/flavours/ID/ (a secret: keep it to the team)."
+    )
 
     class Meta:
         model = Flavour
         fields = [
             "id", "url", "team", "name", "description", "arch", "extensions", "options",
             "lineage", "revision", "revision_of", "document", "created_by", "created_at",
-            "butane_url", "ignition_url", "builds_url",
+            "butane_url", "ignition_url", "builds_url", "private", "artifacts_url",
         ]  # fmt: skip
+
+    def get_private(self, obj: Flavour) -> bool:
+        from builds.access import flavour_is_private
+
+        return flavour_is_private(obj)
+
+    def get_artifacts_url(self, obj: Flavour) -> str:
+        from builds.access import artifact_url_for
+        from builds.publication import flavour_prefix
+
+        return artifact_url_for(obj)(flavour_prefix(obj.pk))
 
     def _url(self, name: str, obj: Flavour) -> str:
         return _absolute(self.context.get("request"), reverse(name, args=[obj.pk]))
@@ -175,7 +200,9 @@ class BuildStepSerializer(serializers.ModelSerializer):
 
 class ArtifactSerializer(serializers.ModelSerializer):
     download_url = serializers.SerializerMethodField(help_text="For people: checks access, then serves.")
-    public_url = serializers.SerializerMethodField(help_text="The stable URL nodes fetch from.")
+    public_url = serializers.SerializerMethodField(
+        help_text="The stable URL nodes fetch from (with the flavour's token when it is private)."
+    )
 
     class Meta:
         model = Artifact
@@ -186,9 +213,10 @@ class ArtifactSerializer(serializers.ModelSerializer):
         return _absolute(self.context.get("request"), path)
 
     def get_public_url(self, obj: Artifact) -> str:
-        from builds.adapters.store import get_artifact_store
+        from builds.access import artifact_url_for
 
-        return get_artifact_store().public_url(obj.key)
+        # A private flavour's nodes use its token URL; the public one answers 404.
+        return artifact_url_for(obj.flavour)(obj.key)
 
 
 class BuildImageSerializer(serializers.Serializer):

@@ -9,6 +9,9 @@ app_name = "builds-api"
 urlpatterns = [
     path("flavours/", views.FlavourListCreateView.as_view(), name="flavour-list"),
     path("flavours/<str:pk>/", views.FlavourDetailView.as_view(), name="flavour-detail"),
+    path(
+        "flavours/<str:pk>/rotate-token", views.FlavourRotateTokenView.as_view(), name="flavour-rotate-token"
+    ),
     path("flavours/<str:pk>/butane", views.FlavourButaneView.as_view(), name="flavour-butane"),
     path("flavours/<str:pk>/ignition", views.FlavourIgnitionView.as_view(), name="flavour-ignition"),
     path("flavours/<str:pk>/builds/", views.FlavourBuildsView.as_view(), name="flavour-builds"),

@@ -12,6 +12,7 @@ from typing import Any
 from django.db.models import Prefetch
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, generics, serializers, status
@@ -20,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from builds import selectors, services
+from builds.access import flavour_token_rotate
 from builds.adapters.store import ArtifactNotFound, ArtifactStoreError, get_artifact_store
 from builds.api.serializers import (
     BuildLogSerializer,
@@ -30,6 +32,7 @@ from builds.api.serializers import (
     WebhookCreateSerializer,
     WebhookDeliverySerializer,
     WebhookSerializer,
+    _absolute,
 )
 from builds.flavours import FlavourInvalid
 from builds.models import FINISHED_BUILD_STATES, Artifact, ArtifactKind, Build, BuildImage
@@ -186,6 +189,26 @@ class FlavourDetailView(generics.RetrieveAPIView):
 
     def get_queryset(self) -> Any:
         return selectors.flavours_visible_to(user=self.request.user)
+
+
+class FlavourRotateTokenView(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: FlavourSerializer, 403: ERROR, 404: ERROR, 409: ERROR},
+        description=(
+            "Replace a private flavour's token (builders). The old token URLs answer 404 at once; the "
+            "flavour's files are published again with the new token by a build (build_url)."
+        ),
+    )
+    def post(self, request: Request, pk: str) -> Response:
+        flavour = get_object_or_404(selectors.flavours_visible_to(user=request.user), pk=pk)
+        try:
+            _token, build = flavour_token_rotate(flavour=flavour, user=request.user)
+        except services.BuildRefused as refused:
+            raise RefusedError(refused) from None
+        body = dict(FlavourSerializer(flavour, context={"request": request}).data)
+        body["build_url"] = _absolute(request, reverse("builds-api:build-detail", args=[build.pk]))
+        return Response(body)
 
 
 class _FlavourConfigView(APIView):

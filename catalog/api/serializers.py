@@ -7,7 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from builds.pipeline.recipe import SYSTEMD_ARCHES
-from catalog.models import ApprovalRecord, Category, Extension, ExtensionVersion, UpstreamDigest
+from catalog.models import ApprovalRecord, Category, Extension, ExtensionVersion, Team, UpstreamDigest
 
 
 def _username(user: Any) -> str | None:
@@ -22,13 +22,39 @@ class UpstreamDigestSerializer(serializers.ModelSerializer):
 
 class ApprovalRecordSerializer(serializers.ModelSerializer):
     actor = serializers.SerializerMethodField()
+    proposer = serializers.SerializerMethodField(
+        help_text="On approvals: who proposed the version (a username, or the system part that filed it)."
+    )
 
     class Meta:
         model = ApprovalRecord
-        fields = ["action", "actor", "at", "reason"]
+        fields = ["action", "actor", "proposer", "at", "reason"]
 
     def get_actor(self, record: ApprovalRecord) -> str:
         return _username(record.actor) or record.actor_label or "system"
+
+    def get_proposer(self, record: ApprovalRecord) -> str | None:
+        return _username(record.proposer) or record.proposer_label or None
+
+
+class TeamSerializer(serializers.ModelSerializer):
+    """A team and its rules; admins change the rules with PATCH."""
+
+    two_person_approval = serializers.BooleanField(
+        required=False,
+        help_text="Whoever proposed a version cannot approve it; another curator must.",
+    )
+    private_artifacts = serializers.BooleanField(
+        required=False,
+        help_text="Serve the team's extension images and flavour files only to signed-in members "
+        "and to nodes holding a flavour's token, never at the public /artifacts/ URLs (404 there). "
+        "Extension names stay global and visible to everyone adding an extension.",
+    )
+
+    class Meta:
+        model = Team
+        fields = ["slug", "name", "two_person_approval", "private_artifacts"]
+        read_only_fields = ["slug", "name"]
 
 
 class ExtensionVersionSerializer(serializers.ModelSerializer):
@@ -136,13 +162,32 @@ class VersionDecisionSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
+PRIVACY_NOTE = (
+    "Names are global: an extension's name is unique across Bakehouse (it names the published "
+    "directory extensions/NAME/), so adding one tells you whether the name is taken, and others "
+    "can tell yours is. Published images are public by default: anyone who knows the URL "
+    "downloads them. A team that needs private images switches on private artifacts (team page, "
+    "or PATCH /api/teams/SLUG/); then they are served only to its members and to nodes holding a "
+    "flavour's token."
+)
+
+
 class CustomExtensionSerializer(serializers.Serializer):
-    """Either ``recipe`` (YAML text) or ``file`` (an archive) with its name and version."""
+    """Either ``recipe`` (YAML text) or ``file`` (an archive) with its name and version.
+
+    The extension is private to the team in the catalog, but its name is global and its published
+    images are public unless the team has private artifacts (see ``PRIVACY_NOTE``).
+    """
 
     team = serializers.SlugField(required=False)
-    recipe = serializers.CharField(required=False, trim_whitespace=False, max_length=256 * 1024)
+    recipe = serializers.CharField(
+        required=False,
+        trim_whitespace=False,
+        max_length=256 * 1024,
+        help_text="The recipe YAML; its 'name' is global. " + PRIVACY_NOTE,
+    )
     file = serializers.FileField(required=False, allow_empty_file=False)
-    name = serializers.CharField(required=False, max_length=64)
+    name = serializers.CharField(required=False, max_length=64, help_text="Global name. " + PRIVACY_NOTE)
     version = serializers.CharField(required=False, max_length=128)
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
     category = serializers.ChoiceField(choices=Category.choices, required=False, default="tool")

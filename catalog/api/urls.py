@@ -5,6 +5,7 @@ from catalog.api import views
 app_name = "catalog-api"
 
 urlpatterns = [
+    path("teams/<slug:slug>/", views.TeamDetailView.as_view(), name="team-detail"),
     path("extensions/", views.ExtensionListView.as_view(), name="extension-list"),
     path("extensions/<str:name>/", views.ExtensionDetailView.as_view(), name="extension-detail"),
     path("extensions/<str:name>/versions/", views.VersionProposeView.as_view(), name="version-propose"),

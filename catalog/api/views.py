@@ -15,10 +15,12 @@ from builds.pipeline.errors import PipelineError
 from builds.pipeline.recipe import SYSTEMD_ARCHES
 from catalog import services, uploads
 from catalog.api.serializers import (
+    PRIVACY_NOTE,
     CustomExtensionSerializer,
     ExtensionDetailSerializer,
     ExtensionListSerializer,
     ExtensionVersionSerializer,
+    TeamSerializer,
     VersionDecisionSerializer,
     VersionProposeSerializer,
 )
@@ -88,6 +90,8 @@ class ExtensionListView(mixins.ListModelMixin, CatalogAPIView):
     @extend_schema(
         request=CustomExtensionSerializer,
         responses={201: ExtensionDetailSerializer, 202: ExtensionDetailSerializer},
+        description="Add a team's private extension (builders). Only the team sees it in the catalog. "
+        + PRIVACY_NOTE,
     )
     def post(self, request: Request) -> Response:
         form = CustomExtensionSerializer(data=request.data)
@@ -218,3 +222,21 @@ class VersionDeprecateView(CatalogAPIView):
         )
         changed.refresh_from_db()
         return Response(ExtensionVersionSerializer(changed).data)
+
+
+class TeamDetailView(CatalogAPIView):
+    """GET: a team of yours and its rules. PATCH: a team admin switches them
+    (``two_person_approval``, ``private_artifacts``)."""
+
+    serializer_class = TeamSerializer
+
+    def get(self, request: Request, slug: str) -> Response:
+        return Response(TeamSerializer(team_for_user(request.user, slug)).data)
+
+    @extend_schema(request=TeamSerializer, responses={200: TeamSerializer})
+    def patch(self, request: Request, slug: str) -> Response:
+        team = team_for_user(request.user, slug)
+        form = TeamSerializer(data=request.data, partial=True)
+        form.is_valid(raise_exception=True)
+        services.team_settings_update(team=team, actor=request.user, **form.validated_data)
+        return Response(TeamSerializer(team).data)
