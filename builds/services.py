@@ -841,7 +841,7 @@ def build_image_bake(*, build_id: Any, build_image_id: int) -> None:
     def work() -> None:
         from builds.adapters.store import get_artifact_store
         from builds.pipeline.bake import bake_sysext
-        from builds.pipeline.fetch import Fetcher
+        from catalog.services import upstream_fetcher
 
         _check_cancel(build_id)
         Build.objects.filter(pk=build_id, started_at__isnull=True).update(started_at=timezone.now())
@@ -864,7 +864,7 @@ def build_image_bake(*, build_id: Any, build_image_id: int) -> None:
         options = flavour_options(build.flavour)
         with _Heartbeat(build_id), tempfile.TemporaryDirectory(prefix="bh-build-") as scratch:
             try:
-                with Fetcher(settings.FETCH_CACHE_DIR, mirrors=settings.UPSTREAM_MIRRORS) as fetcher:
+                with upstream_fetcher(version.extension) as fetcher:
                     result = bake_sysext(
                         plan.recipe,
                         plan.version,
