@@ -165,6 +165,8 @@ class EgressRule:
     allow_private: bool = False
     allowed_networks: tuple[IPNetwork, ...] = ()
     resolver: Resolver = field(default=system_resolver)
+    # The end of a refusal: what the user can do about it.
+    hint: str = "only public addresses are reached (configured mirrors excepted)"
 
     def check(self, url: str, *, trusted: bool = False, who: str = "") -> Destination:
         """Resolve ``url``'s host once and return where to connect, or raise PipelineError.
@@ -213,8 +215,7 @@ class EgressRule:
                 if problem is not None:
                     raise PipelineError(
                         f"{self.area}.refused-address",
-                        f"{who}{url} was refused: the host {host} is {address}, {problem}; "
-                        "only public addresses are reached (configured mirrors excepted)",
+                        f"{who}{url} was refused: the host {host} is {address}, {problem}; {self.hint}",
                     )
         return Destination(url=url, scheme=scheme, host=host, port=port, address=str(addresses[0]))
 
