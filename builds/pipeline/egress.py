@@ -235,13 +235,14 @@ class PinnedAddressAdapter(HTTPAdapter):
 
     def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    ) -> Any:
         host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        kwargs: dict[str, Any] = dict(pool_kwargs)
         name = getattr(request, "bakehouse_tls_host", None)
         if host_params.get("scheme") == "https" and name:
-            pool_kwargs["server_hostname"] = name
-            pool_kwargs["assert_hostname"] = name
-        return host_params, pool_kwargs
+            # SNI and the ssl module's own hostname check (a certificate error, as without pinning).
+            kwargs["server_hostname"] = name
+        return host_params, kwargs
 
 
 def pinned_session(user_agent: str) -> requests.Session:

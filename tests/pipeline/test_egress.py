@@ -319,3 +319,53 @@ def test_a_pinned_cache_hit_does_not_bypass_the_file_rule(tmp_path: Path, var_di
     with pytest.raises(PipelineError) as caught:
         Fetcher(var_dir / "cache").fetch((var_dir / "copy.tar.gz").as_uri(), sha256=BODY_SHA)
     assert caught.value.code == "fetch.file-refused"
+
+
+# -- TLS at a pinned address -------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_upstream(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """An HTTPS server on 127.0.0.2 whose certificate (from a test CA) names downloads.example."""
+    import shutil
+    import ssl
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60, cwd=tmp_path)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1", "-subj", "/CN=Test CA")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr",
+        "-subj", "/CN=downloads.example")  # fmt: skip
+    (tmp_path / "ext.cnf").write_text("subjectAltName=DNS:downloads.example\n")
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "srv.pem", "-days", "1", "-extfile", "ext.cnf")  # fmt: skip
+    listener = Listener("127.0.0.2")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+    listener.server.socket = context.wrap_socket(listener.server.socket, server_side=True)
+    try:
+        yield listener.port, tmp_path / "ca.pem"
+    finally:
+        listener.close()
+
+
+def test_https_at_the_pinned_address_still_verifies_the_host_name(
+    tmp_path: Path, tls_upstream: tuple[int, Path]
+) -> None:
+    port, ca = tls_upstream
+    names = {"downloads.example": ["127.0.0.2"], "impostor.example": ["127.0.0.2"]}
+    rule = EgressRule(allowed_networks=STAND_IN_PUBLIC, resolver=lambda host, port: names[host])
+    fetcher = Fetcher(tmp_path / "cache", egress=rule, retries=0)
+    fetcher._session.verify = str(ca)  # trust the test CA (the system store stays the default)
+    # Connected to 127.0.0.2, yet SNI and the certificate check use the name in the URL.
+    assert fetcher.fetch(f"https://downloads.example:{port}/tool").sha256 == BODY_SHA
+    with pytest.raises(PipelineError) as caught:
+        fetcher.fetch(f"https://impostor.example:{port}/tool")
+    assert caught.value.code == "fetch.tls-error"
+    assert "impostor.example" in caught.value.message
