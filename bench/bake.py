@@ -105,7 +105,7 @@ def run_pipeline(archive: Path, work: Path, key: Path, compression: str) -> dict
 
     recipe = parse_recipe(RECIPE.format(url=archive.absolute().as_uri()), source="benchmark.yaml")
     out = work / "pipeline-out"
-    with Fetcher(work / "cache") as fetcher, GpgSigner(key) as signer:
+    with Fetcher(work / "cache", file_roots=[archive.absolute().parent]) as fetcher, GpgSigner(key) as signer:
         fetcher.fetch(archive.absolute().as_uri())  # warm cache: the bare run downloads nothing either
         started = time.monotonic()
         result = bake_sysext(

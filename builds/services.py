@@ -20,7 +20,6 @@ import ipaddress
 import json
 import logging
 import secrets
-import socket
 import tempfile
 import threading
 import time
@@ -61,6 +60,7 @@ from builds.models import (
     Webhook,
     WebhookDelivery,
 )
+from builds.pipeline.egress import EgressRule, address_problem, pinned_session, send_pinned
 from builds.pipeline.errors import PipelineError
 from catalog.models import Delivery, ExtensionVersion, Team
 
@@ -297,46 +297,44 @@ def webhook_create(*, team: Team, user: Any, url: str, secret: str | None = None
     )
 
 
-def _private_address_problem(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    if address.is_global and not address.is_multicast:
-        return None
-    return (
-        f"{host} is {address}, a private or local address; webhooks go to public hosts "
-        "(operators may set WEBHOOK_ALLOW_PRIVATE_NETWORKS)."
+WEBHOOK_HINT = (
+    "a private or local address: webhooks go to public hosts (operators may set "
+    "WEBHOOK_ALLOW_PRIVATE_NETWORKS)"
+)
+
+
+def webhook_egress() -> EgressRule:
+    """The shared egress rule (builds.pipeline.egress), as webhook deliveries use it."""
+    return EgressRule(
+        area="webhook", allow_private=settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS, hint=WEBHOOK_HINT
     )
 
 
-def webhook_url_problem(url: str, *, resolve: bool = False) -> str | None:
-    """Why the portal will not POST to ``url`` (None when it may).
+def webhook_url_problem(url: str) -> str | None:
+    """Why the portal will not register ``url`` as a webhook (None when it may).
 
-    Registration checks the URL as written (no DNS lookup); delivery also resolves the host and
-    refuses when any address is not public. WEBHOOK_ALLOW_PRIVATE_NETWORKS lifts both checks.
+    Registration checks the URL as written, without a DNS lookup (names change anyway): delivery
+    checks again with the shared egress rule, resolving the host and connecting to the checked
+    address. WEBHOOK_ALLOW_PRIVATE_NETWORKS lifts the address checks.
     """
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        host = None
+    if parts.scheme not in ("http", "https") or not host:
         return "Webhook URLs are http(s) URLs with a host."
     if settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS:
         return None
-    host = parts.hostname
     if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
         return f"{host} is a local name; webhooks go to public hosts."
     try:
-        literal = ipaddress.ip_address(host)
+        literal = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        literal = None
-    if literal is not None:
-        return _private_address_problem(host, literal)
-    if not resolve:
         return None
-    try:
-        infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
-        return f"The host {host} does not resolve."
-    for info in infos:
-        problem = _private_address_problem(host, ipaddress.ip_address(str(info[4][0]).split("%")[0]))
-        if problem is not None:
-            return problem
-    return None
+    problem = address_problem(literal)
+    return f"{host} is {problem}, {WEBHOOK_HINT}." if problem else None
 
 
 def webhook_signature(secret: str, body: bytes) -> str:
@@ -360,14 +358,15 @@ def webhook_deliver(*, delivery_id: int) -> bool:
         "X-Bakehouse-Signature": webhook_signature(delivery.webhook.secret, body),
     }
     WebhookDelivery.objects.filter(pk=delivery.pk).update(attempts=F("attempts") + 1)
-    refused = webhook_url_problem(delivery.webhook.url, resolve=True)
-    if refused is not None:
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(last_error=refused)
-        return True  # asking again will not make the address acceptable
     try:
-        response = requests.post(
-            delivery.webhook.url, data=body, headers=headers, timeout=(5, 10), allow_redirects=False
-        )
+        # Resolved once, refused unless public, and then POSTed to exactly that address.
+        destination = webhook_egress().check(delivery.webhook.url)
+    except PipelineError as exc:
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(last_error=f"{exc.code}: {exc.message}"[:2000])
+        return not exc.retryable  # a refused address stays refused; DNS trouble may pass
+    try:
+        with pinned_session("bakehouse-webhook/1") as session:
+            response = send_pinned(session, "POST", destination, data=body, headers=headers, timeout=(5, 10))
     except requests.RequestException as exc:
         WebhookDelivery.objects.filter(pk=delivery.pk).update(last_error=str(exc)[:2000])
         return False
@@ -844,7 +843,7 @@ def build_image_bake(*, build_id: Any, build_image_id: int) -> None:
     def work() -> None:
         from builds.adapters.store import get_artifact_store
         from builds.pipeline.bake import bake_sysext
-        from builds.pipeline.fetch import Fetcher
+        from catalog.services import upstream_fetcher
 
         _check_cancel(build_id)
         Build.objects.filter(pk=build_id, started_at__isnull=True).update(started_at=timezone.now())
@@ -867,7 +866,7 @@ def build_image_bake(*, build_id: Any, build_image_id: int) -> None:
         options = flavour_options(build.flavour)
         with _Heartbeat(build_id), tempfile.TemporaryDirectory(prefix="bh-build-") as scratch:
             try:
-                with Fetcher(settings.FETCH_CACHE_DIR, mirrors=settings.UPSTREAM_MIRRORS) as fetcher:
+                with upstream_fetcher(version.extension) as fetcher:
                     result = bake_sysext(
                         plan.recipe,
                         plan.version,

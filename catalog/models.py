@@ -266,6 +266,19 @@ class ExtensionVersion(models.Model):
         spec = VersionSpec(sha256={}, vars=dict(self.vars), deprecated=self.deprecated)
         return dataclasses.replace(recipe, versions={**recipe.versions, self.version: spec})
 
+    def source_urls(self) -> list[dict[str, str]]:
+        """What approving fetches and pins: ``{arch, source_id, url}`` per arch and source, the
+        URLs filled in from this version and its vars. Raises PipelineError when they do not
+        resolve (a var that would leave the recipe's URL prefix, say)."""
+        recipe = self.recipe()
+        if not recipe.bakeable:
+            return []
+        return [
+            {"arch": arch, "source_id": source.id, "url": source.url}
+            for arch in recipe.arches
+            for source in recipe.resolve(self.version, arch)
+        ]
+
 
 class UpstreamDigest(models.Model):
     """The sha256 of one upstream file for one arch, pinned when the version was approved."""

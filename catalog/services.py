@@ -20,7 +20,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from builds.pipeline.errors import PipelineError
-from builds.pipeline.recipe import Recipe, load_recipe, parse_recipe
+from builds.pipeline.recipe import Recipe, load_recipe, parse_recipe, var_problem
 from catalog import discovery, uploads
 from catalog.errors import CatalogConflict, CatalogError, CatalogForbidden, CatalogNotFound
 from catalog.models import (
@@ -405,13 +405,20 @@ def _check_version_fits_recipe(version: ExtensionVersion) -> None:
     for key, value in version.vars.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise CatalogError("version.invalid", "vars must map names to strings.")
+        problem = var_problem(key, value)
+        if problem is not None:
+            # Vars land inside the recipe's URLs: a "/" or ".." would point them elsewhere.
+            raise CatalogError("recipe.invalid-vars", f"vars.{key}: {problem}")
     try:
         recipe = version.recipe()
+        if version.extension.origin != Origin.UPLOAD:
+            _refuse_local_files(recipe)
         if recipe.bakeable:
             for arch in recipe.arches:
                 recipe.resolve(version.version, arch)
     except PipelineError as exc:
-        raise CatalogError("version.invalid", exc.message) from exc
+        code = exc.code if exc.code in ("recipe.invalid-vars", "recipe.url-escapes") else "version.invalid"
+        raise CatalogError(code, exc.message) from exc
     except KeyError as exc:
         raise CatalogError(
             "version.invalid",
@@ -427,6 +434,8 @@ def version_approve(*, version: ExtensionVersion, actor: Any, reason: str = "") 
     audit record names both.
     """
     require_team_role(actor, version.extension.team, Role.CURATOR, action="approve a version")
+    # Again at approval: a version row may predate today's rules (vars, local files).
+    _check_version_fits_recipe(version)
     with transaction.atomic():
         locked = (
             ExtensionVersion.objects.select_for_update(of=("self",))
@@ -504,13 +513,21 @@ def version_deprecate(
     return version
 
 
-def _fetcher() -> Any:
+def upstream_fetcher(extension: Extension) -> Any:
+    """The Fetcher for ``extension``'s sources, on a worker (pinning and builds alike).
+
+    Egress is public addresses only, configured mirrors excepted (builds.pipeline.egress).
+    ``file://`` is readable only for an uploaded extension, and only in its own upload directory:
+    team and built-in recipes never read local files, even if such a recipe sits in the database.
+    """
     from builds.pipeline.fetch import DEFAULT_MAX_BYTES, Fetcher
 
+    file_roots = [uploads.archive_dir(extension)] if extension.origin == Origin.UPLOAD else []
     return Fetcher(
         settings.FETCH_CACHE_DIR,
         mirrors=settings.UPSTREAM_MIRRORS,
         max_bytes=getattr(settings, "UPSTREAM_MAX_BYTES", DEFAULT_MAX_BYTES),
+        file_roots=file_roots,
     )
 
 
@@ -530,7 +547,7 @@ def version_pin_digests(*, version_id: int) -> ExtensionVersion | None:
         if recipe.bakeable:
             if version.extension.origin == Origin.UPLOAD:
                 uploaded_archive_materialize(version=version)
-            with _fetcher() as fetcher:
+            with upstream_fetcher(version.extension) as fetcher:
                 for arch in recipe.arches:
                     for source in recipe.resolve(version.version, arch, pins=version.pins(arch)):
                         fetched = fetcher.fetch(source.url, sha256=source.sha256, label=source.label)
@@ -656,6 +673,7 @@ def _extension_create_from_recipe(*, team: Team, actor: Any, text: str) -> Exten
         recipe = parse_recipe(text, source="recipe")
     except PipelineError as exc:
         raise CatalogError(exc.code, exc.message) from exc
+    _refuse_local_files(recipe)
     with transaction.atomic():
         _check_name_free(team, recipe.name)
         extension = _extension_insert(
@@ -678,6 +696,17 @@ def _extension_create_from_recipe(*, team: Team, actor: Any, text: str) -> Exten
             )
             _record(version, ApprovalAction.PROPOSED, actor=actor, reason="Listed in the team's recipe.")
     return extension
+
+
+def _refuse_local_files(recipe: Recipe) -> None:
+    """Team recipes download over http(s) only; ``file://`` would read the worker's own disk."""
+    if recipe.local_file_urls:
+        raise CatalogError(
+            "recipe.local-file",
+            f"{recipe.local_file_urls[0]!r}: recipes must download over http:// or https://; "
+            "file:// URLs would read the build worker's own files. To ship your own files, "
+            "upload an archive instead.",
+        )
 
 
 def _extension_add_upload(*, team: Team, actor: Any, archive: uploads.CustomArchive) -> Extension:
@@ -908,6 +937,7 @@ __all__ = [
     "uploaded_archive_check",
     "uploaded_archive_materialize",
     "upstream_discover",
+    "upstream_fetcher",
     "version_approve",
     "version_deprecate",
     "version_pin_digests",

@@ -10,6 +10,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
+from builds.pipeline.errors import PipelineError
 from catalog import services, uploads
 from catalog.errors import CatalogError, CatalogNotFound
 from catalog.filters import ExtensionFilter
@@ -159,12 +160,18 @@ def version_review(request: HttpRequest, pk: int) -> HttpResponse:
             messages.success(request, f"{decided} {verb}.")
             return redirect(extension_url(extension))
     own_proposal = services.two_person_rule(extension.team) and version.proposed_by_id == request.user.pk
+    try:
+        source_urls, source_urls_error = version.source_urls(), ""
+    except PipelineError as exc:
+        source_urls, source_urls_error = [], f"{exc.code}: {exc.message}"
     context = {
         "version": version,
         "extension": extension,
         "form": form,
         "can_decide": can_decide,
         "own_proposal": own_proposal,
+        "source_urls": source_urls,
+        "source_urls_error": source_urls_error,
     }
     return render(request, "catalog/version_review.html", context)
 

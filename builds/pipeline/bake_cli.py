@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from builds.pipeline.bake import bake_sysext
+from builds.pipeline.egress import EgressRule
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.fetch import Fetcher
 from builds.pipeline.image import COMPRESSIONS, IMAGE_FORMATS
@@ -75,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--pin", action="append", default=[], metavar="SOURCE=SHA256", help="expected digest of a source"
     )
     parser.add_argument("--verify", action="store_true", help="merge the image with systemd-sysext first")
+    parser.add_argument(
+        "--allow-private-upstreams",
+        action="store_true",
+        help="let sources (and their redirects) reach loopback, private and link-local addresses; "
+        "by default only public addresses and --mirror targets are fetched from",
+    )
+    parser.add_argument(
+        "--file-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="let file:// sources read files under DIR (symlinks resolved); by default none",
+    )
     return parser
 
 
@@ -105,7 +119,12 @@ def _run(args: argparse.Namespace) -> int:
 
     signer = GpgSigner(args.sign_key, args.passphrase_file) if args.sign_key else None
     try:
-        with Fetcher(args.cache_dir or _default_cache_dir(), mirrors=mirrors) as fetcher:
+        with Fetcher(
+            args.cache_dir or _default_cache_dir(),
+            mirrors=mirrors,
+            egress=EgressRule(allow_private=args.allow_private_upstreams),
+            file_roots=args.file_root,
+        ) as fetcher:
             result = bake_sysext(
                 recipe,
                 args.version,

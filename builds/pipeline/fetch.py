@@ -10,6 +10,12 @@ Upstream servers and mirrors are hostile input: sizes are capped while streaming
 Content-Length alone), redirects are counted, and only transient trouble (connection errors,
 timeouts, 5xx, 429) is retried, with exponential backoff. Bytes are stored exactly as served
 (no Content-Encoding decoding), so the digest is that of the upstream file.
+
+Where a fetch may go is decided by :mod:`builds.pipeline.egress`: every http(s) hop is resolved
+once, refused when the address is not public (``fetch.refused-address``, never retried) unless the
+URL was rewritten by a configured mirror, and connected to at exactly the checked address.
+``file://`` URLs are read only under the ``file_roots`` the caller allows (symlinks resolved);
+with none, ``fetch.file-refused``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import ssl
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -29,6 +35,7 @@ from typing import IO
 import requests
 import urllib3
 
+from builds.pipeline.egress import EgressRule, pinned_session, send_pinned
 from builds.pipeline.errors import PipelineError
 
 CHUNK_SIZE = 1024 * 1024
@@ -62,7 +69,11 @@ class Fetcher:
 
     ``mirrors`` maps URL prefixes to replacements (``{"https://github.com/": "http://mirror/gh/"}``);
     the longest matching prefix wins and it applies to redirect targets too, so an air-gapped
-    site never leaks a request to the original host.
+    site never leaks a request to the original host. Mirrors are operator configuration, so a
+    URL on a mirror's origin (scheme, host, port) may reach a private address.
+
+    ``egress`` is the address rule for everything else (default: public addresses only);
+    ``file_roots`` are the only directories ``file://`` URLs may read (default: none).
     """
 
     def __init__(
@@ -79,9 +90,14 @@ class Fetcher:
         max_redirects: int = 5,
         sleep: Callable[[float], None] = time.sleep,
         user_agent: str = "bakehouse-fetch/1",
+        egress: EgressRule | None = None,
+        file_roots: Iterable[str | Path] = (),
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.mirrors = dict(mirrors or {})
+        self.egress = egress if egress is not None else EgressRule(area="fetch")
+        self.file_roots = tuple(Path(root).resolve() for root in file_roots)
+        self._mirror_origins = frozenset(_origin(target) for target in self.mirrors.values())
         self.max_bytes = max_bytes
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -90,8 +106,7 @@ class Fetcher:
         self.backoff = backoff
         self.max_redirects = max_redirects
         self._sleep = sleep
-        self._session = requests.Session()
-        self._session.headers["User-Agent"] = user_agent
+        self._session = pinned_session(user_agent)
         # Ask for the bytes as stored; we never decode Content-Encoding anyway.
         self._session.headers["Accept-Encoding"] = "identity"
         try:
@@ -137,6 +152,9 @@ class Fetcher:
             raise PipelineError(
                 "fetch.unsupported-url", f"{_who(label)}only http, https and file URLs can be fetched"
             )
+        if scheme == "file":
+            # Before the cache: a pinned blob must not stand in for a file this fetch may not read.
+            self._allowed_local_path(_file_path(effective, label), url, label, strict=False)
         cached = self._from_cache(url, effective, pin, use_index=scheme != "file")
         if cached is not None:
             return cached
@@ -247,18 +265,15 @@ class Fetcher:
     # -- file:// ---------------------------------------------------------------------------
 
     def _copy_file(self, url: str, effective: str, label: str | None) -> FetchedFile:
-        parts = urllib.parse.urlsplit(effective)
-        if parts.netloc not in ("", "localhost"):
-            raise PipelineError(
-                "fetch.unsupported-url", f"{_who(label)}file URLs must be local (file:///path)"
-            )
-        local = Path(urllib.parse.unquote(parts.path))
+        local = self._allowed_local_path(_file_path(effective, label), url, label, strict=True)
         try:
-            handle: IO[bytes] = open(local, "rb")  # closed by the generator below
+            # O_NOFOLLOW: the checked path is already resolved; a symlink swapped in since is refused.
+            fd = os.open(local, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError as exc:
             raise PipelineError(
                 "fetch.file-error", f"{_who(label)}cannot read {local}: {exc.strerror}"
             ) from exc
+        handle: IO[bytes] = os.fdopen(fd, "rb")  # closed by the generator below
 
         def chunks() -> Iterator[bytes]:
             with handle:
@@ -266,6 +281,28 @@ class Fetcher:
                     yield block
 
         return self._stream_to_temp(chunks(), url, effective, label)
+
+    def _allowed_local_path(self, local: Path, url: str, label: str | None, *, strict: bool) -> Path:
+        """``local`` with symlinks resolved, when it lies under one of ``file_roots``."""
+        who = _who(label)
+        if not self.file_roots:
+            raise PipelineError(
+                "fetch.file-refused",
+                f"{who}{url} was refused: this fetch may not read local files "
+                "(only uploaded archives are read from disk; use an http(s) URL)",
+            )
+        try:
+            resolved = local.resolve(strict=strict)
+        except (OSError, RuntimeError) as exc:
+            raise PipelineError(
+                "fetch.file-error", f"{who}cannot read {local}: {getattr(exc, 'strerror', None) or exc}"
+            ) from exc
+        if not any(resolved.is_relative_to(root) for root in self.file_roots):
+            raise PipelineError(
+                "fetch.file-refused",
+                f"{who}{url} was refused: {resolved} is outside the directories local files may be read from",
+            )
+        return resolved
 
     # -- http(s) ---------------------------------------------------------------------------
 
@@ -288,10 +325,22 @@ class Fetcher:
         current = effective
         for _ in range(self.max_redirects + 1):
             try:
-                response = self._session.get(
-                    current,
+                destination = self.egress.check(current, trusted=self._is_mirrored(current), who=who)
+            except PipelineError as exc:
+                if exc.code == "fetch.invalid-url":
+                    raise PipelineError(
+                        "fetch.invalid-url",
+                        f"{exc.message}; check the recipe's url and the mirror map",
+                    ) from exc
+                if exc.retryable:
+                    raise _Transient(exc) from exc
+                raise
+            try:
+                response = send_pinned(
+                    self._session,
+                    "GET",
+                    destination,
                     stream=True,
-                    allow_redirects=False,
                     timeout=(self.connect_timeout, self.read_timeout),
                 )
             except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
@@ -388,6 +437,10 @@ class Fetcher:
                 )
             ) from exc
 
+    def _is_mirrored(self, url: str) -> bool:
+        """True when ``url`` is on a configured mirror's origin (operator-trusted, may be private)."""
+        return _origin(url) in self._mirror_origins
+
     # -- messages --------------------------------------------------------------------------
 
     def _too_large(self, url: str, label: str | None) -> PipelineError:
@@ -395,6 +448,23 @@ class Fetcher:
             "fetch.too-large",
             f"{_who(label)}{url} is larger than the {self.max_bytes} byte limit for downloads",
         )
+
+
+def _file_path(url: str, label: str | None) -> Path:
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise PipelineError("fetch.unsupported-url", f"{_who(label)}file URLs must be local (file:///path)")
+    return Path(urllib.parse.unquote(parts.path))
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or ""), port or (443 if scheme == "https" else 80)
 
 
 def _is_hex_digest(text: str) -> bool:

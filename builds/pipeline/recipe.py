@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,13 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9.,_+-]+$")
 _HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 _VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What a template variable or arch name may hold: it lands inside a URL path segment, so no
+# '/', '?', '#', '%', '\\', whitespace or control characters, and (checked apart) no "..".
+_URL_VALUE_RE = re.compile(r"^[A-Za-z0-9._+~-]{0,128}$")
+_URL_VALUE_CHARS = "letters, digits and . _ + ~ -"
+# Percent-escapes a web server decodes before resolving "..": checked as if decoded.
+_ENCODED_PATH_CHARS = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+_DECODED = {"2e": ".", "2f": "/", "5c": "/"}
 _SOURCE_ID_RE = re.compile(r"^[A-Za-z0-9._{}+-]+$")
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|timer|path|mount|target)$")
 _TARGET_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.target$")
@@ -190,6 +199,13 @@ class Recipe:
     def bakeable(self) -> bool:
         return self.delivery == "bake"
 
+    @property
+    def local_file_urls(self) -> tuple[str, ...]:
+        """The ``file://`` URL templates of the sources: only generated upload recipes may have
+        them (a team's recipe reading the worker's disk would publish its secrets)."""
+        templates = [t for s in self.sources for t in (s.url, s.checksum_url) if t]
+        return tuple(t for t in templates if t.lower().startswith("file:"))
+
     def resolve(self, version: str, arch: str, pins: Mapping[str, str] | None = None) -> list[ResolvedSource]:
         """The concrete sources of the (version, arch) build.
 
@@ -228,13 +244,19 @@ class Recipe:
                 )
             overrides[source_id] = digest.lower()
         own_pins = spec.sha256.get(arch, {})
+        # Vars may come from the database (versions proposed through the catalog), not only from
+        # a validated recipe file: check them again here, where they become URLs.
+        for key, value in spec.vars.items():
+            problem = var_problem(key, value)
+            if problem is not None:
+                raise PipelineError("recipe.invalid-vars", f"{self.name} {version}: vars.{key}: {problem}")
         resolved = []
         for source in self.sources:
             values = {
+                **spec.vars,
                 "version": version,
                 "version_nov": version[1:] if version.startswith("v") else version,
                 "arch": (source.arches or {}).get(arch, self.arches[arch]),
-                **spec.vars,
             }
             label = f"{self.name} {version} {arch}"
             if len(self.sources) > 1:
@@ -242,12 +264,14 @@ class Recipe:
             resolved.append(
                 ResolvedSource(
                     id=source.id,
-                    url=fill_template(source.url, values),
+                    url=_fill_url(source.url, values, label),
                     archive=source.archive,
                     strip_components=source.strip_components,
                     install=source.install,
                     sha256=overrides.get(source.id, own_pins.get(source.id)),
-                    checksum_url=fill_template(source.checksum_url, values) if source.checksum_url else None,
+                    checksum_url=(
+                        _fill_url(source.checksum_url, values, label) if source.checksum_url else None
+                    ),
                     label=label,
                 )
             )
@@ -257,6 +281,62 @@ class Recipe:
 def fill_template(template: str, values: Mapping[str, str]) -> str:
     """Replace ``{name}`` placeholders. Only plain names: no ``str.format`` attribute access."""
     return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], template)
+
+
+def _fill_url(template: str, values: Mapping[str, str], label: str) -> str:
+    url = fill_template(template, values)
+    if url_escapes_template(template, url):
+        raise PipelineError(
+            "recipe.url-escapes",
+            f"{label}: {url} leaves {template_prefix(template)}, where the recipe's URL template "
+            "points; check the version and its vars",
+        )
+    return url
+
+
+def url_value_problem(value: object) -> str | None:
+    """Why ``value`` may not be put into a URL template (a var or an arch name), or None."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if not _URL_VALUE_RE.match(value):
+        return f"{value!r} may only contain {_URL_VALUE_CHARS} (at most 128)"
+    if ".." in value:
+        return f"{value!r} must not contain '..'"
+    return None
+
+
+def var_problem(name: object, value: object) -> str | None:
+    """Why a version's template variable ``name = value`` is refused, or None when it is fine."""
+    if not isinstance(name, str) or not _VAR_NAME_RE.match(name):
+        return f"{name!r}: variable names are letters, digits and '_'"
+    if name in BUILTIN_PLACEHOLDERS:
+        return f"{{{name}}} is built in and cannot be redefined"
+    if value == "":
+        return "must not be empty"
+    return url_value_problem(value)
+
+
+def template_prefix(template: str) -> str:
+    """The literal start of a URL template up to the directory of its first placeholder: every
+    URL it fills in to must stay under it (same scheme, host and port, same path prefix)."""
+    literal = template.split("{", 1)[0]
+    parts = urllib.parse.urlsplit(literal)
+    if "{" not in template:
+        return literal
+    directory = parts.path.rsplit("/", 1)[0] + "/" if "/" in parts.path else "/"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, directory, "", ""))
+
+
+def url_escapes_template(template: str, url: str) -> bool:
+    """True when filled-in ``url`` leaves ``template``'s host or path prefix (e.g. via "..",
+    including percent-encoded dots and slashes a server would decode)."""
+    prefix = urllib.parse.urlsplit(template_prefix(template))
+    parts = urllib.parse.urlsplit(url)
+    if (parts.scheme, parts.netloc) != (prefix.scheme, prefix.netloc):
+        return True
+    decoded = _ENCODED_PATH_CHARS.sub(lambda m: _DECODED[m.group(1).lower()], parts.path).replace("\\", "/")
+    path = posixpath.normpath("/" + decoded.lstrip("/")).rstrip("/") + "/"
+    return not path.startswith(posixpath.normpath(prefix.path or "/").rstrip("/") + "/")
 
 
 def guess_archive_kind(url: str) -> str:
@@ -439,6 +519,9 @@ class _RecipeParser:
         for placeholder in _PLACEHOLDER_RE.findall(url):
             if not _VAR_NAME_RE.match(placeholder):
                 self.fail(field, f"placeholder {{{placeholder}}} is not a plain name")
+        authority = url.split("://", 1)[1].split("/", 1)[0]
+        if "{" in authority or "?" in authority or "#" in authority:
+            self.fail(field, "the host must be written out: placeholders only go in the path")
         return url
 
     # -- the recipe ------------------------------------------------------------------------
@@ -538,8 +621,9 @@ class _RecipeParser:
             if arch not in allowed_arches:
                 self.fail(_join(field, arch), f"unknown arch; use one of {', '.join(allowed_arches)}")
             text = self.string(upstream, _join(field, arch), allow_empty=True)
-            if "/" in text or any(c.isspace() for c in text) or "{" in text or "}" in text:
-                self.fail(_join(field, arch), f"{text!r} must not contain '/', braces or whitespace")
+            problem = url_value_problem(text)
+            if problem is not None:
+                self.fail(_join(field, arch), problem)
             result[arch] = text
         return result
 
@@ -721,11 +805,10 @@ class _RecipeParser:
         for key, text in mapping.items():
             if not _VAR_NAME_RE.match(key):
                 self.fail(_join(field, key), "variable names are letters, digits and '_'")
-            if key in BUILTIN_PLACEHOLDERS:
-                self.fail(_join(field, key), f"{{{key}}} is built in and cannot be redefined")
             var = self.string(text, _join(field, key))
-            if "/" in var or "{" in var or "}" in var or any(c.isspace() for c in var):
-                self.fail(_join(field, key), f"{var!r} must not contain '/', braces or whitespace")
+            problem = var_problem(key, var)
+            if problem is not None:
+                self.fail(_join(field, key), problem)
             result[key] = var
         return result
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from builds.pipeline.errors import PipelineError
 from builds.pipeline.recipe import SYSTEMD_ARCHES
 from catalog.models import ApprovalRecord, Category, Extension, ExtensionVersion, Team, UpstreamDigest
 
@@ -57,8 +59,17 @@ class TeamSerializer(serializers.ModelSerializer):
         read_only_fields = ["slug", "name"]
 
 
+class SourceUrlSerializer(serializers.Serializer):
+    arch = serializers.CharField()
+    source_id = serializers.CharField()
+    url = serializers.CharField()
+
+
 class ExtensionVersionSerializer(serializers.ModelSerializer):
     extension = serializers.CharField(source="extension.name", read_only=True)
+    source_urls = serializers.SerializerMethodField(
+        help_text="The upstream URLs approving this version fetches and pins, per arch and source."
+    )
     team = serializers.SerializerMethodField()
     proposed_by = serializers.SerializerMethodField()
     decided_by = serializers.SerializerMethodField()
@@ -84,6 +95,7 @@ class ExtensionVersionSerializer(serializers.ModelSerializer):
             "decided_at",
             "reason",
             "pinning_error",
+            "source_urls",
             "digests",
             "approvals",
         ]
@@ -94,6 +106,13 @@ class ExtensionVersionSerializer(serializers.ModelSerializer):
 
     def get_proposed_by(self, version: ExtensionVersion) -> str | None:
         return _username(version.proposed_by)
+
+    @extend_schema_field(SourceUrlSerializer(many=True))
+    def get_source_urls(self, version: ExtensionVersion) -> list[dict[str, str]]:
+        try:
+            return version.source_urls()
+        except PipelineError:
+            return []  # a version that does not resolve is refused when approved; nothing to show
 
     def get_decided_by(self, version: ExtensionVersion) -> str | None:
         return _username(version.decided_by)

@@ -220,3 +220,52 @@ def _api(user: Any) -> Any:
     client = APIClient()
     client.force_authenticate(user)
     return client
+
+
+@pytest.mark.reliability
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # NAT64 form of 169.254.169.254
+        "http://[64:ff9b::7f00:1]:8000/hook",  # NAT64 form of 127.0.0.1
+        "http://[2002:a9fe:a9fe::1]/",  # 6to4 form of 169.254.169.254
+        "http://[2002:0a00:0005::]/",  # 6to4 form of 10.0.0.5
+        "http://[::ffff:10.0.0.5]/",
+        "http://[64:ff9b:1::a00:5]/",  # local-use NAT64
+    ],
+)
+def test_webhooks_to_nat64_and_6to4_forms_of_internal_addresses_are_refused(
+    cast: Cast, settings: Any, url: str
+) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = False
+    response = _api(cast.owner).post("/api/webhooks/", {"url": url}, format="json")
+    assert response.status_code == 400, response.content
+    assert "private or local" in response.json()["fields"]["url"][0]
+
+
+@pytest.mark.reliability
+@pytest.mark.django_db
+def test_a_stored_webhook_whose_name_resolves_to_loopback_is_never_contacted(
+    cast: Cast, settings: Any
+) -> None:
+    from tests.pipeline.test_egress import Listener
+
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = False
+    receiver = Listener("127.0.0.1")
+    try:
+        # Registration refuses the name; a row stored earlier is checked again, after resolving.
+        url = f"http://localhost:{receiver.port}/hook"
+        assert _api(cast.owner).post("/api/webhooks/", {"url": url}, format="json").status_code == 400
+        Webhook.objects.create(team=cast.blue, url=url, secret="s" * 32)
+        build, _ = services.build_request(flavour=hello_flavour(cast), user=cast.teammate)
+        services.build_fail(build_id=build.pk, code="x.y", message="z")
+        delivery = WebhookDelivery.objects.get()
+        assert services.webhook_deliver(delivery_id=delivery.pk) is True  # abandoned, not retried
+        delivery.refresh_from_db()
+        assert delivery.delivered_at is None
+        assert delivery.last_error.startswith("webhook.refused-address: ")
+        assert "the host localhost is " in delivery.last_error
+        assert receiver.connections == 0
+    finally:
+        receiver.close()

@@ -223,3 +223,27 @@ def test_dispatcher_usage() -> None:
         and "bake" in helped.stdout
         and "butane" in helped.stdout
     )
+
+
+@pytest.mark.reliability
+def test_private_upstreams_and_local_files_need_an_explicit_flag(
+    upstream: UpstreamServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve(upstream, "v1.2.3", "x86_64", make_tar(hello_members()))
+    recipe = write_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace(UPSTREAM, upstream.url("/dl/")))  # 127.0.0.1, no mirror
+    base = [str(recipe), "--version", "v1.2.3", "--arch", "x86-64", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*base, "--out", str(tmp_path / "refused")]) == 1
+    assert "error: fetch.refused-address: " in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    assert upstream.hits("/dl/v1.2.3/hello-v1.2.3-x86_64.tar.gz") == 0
+    assert main([*base, "--out", str(tmp_path / "out"), "--allow-private-upstreams"]) == 0
+
+    # file:// sources: refused unless their directory is named with --file-root.
+    archive = tmp_path / "dl" / "v1.2.3" / "hello-v1.2.3-x86_64.tar.gz"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(make_tar(hello_members()))
+    recipe.write_text(recipe.read_text().replace(upstream.url("/dl/"), (tmp_path / "dl").as_uri() + "/"))
+    assert main([*base, "--out", str(tmp_path / "local-refused")]) == 1
+    assert "error: fetch.file-refused: " in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "local"), "--file-root", str(tmp_path / "dl")]) == 0

@@ -13,12 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from builds.pipeline.egress import EgressRule
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.fetch import Fetcher
 from tests.upstream import UpstreamServer
 
 PAYLOAD = b"wasmtime binary\n" * 1000
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+# The fixture upstream listens on 127.0.0.1: these tests opt in to private addresses explicitly
+# (tests/pipeline/test_egress.py proves the default refuses them).
+LOCAL = EgressRule(allow_private=True)
 
 
 @pytest.fixture
@@ -29,7 +33,9 @@ def sleeps() -> list[float]:
 @pytest.fixture
 def fetcher(tmp_path: Path, sleeps: list[float]) -> Fetcher:
     # Backoff sleeps are recorded instead of slept: the tests check the schedule, not the clock.
-    return Fetcher(tmp_path / "cache", retries=3, backoff=0.5, sleep=sleeps.append, read_timeout=5)
+    return Fetcher(
+        tmp_path / "cache", egress=LOCAL, retries=3, backoff=0.5, sleep=sleeps.append, read_timeout=5
+    )
 
 
 def _cache_files(cache: Path) -> list[Path]:
@@ -53,7 +59,7 @@ def test_same_url_downloads_once(upstream: UpstreamServer, fetcher: Fetcher, tmp
     assert upstream.hits("/a.tar.gz") == 1
     assert second.path == first.path
     # A new Fetcher on the same cache directory (another worker) reuses it too.
-    again = Fetcher(fetcher.cache_dir).fetch(url)
+    again = Fetcher(fetcher.cache_dir, egress=LOCAL).fetch(url)
     assert again.sha256 == PAYLOAD_SHA
     assert upstream.hits("/a.tar.gz") == 1
 
@@ -146,7 +152,7 @@ def test_connection_refused_is_retryable(tmp_path: Path, sleeps: list[float]) ->
     server = UpstreamServer().start()
     dead_url = server.url("/gone")
     server.stop()
-    fetcher = Fetcher(tmp_path / "cache", retries=2, backoff=0.1, sleep=sleeps.append)
+    fetcher = Fetcher(tmp_path / "cache", egress=LOCAL, retries=2, backoff=0.1, sleep=sleeps.append)
     with pytest.raises(PipelineError) as caught:
         fetcher.fetch(dead_url)
     assert caught.value.code == "fetch.connection-error"
@@ -158,7 +164,9 @@ def test_read_timeout_is_retried_then_reported(
     upstream: UpstreamServer, tmp_path: Path, sleeps: list[float]
 ) -> None:
     url = upstream.add_slow("/slow", PAYLOAD, delay=3)
-    fetcher = Fetcher(tmp_path / "cache", read_timeout=0.2, retries=1, backoff=0, sleep=sleeps.append)
+    fetcher = Fetcher(
+        tmp_path / "cache", egress=LOCAL, read_timeout=0.2, retries=1, backoff=0, sleep=sleeps.append
+    )
     with pytest.raises(PipelineError) as caught:
         fetcher.fetch(url)
     assert caught.value.code in {"fetch.timeout", "fetch.connection-error"}
@@ -168,7 +176,7 @@ def test_read_timeout_is_retried_then_reported(
 
 def test_stall_mid_body_is_a_retryable_error(upstream: UpstreamServer, tmp_path: Path) -> None:
     url = upstream.add_slow("/stall", PAYLOAD, delay=3, before_headers=False)
-    fetcher = Fetcher(tmp_path / "cache", read_timeout=0.2, retries=0)
+    fetcher = Fetcher(tmp_path / "cache", egress=LOCAL, read_timeout=0.2, retries=0)
     with pytest.raises(PipelineError) as caught:
         fetcher.fetch(url)
     assert caught.value.retryable
@@ -187,13 +195,13 @@ def test_redirects_are_followed(upstream: UpstreamServer, fetcher: Fetcher) -> N
 def test_redirect_limit(upstream: UpstreamServer, tmp_path: Path) -> None:
     upstream.add_bytes("/blob", PAYLOAD)
     url = upstream.add_redirect_chain("/loop", "/blob", hops=4)
-    fetcher = Fetcher(tmp_path / "cache", max_redirects=3)
+    fetcher = Fetcher(tmp_path / "cache", egress=LOCAL, max_redirects=3)
     with pytest.raises(PipelineError) as caught:
         fetcher.fetch(url)
     assert caught.value.code == "fetch.too-many-redirects"
     assert upstream.hits("/blob") == 0
     # One more allowed hop and it works.
-    assert Fetcher(tmp_path / "cache2", max_redirects=4).fetch(url).sha256 == PAYLOAD_SHA
+    assert Fetcher(tmp_path / "cache2", egress=LOCAL, max_redirects=4).fetch(url).sha256 == PAYLOAD_SHA
 
 
 def test_redirect_to_file_url_is_refused(upstream: UpstreamServer, fetcher: Fetcher) -> None:
@@ -205,7 +213,7 @@ def test_redirect_to_file_url_is_refused(upstream: UpstreamServer, fetcher: Fetc
 
 def test_size_cap_from_content_length(upstream: UpstreamServer, tmp_path: Path) -> None:
     url = upstream.add_stream("/huge", 10 * 1024 * 1024)
-    fetcher = Fetcher(tmp_path / "cache", max_bytes=1024 * 1024)
+    fetcher = Fetcher(tmp_path / "cache", egress=LOCAL, max_bytes=1024 * 1024)
     with pytest.raises(PipelineError) as caught:
         fetcher.fetch(url, label="k3s v1.31.0 x86-64")
     assert caught.value.code == "fetch.too-large"
@@ -217,7 +225,7 @@ def test_size_cap_from_content_length(upstream: UpstreamServer, tmp_path: Path) 
 def test_size_cap_while_streaming(upstream: UpstreamServer, tmp_path: Path) -> None:
     # Without Content-Length only counting the bytes as they arrive catches an oversized body.
     url = upstream.add_stream("/bomb", 5 * 1024 * 1024, send_length=False)
-    fetcher = Fetcher(tmp_path / "cache", max_bytes=1024 * 1024, retries=0)
+    fetcher = Fetcher(tmp_path / "cache", egress=LOCAL, max_bytes=1024 * 1024, retries=0)
     with pytest.raises(PipelineError) as caught:
         fetcher.fetch(url)
     assert caught.value.code == "fetch.too-large"
@@ -226,7 +234,7 @@ def test_size_cap_while_streaming(upstream: UpstreamServer, tmp_path: Path) -> N
 
 def test_truncated_body_is_not_cached(upstream: UpstreamServer, tmp_path: Path) -> None:
     url = upstream.add_lying_length("/short", b"x" * 100, declared=10_000)
-    fetcher = Fetcher(tmp_path / "cache", retries=1, backoff=0)
+    fetcher = Fetcher(tmp_path / "cache", egress=LOCAL, retries=1, backoff=0)
     with pytest.raises(PipelineError) as caught:
         fetcher.fetch(url)
     assert caught.value.code == "fetch.connection-error"
@@ -257,7 +265,7 @@ def test_content_encoding_is_not_decoded(upstream: UpstreamServer, fetcher: Fetc
 def test_mirror_rewrites_url_prefix(upstream: UpstreamServer, tmp_path: Path) -> None:
     upstream.add_bytes("/gh/bytecodealliance/wasmtime/v31/w.tar.xz", PAYLOAD)
     mirrors = {"https://github.com/": upstream.url("/gh/"), "https://github.com/other/": "http://never/"}
-    fetcher = Fetcher(tmp_path / "cache", mirrors=mirrors, retries=0)
+    fetcher = Fetcher(tmp_path / "cache", mirrors=mirrors, retries=0)  # mirrors may be private
     original = "https://github.com/bytecodealliance/wasmtime/v31/w.tar.xz"
     assert fetcher.rewrite_url(original) == upstream.url("/gh/bytecodealliance/wasmtime/v31/w.tar.xz")
     # Longest prefix wins.
@@ -276,11 +284,12 @@ def test_mirror_applies_to_redirect_targets(upstream: UpstreamServer, tmp_path: 
         "https://github.com/": upstream.url("/gh/"),
         "https://objects.example.com/": upstream.url("/objects/"),
     }
-    fetcher = Fetcher(tmp_path / "cache", mirrors=mirrors, retries=0)
+    fetcher = Fetcher(tmp_path / "cache", mirrors=mirrors, retries=0)  # mirrors may be private
     assert fetcher.fetch("https://github.com/release").sha256 == PAYLOAD_SHA
 
 
-def test_file_urls(tmp_path: Path, fetcher: Fetcher) -> None:
+def test_file_urls(tmp_path: Path) -> None:
+    fetcher = Fetcher(tmp_path / "cache", file_roots=[tmp_path])
     source = tmp_path / "local tool.bin"
     source.write_bytes(PAYLOAD)
     fetched = fetcher.fetch(source.as_uri(), sha256=PAYLOAD_SHA)
@@ -292,7 +301,7 @@ def test_file_urls(tmp_path: Path, fetcher: Fetcher) -> None:
     # Local files are re-read (they may change), then verified like any download.
     source.write_bytes(b"changed")
     with pytest.raises(PipelineError) as caught:
-        Fetcher(tmp_path / "fresh").fetch(source.as_uri(), sha256=PAYLOAD_SHA)
+        Fetcher(tmp_path / "fresh", file_roots=[tmp_path]).fetch(source.as_uri(), sha256=PAYLOAD_SHA)
     assert caught.value.code == "fetch.sha256-mismatch"
 
 
@@ -311,7 +320,7 @@ def test_hash_url(upstream: UpstreamServer, fetcher: Fetcher) -> None:
 def test_malformed_urls_fail_at_once_and_are_not_retryable(
     tmp_path: Path, sleeps: list[float], url: str
 ) -> None:
-    fetcher = Fetcher(tmp_path / "cache", retries=3, backoff=0.1, sleep=sleeps.append)
+    fetcher = Fetcher(tmp_path / "cache", egress=LOCAL, retries=3, backoff=0.1, sleep=sleeps.append)
     with pytest.raises(PipelineError) as caught:
         fetcher.fetch(url, label="hello v1 x86-64")
     assert caught.value.code == "fetch.invalid-url"
