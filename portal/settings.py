@@ -262,7 +262,8 @@ REST_FRAMEWORK = {
         "portal.hostile_input.FormParser",
         "portal.hostile_input.MultiPartParser",
     ],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # limit/offset with a maximum limit and a 400 for values that are not whole numbers.
+    "DEFAULT_PAGINATION_CLASS": "portal.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
     "NUM_PROXIES": TRUSTED_PROXY_COUNT,  # DRF throttles find the client like the sign-in throttle
 }
