@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
-from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
@@ -14,7 +12,7 @@ from rest_framework.authtoken.models import Token
 
 from builds import selectors
 from catalog.models import Membership
-from portal.signin_throttle import SignInLocked, signin_attempt
+from portal.forms import ThrottledAuthenticationForm
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -33,25 +31,6 @@ def home(request: HttpRequest) -> HttpResponse:
         "builds": selectors.builds_visible_to(user=request.user).order_by("-created_at")[:5],
     }
     return render(request, "portal/home.html", context)
-
-
-class ThrottledAuthenticationForm(AuthenticationForm):
-    """Django's sign-in form, with each password check spent from the shared guessing budgets."""
-
-    locked: SignInLocked | None = None
-
-    def clean(self) -> dict:
-        username = self.cleaned_data.get("username")
-        if username is None or not self.cleaned_data.get("password"):
-            return super().clean()  # a missing field: no password is checked
-        try:
-            with signin_attempt(self.request, username) as attempt:
-                super().clean()  # raises on a wrong password, which the attempt records
-                attempt.succeeded()
-        except SignInLocked as locked:
-            self.locked = locked
-            raise ValidationError(locked.message, code="throttled") from None
-        return self.cleaned_data
 
 
 class SignInView(LoginView):

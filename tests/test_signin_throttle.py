@@ -88,6 +88,20 @@ def test_signin_page_refuses_even_the_right_password_once_the_user_budget_is_spe
     assert browser.get("/").status_code == 302  # still signed out
 
 
+def test_the_admin_sign_in_spends_the_same_budget(limits) -> None:
+    limits(per_user=3)
+    User.objects.create_superuser("root", password=PASSWORD)
+    admin = Client(REMOTE_ADDR="10.0.0.1")
+    for _ in range(2):
+        assert _token("root", "guess").status_code == 400
+    wrong = admin.post("/admin/login/", {"username": "root", "password": "guess"})
+    assert b"Please enter the correct username and password" in wrong.content
+    locked = admin.post("/admin/login/", {"username": "root", "password": PASSWORD})
+    assert LOCKED.encode() in locked.content
+    assert "_auth_user_id" not in admin.session
+    assert admin.get("/admin/").status_code == 302  # to the login page
+
+
 def test_unknown_and_real_usernames_are_answered_alike(limits) -> None:
     limits(per_user=2)
     User.objects.create_user("alice", password=PASSWORD)
