@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from portal.signin_throttle import SignInLocked, signin_attempt
+from portal.signin_throttle import SignInLocked, SignInUnavailable, signin_attempt
 
 
 class TokenRequestSerializer(serializers.Serializer):
@@ -31,6 +31,12 @@ class TokenSerializer(serializers.Serializer):
 class AuthTokenErrorSerializer(serializers.Serializer):
     code = serializers.CharField()
     message = serializers.CharField()
+
+
+class SignInUnavailableError(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "signin.unavailable"
+    wait = SignInUnavailable.retry_after  # -> Retry-After
 
 
 class ObtainTokenView(APIView):
@@ -54,6 +60,10 @@ class ObtainTokenView(APIView):
                     "was not checked. Retry-After says when to try again."
                 ),
             ),
+            503: OpenApiResponse(
+                AuthTokenErrorSerializer,
+                description="The shared cache that counts attempts cannot be reached.",
+            ),
         },
         auth=[],
         tags=["auth"],
@@ -73,6 +83,8 @@ class ObtainTokenView(APIView):
             throttled = exceptions.Throttled(detail=locked.message)  # the message already says how long
             throttled.wait = locked.retry_after  # -> Retry-After
             raise throttled from None
+        except SignInUnavailable as unavailable:
+            raise SignInUnavailableError(unavailable.message) from None
         if user is None:  # unknown user, wrong password and inactive account look the same
             return Response(
                 {

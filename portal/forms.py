@@ -8,13 +8,13 @@ from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 
-from portal.signin_throttle import SignInLocked, signin_attempt
+from portal.signin_throttle import SignInLocked, SignInUnavailable, signin_attempt
 
 
 class _ThrottledClean:
     """Each password check of the form is spent from the shared guessing budgets."""
 
-    locked: SignInLocked | None = None
+    locked: SignInLocked | SignInUnavailable | None = None
 
     def clean(self) -> dict[str, Any]:
         data = self.cleaned_data  # type: ignore[attr-defined]
@@ -25,7 +25,7 @@ class _ThrottledClean:
             with signin_attempt(self.request, username) as attempt:  # type: ignore[attr-defined]
                 super().clean()  # type: ignore[misc]  # raises on a wrong password: a failure
                 attempt.succeeded()
-        except SignInLocked as locked:
+        except (SignInLocked, SignInUnavailable) as locked:
             self.locked = locked
             raise ValidationError(locked.message, code="throttled") from None
         return data

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -29,6 +30,9 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 LOCKED_MESSAGE = (
     "Too many failed sign-in attempts for this account or from your address. "
@@ -46,6 +50,13 @@ class SignInLocked(Exception):
     @property
     def message(self) -> str:
         return str(self)
+
+
+class SignInUnavailable(Exception):
+    """The shared cache cannot be reached: sign-in is refused (fails closed) rather than unthrottled."""
+
+    retry_after = 30
+    message = "Sign-in is unavailable for a moment (the portal cannot reach its cache); try again shortly."
 
 
 def _describe(seconds: int) -> str:
@@ -115,29 +126,36 @@ def _retry_after(until: float) -> int:
 def signin_attempt(request: HttpRequest, username: str) -> Iterator[Attempt]:
     """Reserve one password check for ``username`` from the request's address.
 
-    Raises SignInLocked (before any password is checked) when either budget is spent. Inside the
-    block check the password and call ``attempt.succeeded()`` if it was right; leaving the block
-    otherwise records a failure.
+    Raises SignInLocked (before any password is checked) when either budget is spent, and
+    SignInUnavailable when the cache cannot be reached. Inside the block check the password and
+    call ``attempt.succeeded()`` if it was right; leaving the block otherwise records a failure.
     """
     window = settings.SIGNIN_LOCKOUT_SECONDS
     budgets = _budgets(username, client_address(request))
-    until = _locked_until(budgets)
-    if until is not None:
-        raise SignInLocked(_retry_after(until))
-    spent = [(budget, _spend(budget, window)) for budget in budgets]
-    over = [budget for budget, count in spent if count > budget.limit]
-    if over:  # concurrent attempts spent the last checks: lock now and refuse this one
-        raise SignInLocked(_retry_after(max(_lock(budget, window) for budget in over)))
+    try:
+        until = _locked_until(budgets)
+        if until is not None:
+            raise SignInLocked(_retry_after(until))
+        spent = [(budget, _spend(budget, window)) for budget in budgets]
+        over = [budget for budget, count in spent if count > budget.limit]
+        if over:  # concurrent attempts spent the last checks: lock now and refuse this one
+            raise SignInLocked(_retry_after(max(_lock(budget, window) for budget in over)))
+    except (RedisError, OSError) as exc:  # the file cache raises OSError
+        log.warning("sign-in refused: the cache is unreachable (%s)", exc)
+        raise SignInUnavailable from None
     attempt = Attempt()
     try:
         yield attempt
     finally:
-        if attempt.ok:
-            _give_back(*budgets, window=window)
-        else:
-            for budget, count in spent:
-                if count >= budget.limit:  # that was the last allowed failure
-                    _lock(budget, window)
+        try:
+            if attempt.ok:
+                _give_back(*budgets, window=window)
+            else:
+                for budget, count in spent:
+                    if count >= budget.limit:  # that was the last allowed failure
+                        _lock(budget, window)
+        except (RedisError, OSError) as exc:  # the password was checked: answer it, keep going
+            log.warning("sign-in attempt not recorded: the cache is unreachable (%s)", exc)
 
 
 def _spend(budget: _Budget, window: int) -> int:

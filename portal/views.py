@@ -13,6 +13,7 @@ from rest_framework.authtoken.models import Token
 from builds import selectors
 from catalog.models import Membership
 from portal.forms import ThrottledAuthenticationForm
+from portal.signin_throttle import SignInUnavailable
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -39,8 +40,8 @@ class SignInView(LoginView):
 
     def form_invalid(self, form: ThrottledAuthenticationForm) -> HttpResponse:  # type: ignore[override]
         response = super().form_invalid(form)
-        if form.locked is not None:  # the same page, with the message; scripts also see a 429
-            response.status_code = 429
+        if form.locked is not None:  # the same page, with the message; scripts also see the status
+            response.status_code = 503 if isinstance(form.locked, SignInUnavailable) else 429
             response["Retry-After"] = str(form.locked.retry_after)
         return response
 
