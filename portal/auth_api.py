@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from django.contrib.auth import authenticate
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
+
+from portal.signin_throttle import SignInLocked, SignInUnavailable, signin_attempt
 
 
 class TokenRequestSerializer(serializers.Serializer):
@@ -32,11 +33,10 @@ class AuthTokenErrorSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
-class TokenThrottle(AnonRateThrottle):
-    """Slows password guessing from one address."""
-
-    scope = "auth-token"
-    rate = "30/min"
+class SignInUnavailableError(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "signin.unavailable"
+    wait = SignInUnavailable.retry_after  # -> Retry-After
 
 
 class ObtainTokenView(APIView):
@@ -44,7 +44,7 @@ class ObtainTokenView(APIView):
 
     authentication_classes: list = []  # no session, so no CSRF check for scripts
     permission_classes = [AllowAny]
-    throttle_classes = [TokenThrottle]
+    throttle_classes: list = []  # password guessing is limited by portal.signin_throttle instead
 
     @extend_schema(
         request=TokenRequestSerializer,
@@ -53,6 +53,17 @@ class ObtainTokenView(APIView):
             400: OpenApiResponse(
                 AuthTokenErrorSerializer, description="Missing fields or wrong credentials."
             ),
+            429: OpenApiResponse(
+                AuthTokenErrorSerializer,
+                description=(
+                    "Too many failed attempts for this username or from this address: the password "
+                    "was not checked. Retry-After says when to try again."
+                ),
+            ),
+            503: OpenApiResponse(
+                AuthTokenErrorSerializer,
+                description="The shared cache that counts attempts cannot be reached.",
+            ),
         },
         auth=[],
         tags=["auth"],
@@ -60,11 +71,20 @@ class ObtainTokenView(APIView):
     def post(self, request: Request) -> Response:
         form = TokenRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        user = authenticate(
-            request._request,
-            username=form.validated_data["username"],
-            password=form.validated_data["password"],
-        )
+        username = form.validated_data["username"]
+        try:
+            with signin_attempt(request._request, username) as attempt:
+                user = authenticate(
+                    request._request, username=username, password=form.validated_data["password"]
+                )
+                if user is not None:
+                    attempt.succeeded()
+        except SignInLocked as locked:
+            throttled = exceptions.Throttled(detail=locked.message)  # the message already says how long
+            throttled.wait = locked.retry_after  # -> Retry-After
+            raise throttled from None
+        except SignInUnavailable as unavailable:
+            raise SignInUnavailableError(unavailable.message) from None
         if user is None:  # unknown user, wrong password and inactive account look the same
             return Response(
                 {

@@ -8,6 +8,7 @@ failing later inside a build.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -81,6 +82,19 @@ def env_secret_file(name: str) -> Path | None:
     if not os.access(path, os.R_OK):
         raise ConfigError(name, f"file is not readable: {raw}")
     return path.resolve()
+
+
+def env_proxy_ssl_header(name: str) -> tuple[str, str] | None:
+    """A request header (``X-Forwarded-Proto``) by which the reverse proxy says it got HTTPS.
+
+    Returned in Django's ``SECURE_PROXY_SSL_HEADER`` form: ``("HTTP_X_FORWARDED_PROTO", "https")``.
+    """
+    raw = env_str(name)
+    if not raw:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*", raw):
+        raise ConfigError(name, f"expected a header name such as X-Forwarded-Proto, got {raw!r}")
+    return "HTTP_" + raw.upper().replace("-", "_"), "https"
 
 
 def env_mirrors(name: str) -> dict[str, str]:

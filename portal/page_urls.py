@@ -5,7 +5,7 @@ from portal import views
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("signin/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("signin/", views.SignInView.as_view(), name="login"),
     path("signout/", auth_views.LogoutView.as_view(), name="logout"),
     path("account/tokens/", views.api_tokens, name="api-tokens"),
 ]

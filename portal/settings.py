@@ -17,6 +17,7 @@ from portal.config import (
     env_int,
     env_mirrors,
     env_path,
+    env_proxy_ssl_header,
     env_secret_file,
     env_str,
     env_url,
@@ -170,6 +171,68 @@ BUILD_HEARTBEAT_TIMEOUT = env_int("BUILD_HEARTBEAT_TIMEOUT", 180, minimum=10)
 # unless this is set, so a team admin cannot make workers probe the internal network.
 WEBHOOK_ALLOW_PRIVATE_NETWORKS = env_bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", False)
 
+# --- Shared cache: sign-in throttle ------------------------------------------------------------
+# The sign-in budgets (portal.signin_throttle) and any DRF throttle count in the default cache, so
+# it must be shared by every process that answers requests: a per-process cache would give each
+# gunicorn worker a budget of its own. Deployments (and test runs) sharing a Redis keep apart by
+# CACHE_KEY_PREFIX.
+CACHE_KEY_PREFIX = env_str("CACHE_KEY_PREFIX", "bakehouse")
+if REDIS_URL:
+    # The broker's Redis, under a key prefix rather than another DB number (not every hosted Redis
+    # offers one). Timeouts, so that a stalled Redis makes sign-in fail rather than hang.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
+            "OPTIONS": {"socket_timeout": 5, "socket_connect_timeout": 5},
+        }
+    }
+else:
+    # Embedded default: without REDIS_URL the broker is a directory under var/, so every process
+    # (web workers, Celery) already runs on this machine and shares var/. A file cache there needs
+    # no migration or createcachetable step (unlike the database cache) and keeps the throttle's
+    # writes out of the SQLite file that builds write to. Its increments are not atomic, so
+    # concurrent guesses may overshoot a limit by the number of web workers; Redis counts exactly.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "django-cache"),
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
+            # Culling drops random entries: keep it far away, so guesses cannot flush the counters.
+            "OPTIONS": {"MAX_ENTRIES": 100_000},
+        }
+    }
+# Failed password checks (sign-in page and POST /api/auth/token/ alike) per username and per
+# client address within SIGNIN_LOCKOUT_SECONDS; reaching either limit locks that username or
+# address for SIGNIN_LOCKOUT_SECONDS, during which no password is checked.
+SIGNIN_FAILURES_PER_USER = env_int("SIGNIN_FAILURES_PER_USER", 10, minimum=1)
+SIGNIN_FAILURES_PER_ADDRESS = env_int("SIGNIN_FAILURES_PER_ADDRESS", 50, minimum=1)
+SIGNIN_LOCKOUT_SECONDS = env_int("SIGNIN_LOCKOUT_SECONDS", 900, minimum=1)
+
+# --- HTTPS and the reverse proxy -----------------------------------------------------------------
+# The embedded defaults keep `make run` on http://127.0.0.1:8000 working. Behind a TLS-terminating
+# proxy use the values of production.env.example: with them `manage.py check --deploy --fail-level
+# WARNING` passes (CI runs it).
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers and compose probe over plain HTTP inside
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+# How many reverse proxies of ours append to X-Forwarded-For: the client address (sign-in
+# throttle, DRF's NUM_PROXIES) is read that many entries from the right. 0: X-Forwarded-For is
+# ignored, since a client can write anything there.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+# The header by which that proxy says the request came over HTTPS (X-Forwarded-Proto).
+SECURE_PROXY_SSL_HEADER = env_proxy_ssl_header("SECURE_PROXY_SSL_HEADER")
+if SECURE_PROXY_SSL_HEADER and not TRUSTED_PROXY_COUNT:
+    raise ConfigError(
+        "SECURE_PROXY_SSL_HEADER",
+        "is set but TRUSTED_PROXY_COUNT is 0: without a proxy of ours in front, clients could claim HTTPS",
+    )
+
 # --- Artifacts, signing, upstreams ------------------------------------------------------------
 ARTIFACT_DIR = env_path("ARTIFACT_DIR", VAR_DIR / "artifacts")
 S3 = s3_config()
@@ -202,8 +265,10 @@ REST_FRAMEWORK = {
         "portal.hostile_input.FormParser",
         "portal.hostile_input.MultiPartParser",
     ],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # limit/offset with a maximum limit and a 400 for values that are not whole numbers.
+    "DEFAULT_PAGINATION_CLASS": "portal.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,  # DRF throttles find the client like the sign-in throttle
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Bakehouse API",

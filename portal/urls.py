@@ -3,6 +3,10 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from portal import auth_api, views
+from portal.forms import ThrottledAdminAuthenticationForm
+
+# The admin site's sign-in spends the same guessing budgets as /signin/ and the token API.
+admin.site.login_form = ThrottledAdminAuthenticationForm
 
 urlpatterns = [
     path("admin/", admin.site.urls),

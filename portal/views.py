@@ -1,9 +1,10 @@
-"""Portal-wide pages: home, API tokens, health."""
+"""Portal-wide pages: home, sign-in, API tokens, health."""
 
 from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
@@ -11,6 +12,8 @@ from rest_framework.authtoken.models import Token
 
 from builds import selectors
 from catalog.models import Membership
+from portal.forms import ThrottledAuthenticationForm
+from portal.signin_throttle import SignInUnavailable
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -29,6 +32,18 @@ def home(request: HttpRequest) -> HttpResponse:
         "builds": selectors.builds_visible_to(user=request.user).order_by("-created_at")[:5],
     }
     return render(request, "portal/home.html", context)
+
+
+class SignInView(LoginView):
+    form_class = ThrottledAuthenticationForm
+    redirect_authenticated_user = True
+
+    def form_invalid(self, form: ThrottledAuthenticationForm) -> HttpResponse:  # type: ignore[override]
+        response = super().form_invalid(form)
+        if form.locked is not None:  # the same page, with the message; scripts also see the status
+            response.status_code = 503 if isinstance(form.locked, SignInUnavailable) else 429
+            response["Retry-After"] = str(form.locked.retry_after)
+        return response
 
 
 @login_required
