@@ -127,7 +127,15 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 REDIS_URL = env_url("REDIS_URL", schemes=("redis", "rediss", "unix"))
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 4 * 3600}
+    # kombu's Redis transport, made to survive a Redis restart during a task (portal/broker.py).
+    CELERY_BROKER_TRANSPORT = "portal.broker:RedisTransport"
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+        "visibility_timeout": 4 * 3600,
+        # Find out that a quiet connection died (Redis restarted, a NAT forgot it) and reconnect.
+        "health_check_interval": 10,
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
+    }
 else:
     # Embedded default: kombu's filesystem transport needs no external service, and a real
     # worker process still consumes from it.
@@ -152,6 +160,21 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("BUILD_SOFT_TIME_LIMIT", 3600, minimum=10)
 CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 120
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)  # unit tests only
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker that loses the broker reconnects for ever (Redis restarts must not stop it) ...
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# ... and lets the tasks it runs finish: a build's state lives in the database, so a bake that
+# completes while Redis is down is kept; its message is re-queued by the reaper if Redis lost it.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# Sending a task while the broker restarts waits for it (about 30 s) before giving up; a build
+# whose task could not be sent is queued again by the reaper (builds.services.builds_reap_stale).
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 10,
+    "interval_start": 0,
+    "interval_step": 1,
+    "interval_max": 4,
+}
 CELERY_BEAT_SCHEDULE = {
     # Files proposals for new upstream releases; never approves (catalog.tasks).
     "catalog-discover-upstream-releases": {
