@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the end-to-end fixtures are imported, then requested by name
 """Issue 10, hole 5: a Redis restart must not stop the worker or lose a build.
 
 A real Celery worker consumes from a private redis-server that the test restarts (with nothing
@@ -11,17 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from celery.exceptions import OperationalError as PublishError
 
-from builds import services
-from builds.models import Build, BuildState
 from portal.celery import app
 from tests.builds.build_support import serve_extension
-from tests.builds.test_end_to_end import (  # noqa: F401 - module fixtures used by name
+from tests.builds.test_end_to_end import (  # noqa: F401 - fixtures
     Worker,
     api,
     bucket,
