@@ -166,8 +166,9 @@ CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 # ... and lets the tasks it runs finish: a build's state lives in the database, so a bake that
 # completes while Redis is down is kept; its message is re-queued by the reaper if Redis lost it.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
-# Sending a task while the broker restarts waits for it (about 30 s) before giving up; a build
-# whose task could not be sent is queued again by the reaper (builds.services.builds_reap_stale).
+# Sending a task while the broker restarts waits for it (about 10 s, short enough for a web
+# request) before giving up; a build whose task could not be sent is queued again by the reaper
+# after BUILD_REQUEUE_AFTER (builds.services.builds_reap_stale).
 CELERY_TASK_PUBLISH_RETRY = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "max_retries": 10,
@@ -189,6 +190,10 @@ CELERY_BEAT_SCHEDULE = {
 # A running build touches heartbeat_at this often; the reaper fails it after the timeout.
 BUILD_HEARTBEAT_INTERVAL = env_int("BUILD_HEARTBEAT_INTERVAL", 10, minimum=1)
 BUILD_HEARTBEAT_TIMEOUT = env_int("BUILD_HEARTBEAT_TIMEOUT", 180, minimum=10)
+# A build nobody worked on for this long has lost its queued message (broker restarted, or down
+# when the task was sent): the reaper queues its next task again. Long enough that a build
+# merely waiting behind others is rarely queued twice (a duplicate task finds its work done).
+BUILD_REQUEUE_AFTER = env_int("BUILD_REQUEUE_AFTER", 600, minimum=30)
 # Webhooks to loopback, private or link-local addresses (the metadata service...) are refused
 # unless this is set, so a team admin cannot make workers probe the internal network.
 WEBHOOK_ALLOW_PRIVATE_NETWORKS = env_bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", False)

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
+from builds import services
+from builds.models import Build, BuildState
 from portal.celery import app
 from tests.builds.build_support import serve_extension
 from tests.builds.test_end_to_end import (  # noqa: F401 - fixtures
@@ -124,6 +128,36 @@ def test_a_build_in_flight_survives_a_redis_restart(
     # Down for a while: the bake finishes its fetch meanwhile and queues finalize into a dead broker.
     broker.restart(down_for=4)
     _wait_reconnected(restarted_worker, since)
+    body = wait_for(client, build_id, restarted_worker, finished)
+    assert body["state"] == "succeeded", (body, restarted_worker.tail())
+    _assert_alive(restarted_worker)
+
+
+def test_a_build_requested_while_redis_is_down_is_accepted_and_queued_again_by_the_reaper(
+    team_cast: Any,
+    restarted_worker: Worker,
+    broker: RedisServer,
+    portal_side: Any,
+    upstream_server: UpstreamServer,
+) -> None:
+    serve_extension(upstream_server, "while-down")
+    client = api(team_cast.teammate)
+    flavour = compose(client, "while down", ["while-down"])
+    broker.stop()
+    try:
+        response = client.post(f"/api/flavours/{flavour['id']}/builds/")
+    finally:
+        broker.start()
+    # Accepted: the build is committed even though its task could not be sent.
+    assert response.status_code == 202, response.content
+    build_id = response.json()["id"]
+    assert Build.objects.get(pk=build_id).state == BuildState.QUEUED
+    # Nothing will come for it; once it has waited BUILD_REQUEUE_AFTER the reaper queues it again.
+    assert services.builds_reap_stale() == []
+    assert Build.objects.get(pk=build_id).requeued_at is None
+    later = timezone.now() + timedelta(seconds=services.requeue_after() + 1)
+    assert services.builds_reap_stale(now=later) == []
+    assert Build.objects.get(pk=build_id).requeued_at == later
     body = wait_for(client, build_id, restarted_worker, finished)
     assert body["state"] == "succeeded", (body, restarted_worker.tail())
     _assert_alive(restarted_worker)
