@@ -33,7 +33,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -520,6 +527,10 @@ class _Heartbeat:
     def _run(self) -> None:
         try:
             while not self._stop.wait(heartbeat_interval()):
+                # A connection that failed (the server restarted or dropped it) is replaced here,
+                # else every later beat would fail on it and the reaper would take a live build
+                # for a dead worker's.
+                close_old_connections()
                 try:
                     Build.objects.filter(pk=self.build_id, state__in=ACTIVE_BUILD_STATES).update(
                         heartbeat_at=timezone.now()
@@ -539,10 +550,19 @@ class _Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        # A worker that dies skips this, which is exactly what the reaper looks for.
-        Build.objects.filter(pk=self.build_id, tasks_running__gt=0).update(
-            tasks_running=F("tasks_running") - 1
-        )
+        # A worker that dies skips this, which is exactly what the reaper looks for. The block
+        # may be leaving because the database connection dropped: reconnect and try once more,
+        # so a retried task does not count itself twice.
+        for attempt in (1, 2):
+            try:
+                Build.objects.filter(pk=self.build_id, tasks_running__gt=0).update(
+                    tasks_running=F("tasks_running") - 1
+                )
+                return
+            except (OperationalError, InterfaceError):
+                if attempt == 2:
+                    raise
+                close_old_connections()
 
 
 # --- ending builds ------------------------------------------------------------------------------

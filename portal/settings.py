@@ -95,7 +95,9 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------------------------
 _database_url = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'bakehouse.sqlite3'}")
 try:
-    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
+    # Persistent connections are checked before reuse: one the server dropped (a restart, a
+    # failover, pg_terminate_backend) is replaced instead of failing the next request with a 500.
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60, conn_health_checks=True)}
 except Exception as exc:  # dj-database-url raises several types for a bad URL
     raise ConfigError("DATABASE_URL", f"cannot parse {_database_url!r} ({exc})") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
