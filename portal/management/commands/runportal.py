@@ -89,6 +89,13 @@ class Command(BaseCommand):
         host, sep, port = addr.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise CommandError(f"--addr must be HOST:PORT, got {addr!r}")
+        if not options["no_worker"]:
+            from builds.adapters.signing_key import SharedSigningKeyMissing, require_shared_signing_key
+
+            try:
+                require_shared_signing_key()
+            except SharedSigningKeyMissing as problem:
+                raise CommandError(str(problem)) from None
         if not options["no_collectstatic"]:
             # whitenoise serves STATIC_ROOT; without collectstatic the pages would have no CSS.
             call_command("collectstatic", interactive=False, verbosity=0)
