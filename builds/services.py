@@ -512,6 +512,16 @@ def _check_cancel(build_id: Any) -> None:
         raise BuildCancelled()
 
 
+def database_reconnect_if_broken() -> None:
+    """Drop this thread's database connection if it failed, so the next query opens a new one.
+
+    Not inside a transaction: there the connection must stay (an eager task in a test's atomic
+    block; a real task is never in one when it reaches its error handling).
+    """
+    if not connection.in_atomic_block:
+        connection.close_if_unusable_or_obsolete()
+
+
 class _Heartbeat:
     """Touches ``heartbeat_at`` from a side thread while a task works.
 
@@ -562,7 +572,7 @@ class _Heartbeat:
             except (OperationalError, InterfaceError):
                 if attempt == 2:
                     raise
-                close_old_connections()
+                database_reconnect_if_broken()
 
 
 # --- ending builds ------------------------------------------------------------------------------

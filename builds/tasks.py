@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 
 from builds import services
 from builds.pipeline.errors import PipelineError
@@ -37,7 +37,7 @@ def _retry_or_fail(task: Task, build_id: str, exc: BaseException) -> None:
     """Retry an infrastructure failure with backoff; after the last attempt, fail the build."""
     # The failure may be a dropped database connection: replace it before recording anything,
     # else the log line below fails too and the task dies without its retry.
-    close_old_connections()
+    services.database_reconnect_if_broken()
     if isinstance(exc, SoftTimeLimitExceeded):
         services.build_fail(
             build_id=build_id,
