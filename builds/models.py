@@ -155,6 +155,9 @@ class Build(models.Model):
     # Tasks of this build working right now. A stale heartbeat only means a dead worker while
     # one is running; with none running the build is merely waiting in the queue.
     tasks_running = models.PositiveIntegerField(default=0)
+    # When the reaper last queued this build's next task again because nothing had worked on
+    # it for BUILD_REQUEUE_AFTER seconds (its message lost with a broker restart).
+    requeued_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -32,7 +32,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -104,6 +111,10 @@ def heartbeat_timeout() -> float:
 
 def queue_timeout() -> float:
     return float(getattr(settings, "BUILD_QUEUE_TIMEOUT", 24 * 3600))
+
+
+def requeue_after() -> float:
+    return float(getattr(settings, "BUILD_REQUEUE_AFTER", 600))
 
 
 # --- flavours -----------------------------------------------------------------------------------
@@ -417,11 +428,27 @@ def build_event_payload(build: Build) -> dict[str, Any]:
 
 
 def _queue(task_name: str, *args: Any) -> None:
-    """Send a task once the current transaction commits (at once outside one)."""
+    """Send a task once the current transaction commits (at once outside one).
+
+    A broker that stays unreachable through the publish retries (settings) does not fail the
+    request or the task that queues: the build is committed, and the reaper queues its next
+    task again once it has waited ``BUILD_REQUEUE_AFTER`` (``builds_reap_stale``).
+    """
+    from kombu.exceptions import OperationalError as BrokerUnreachable
+
     from builds import tasks
 
     task = getattr(tasks, task_name)
-    transaction.on_commit(lambda: task.delay(*args))
+
+    def send() -> None:
+        try:
+            task.delay(*args)
+        except (BrokerUnreachable, OSError) as exc:
+            logger.warning(
+                "could not queue %s%r (%s); the reaper queues it again later", task_name, args, exc
+            )
+
+    transaction.on_commit(send)
 
 
 # --- log, steps, progress -----------------------------------------------------------------------
@@ -487,6 +514,16 @@ def _check_cancel(build_id: Any) -> None:
         raise BuildCancelled()
 
 
+def database_reconnect_if_broken() -> None:
+    """Drop this thread's database connection if it failed, so the next query opens a new one.
+
+    Not inside a transaction: there the connection must stay (an eager task in a test's atomic
+    block; a real task is never in one when it reaches its error handling).
+    """
+    if not connection.in_atomic_block:
+        connection.close_if_unusable_or_obsolete()
+
+
 class _Heartbeat:
     """Touches ``heartbeat_at`` from a side thread while a task works.
 
@@ -502,6 +539,10 @@ class _Heartbeat:
     def _run(self) -> None:
         try:
             while not self._stop.wait(heartbeat_interval()):
+                # A connection that failed (the server restarted or dropped it) is replaced here,
+                # else every later beat would fail on it and the reaper would take a live build
+                # for a dead worker's.
+                close_old_connections()
                 try:
                     Build.objects.filter(pk=self.build_id, state__in=ACTIVE_BUILD_STATES).update(
                         heartbeat_at=timezone.now()
@@ -521,10 +562,19 @@ class _Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        # A worker that dies skips this, which is exactly what the reaper looks for.
-        Build.objects.filter(pk=self.build_id, tasks_running__gt=0).update(
-            tasks_running=F("tasks_running") - 1
-        )
+        # A worker that dies skips this, which is exactly what the reaper looks for. The block
+        # may be leaving because the database connection dropped: reconnect and try once more,
+        # so a retried task does not count itself twice.
+        for attempt in (1, 2):
+            try:
+                Build.objects.filter(pk=self.build_id, tasks_running__gt=0).update(
+                    tasks_running=F("tasks_running") - 1
+                )
+                return
+            except (OperationalError, InterfaceError):
+                if attempt == 2:
+                    raise
+                database_reconnect_if_broken()
 
 
 # --- ending builds ------------------------------------------------------------------------------
@@ -607,7 +657,48 @@ def builds_reap_stale(*, now: Any = None, timeout: float | None = None) -> list[
             reaped.append(str(build.pk))
     for build_id in reaped:
         logger.warning("reaped build %s", build_id)
+    _requeue_lost(now)
     return reaped
+
+
+def _requeue_lost(now: Any) -> list[str]:
+    """Queue again the next task of builds nobody has worked on for ``BUILD_REQUEUE_AFTER``.
+
+    Nothing runs (``tasks_running`` is 0) and nothing happened for that long: the message was
+    lost (a Redis restart without persistence) or never sent (the broker was down when the web
+    or a task queued it). Every task finds work already done and skips it, so a build that was
+    merely waiting in a long queue costs at most a duplicate message.
+    """
+    cutoff = now - timedelta(seconds=requeue_after())
+    lost = Build.objects.filter(
+        Q(state__in=ACTIVE_BUILD_STATES, tasks_running=0, created_at__lt=cutoff)
+        & (Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=cutoff))
+        & (Q(requeued_at__isnull=True) | Q(requeued_at__lt=cutoff))
+    )
+    requeued: list[str] = []
+    for build in lost:
+        if not Build.objects.filter(pk=build.pk, requeued_at=build.requeued_at).update(requeued_at=now):
+            continue  # another reaper took it
+        pending = list(
+            BuildImage.objects.filter(build_id=build.pk, state=BuildImage.State.PENDING).values_list(
+                "pk", flat=True
+            )
+        )
+        if build.finalize_queued:
+            _queue("build_finalize", str(build.pk))
+        elif build.started_at is None:
+            _queue("build_start", str(build.pk))
+        elif pending:
+            for build_image_id in pending:
+                _queue("build_bake_image", str(build.pk), build_image_id)
+        else:
+            _maybe_finalize(build.pk)
+        _log(
+            build.pk, "Nothing worked on this build for a while (its queued task was lost); queued it again."
+        )
+        logger.warning("re-queued build %s", build.pk)
+        requeued.append(str(build.pk))
+    return requeued
 
 
 # --- running builds (called by tasks) -----------------------------------------------------------

@@ -36,6 +36,9 @@ def _is_infrastructure(exc: BaseException) -> bool:
 
 def _retry_or_fail(task: Task, build_id: str, exc: BaseException) -> None:
     """Retry an infrastructure failure with backoff; after the last attempt, fail the build."""
+    # The failure may be a dropped database connection: replace it before recording anything,
+    # else the log line below fails too and the task dies without its retry.
+    services.database_reconnect_if_broken()
     if isinstance(exc, SoftTimeLimitExceeded):
         services.build_fail(
             build_id=build_id,

@@ -96,7 +96,9 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------------------------
 _database_url = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'bakehouse.sqlite3'}")
 try:
-    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
+    # Persistent connections are checked before reuse: one the server dropped (a restart, a
+    # failover, pg_terminate_backend) is replaced instead of failing the next request with a 500.
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60, conn_health_checks=True)}
 except Exception as exc:  # dj-database-url raises several types for a bad URL
     raise ConfigError("DATABASE_URL", f"cannot parse {_database_url!r} ({exc})") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -128,7 +130,15 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 REDIS_URL = env_url("REDIS_URL", schemes=("redis", "rediss", "unix"))
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 4 * 3600}
+    # kombu's Redis transport, made to survive a Redis restart during a task (portal/broker.py).
+    CELERY_BROKER_TRANSPORT = "portal.broker:RedisTransport"
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+        "visibility_timeout": 4 * 3600,
+        # Find out that a quiet connection died (Redis restarted, a NAT forgot it) and reconnect.
+        "health_check_interval": 10,
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
+    }
 else:
     # Embedded default: kombu's filesystem transport needs no external service, and a real
     # worker process still consumes from it.
@@ -153,6 +163,22 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("BUILD_SOFT_TIME_LIMIT", 3600, minimum=10)
 CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 120
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)  # unit tests only
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker that loses the broker reconnects for ever (Redis restarts must not stop it) ...
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# ... and lets the tasks it runs finish: a build's state lives in the database, so a bake that
+# completes while Redis is down is kept; its message is re-queued by the reaper if Redis lost it.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# Sending a task while the broker restarts waits for it (about 10 s, short enough for a web
+# request) before giving up; a build whose task could not be sent is queued again by the reaper
+# after BUILD_REQUEUE_AFTER (builds.services.builds_reap_stale).
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 10,
+    "interval_start": 0,
+    "interval_step": 1,
+    "interval_max": 4,
+}
 CELERY_BEAT_SCHEDULE = {
     # Files proposals for new upstream releases; never approves (catalog.tasks).
     "catalog-discover-upstream-releases": {
@@ -167,6 +193,10 @@ CELERY_BEAT_SCHEDULE = {
 # A running build touches heartbeat_at this often; the reaper fails it after the timeout.
 BUILD_HEARTBEAT_INTERVAL = env_int("BUILD_HEARTBEAT_INTERVAL", 10, minimum=1)
 BUILD_HEARTBEAT_TIMEOUT = env_int("BUILD_HEARTBEAT_TIMEOUT", 180, minimum=10)
+# A build nobody worked on for this long has lost its queued message (broker restarted, or down
+# when the task was sent): the reaper queues its next task again. Long enough that a build
+# merely waiting behind others is rarely queued twice (a duplicate task finds its work done).
+BUILD_REQUEUE_AFTER = env_int("BUILD_REQUEUE_AFTER", 600, minimum=30)
 # Webhooks to loopback, private or link-local addresses (the metadata service...) are refused
 # unless this is set, so a team admin cannot make workers probe the internal network.
 WEBHOOK_ALLOW_PRIVATE_NETWORKS = env_bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", False)

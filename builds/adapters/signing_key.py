@@ -42,6 +42,25 @@ def ensure_embedded_signing_key() -> Path:
     return key_file
 
 
+class SharedSigningKeyMissing(Exception):
+    """A worker on a remote broker without ``SIGNING_KEY_FILE``."""
+
+
+def require_shared_signing_key() -> None:
+    """Refuse to run a worker that would sign with a key of its own machine.
+
+    With a remote broker (``REDIS_URL``) workers may run on several machines; each would make
+    its own embedded key in its own var dir, and nodes trusting one key would reject the builds
+    signed by the others. The embedded default (filesystem broker, one machine) keeps its key.
+    """
+    if settings.REDIS_URL and not settings.SIGNING_KEY_FILE:
+        raise SharedSigningKeyMissing(
+            "SIGNING_KEY_FILE is not set: with a remote broker (REDIS_URL) every worker must sign "
+            "with the same key, or nodes reject the builds of the others. Set SIGNING_KEY_FILE "
+            "(and SIGNING_PASSPHRASE_FILE if the key has one) to the same key file on every worker."
+        )
+
+
 def signing_key_files() -> tuple[Path, Path | None]:
     """The secret key file and its passphrase file (None: the key has no passphrase)."""
     if settings.SIGNING_KEY_FILE:

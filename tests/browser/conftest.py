@@ -22,6 +22,8 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.builds.build_support import shared_signing_key
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -147,6 +149,8 @@ def celery_worker_process(transactional_db, settings, tmp_path) -> Iterator[Call
             "CELERY_TASK_ALWAYS_EAGER": "false",
             "CELERY_TASK_DEFAULT_QUEUE": queue,  # what the worker queues itself stays on our queue
             "PYTHONUNBUFFERED": "1",
+            # A worker on a real broker refuses to start without a configured (shared) key.
+            "SIGNING_KEY_FILE": os.environ.get("SIGNING_KEY_FILE") or str(shared_signing_key(tmp_path)),
             **extra_env,
         }
         argv = [

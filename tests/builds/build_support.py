@@ -87,3 +87,13 @@ def ignition_image_hashes(ignition: bytes) -> dict[str, str]:
 
 def gpg_available() -> bool:
     return subprocess.run(["gpg", "--version"], capture_output=True, check=False).returncode == 0
+
+
+def shared_signing_key(directory: Path) -> Path:
+    """A signing key file for workers on a real broker, which refuse to start without one."""
+    from builds.pipeline.signing import generate_signing_key
+
+    key_file = directory / "shared-signing-key.asc"
+    if not key_file.exists():
+        generate_signing_key(key_file, name="Bakehouse test key", email="test@bakehouse.invalid")
+    return key_file

@@ -39,6 +39,7 @@ from tests.builds.build_support import (
     check_published_extension,
     ignition_image_hashes,
     serve_extension,
+    shared_signing_key,
     upstream_mirrors,
 )
 from tests.builds.catalog_fixtures import Cast
@@ -156,7 +157,8 @@ def worker_env(
         "UPSTREAM_MIRRORS": mirrors,
         "BUILD_HEARTBEAT_INTERVAL": "1",
         "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "1",  # the receiver listens on 127.0.0.1
-        "SIGNING_KEY_FILE": "",
+        # Workers on a real broker share one configured key (they refuse to start without it).
+        "SIGNING_KEY_FILE": str(shared_signing_key(tmp_path_factory.mktemp("signing"))),
         "SIGNING_PASSPHRASE_FILE": "",
         "PYTHONUNBUFFERED": "1",
     }

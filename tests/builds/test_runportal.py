@@ -1,4 +1,5 @@
-"""`manage.py runportal` runs the web server with a real Celery worker and beat, and stops them."""
+"""`manage.py runportal` runs the web server with a real Celery worker and beat, restarts one that
+dies, and stops them."""
 
 from __future__ import annotations
 
@@ -117,7 +118,57 @@ def test_runportal_serves_runs_tasks_on_a_real_worker_and_stops_everything(
         log.close()
 
 
-def test_runportal_stops_the_rest_when_a_child_dies(embedded_env: dict[str, str], tmp_path: Path) -> None:
+def test_runportal_restarts_a_child_that_dies_and_keeps_the_others(
+    embedded_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    log = (tmp_path / "runportal.log").open("w+")
+    portal = subprocess.Popen(
+        [sys.executable, "manage.py", "runportal", "--addr", f"127.0.0.1:{port}", "--concurrency", "1",
+         "--web-workers", "1", "--no-beat", "--no-collectstatic", "--grace", "20"],
+        cwd=ROOT, env=embedded_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+    def started() -> list[tuple[str, int]]:
+        found = re.findall(r"runportal: started (\w+) \(pid (\d+)\)", Path(log.name).read_text())
+        return [(name, int(pid)) for name, pid in found]
+
+    try:
+        wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz") == 200, "the web server")
+        web_pid = dict(started())["web"]
+        first_worker = dict(started())["worker"]
+        os.killpg(first_worker, signal.SIGKILL)  # the worker dies (OOM killer, a crash)
+
+        wait_for(lambda: len([n for n, _ in started() if n == "worker"]) == 2, "the worker's restart")
+        assert f"worker (pid {first_worker}) exited" in Path(log.name).read_text()
+        assert "restarting it in" in Path(log.name).read_text()
+        assert portal.poll() is None, Path(log.name).read_text()
+        assert alive(web_pid), "the web server was stopped with the worker"
+        assert _get(f"http://127.0.0.1:{port}/healthz") == 200
+
+        # The new worker consumes the queue.
+        token = uuid.uuid4().hex
+        send = f"from portal.tasks import ping; ping.delay('{token}')"
+        subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", send],
+            cwd=ROOT, env=embedded_env, check=True, timeout=120, capture_output=True,
+        )  # fmt: skip
+        wait_for((Path(embedded_env["BAKEHOUSE_VAR_DIR"]) / "pings" / token).exists, "the restarted worker")
+
+        portal.send_signal(signal.SIGTERM)  # still stops everything
+        assert portal.wait(timeout=90) == 0
+        for name, pid in started():
+            assert not group_alive(pid), f"{name} (pid {pid}) is still running"
+    finally:
+        if portal.poll() is None:
+            os.killpg(portal.pid, signal.SIGKILL)
+            portal.wait()
+        log.close()
+
+
+def test_runportal_stops_everything_when_a_child_cannot_start(
+    embedded_env: dict[str, str], tmp_path: Path
+) -> None:
     port = free_port()
     with socket.socket() as blocker:  # the port is taken: the web server cannot start
         blocker.bind(("127.0.0.1", port))
@@ -128,7 +179,10 @@ def test_runportal_stops_the_rest_when_a_child_dies(embedded_env: dict[str, str]
             cwd=ROOT, env=embedded_env, capture_output=True, text=True, timeout=180,
         )  # fmt: skip
     assert result.returncode != 0
-    assert "web exited with status" in result.stderr
+    # Restarted with a growing delay first, then given up on as a configuration problem.
+    assert result.stderr.count("runportal: web (pid") == 4, result.stderr
+    assert "restarting it in 8s" in result.stderr
+    assert "web exited with status" in result.stderr and "times in a row" in result.stderr
     worker_pid = int(re.search(r"started worker \(pid (\d+)\)", result.stdout).group(1))  # type: ignore[union-attr]
     assert not group_alive(worker_pid)
 

@@ -1,10 +1,12 @@
 """``manage.py runportal``: the web server, a Celery worker and beat, supervised together.
 
 The embedded default (README's ``make run``) needs no service manager: this command starts the
-three as child processes with the same environment, so they share the configuration, and stops
-them all when it is asked to stop (Ctrl-C, SIGTERM) or when any of them dies. Children run in
-their own sessions so that a terminal's Ctrl-C reaches them once, through us, and they are told
-to exit if this process is killed outright.
+three as child processes with the same environment, so they share the configuration, restarts
+one that dies (with a growing delay, and a log line saying so), and stops them all when it is
+asked to stop (Ctrl-C, SIGTERM). A child that cannot even start (it exits within seconds, five
+times in a row) is a configuration problem: then everything stops with that child's status.
+Children run in their own sessions so that a terminal's Ctrl-C reaches them once, through us,
+and they are told to exit if this process is killed outright.
 """
 
 from __future__ import annotations
@@ -33,10 +35,21 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass  # not Linux: children just outlive a SIGKILLed parent
 
 
+# A child that lived this long before dying was running fine: its next restart starts over.
+HEALTHY_AFTER = 30.0
+# Restarts of a child that keeps dying at once before runportal gives up.
+MAX_QUICK_RESTARTS = 5
+BACKOFF_MAX = 30.0
+
+
 @dataclass
 class Child:
     name: str
+    argv: list[str]
     process: subprocess.Popen[bytes]
+    started_at: float = 0.0
+    quick_failures: int = 0
+    restart_at: float | None = None
 
     @property
     def pid(self) -> int:
@@ -76,6 +89,13 @@ class Command(BaseCommand):
         host, sep, port = addr.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise CommandError(f"--addr must be HOST:PORT, got {addr!r}")
+        if not options["no_worker"]:
+            from builds.adapters.signing_key import SharedSigningKeyMissing, require_shared_signing_key
+
+            try:
+                require_shared_signing_key()
+            except SharedSigningKeyMissing as problem:
+                raise CommandError(str(problem)) from None
         if not options["no_collectstatic"]:
             # whitenoise serves STATIC_ROOT; without collectstatic the pages would have no CSS.
             call_command("collectstatic", interactive=False, verbosity=0)
@@ -105,24 +125,55 @@ class Command(BaseCommand):
         failed: Child | None = None
         try:
             for name, argv in commands:
-                process = subprocess.Popen(
-                    argv, cwd=settings.BASE_DIR, start_new_session=True, preexec_fn=_die_with_parent
-                )
-                children.append(Child(name, process))
-                self.stdout.write(f"runportal: started {name} (pid {process.pid})")
-                self.stdout.flush()
+                children.append(Child(name, argv, self._spawn(name, argv), started_at=time.monotonic()))
             self.stdout.write(f"runportal: serving on http://{addr}/ (Ctrl-C stops everything)")
             self.stdout.flush()
             while not stop_requested and failed is None:
-                failed = next((c for c in children if c.process.poll() is not None), None)
+                failed = self._supervise(children)
                 time.sleep(0.2)
         finally:
             self._stop(children, options["grace"])
         if failed is not None:
             raise CommandError(
-                f"{failed.name} exited with status {failed.process.returncode}; stopped the others"
+                f"{failed.name} exited with status {failed.process.returncode} "
+                f"{failed.quick_failures} times in a row right after starting; stopped the others"
             )
         self.stdout.write("runportal: stopped")
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            argv, cwd=settings.BASE_DIR, start_new_session=True, preexec_fn=_die_with_parent
+        )
+        self.stdout.write(f"runportal: started {name} (pid {process.pid})")
+        self.stdout.flush()
+        return process
+
+    def _supervise(self, children: list[Child]) -> Child | None:
+        """Restart children that died, after a delay; the child that keeps failing at start, if any."""
+        now = time.monotonic()
+        for child in children:
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restart_at = None
+                    child.started_at = now
+                    child.process = self._spawn(child.name, child.argv)
+                continue
+            status = child.process.poll()
+            if status is None:
+                continue
+            child.signal_group(signal.SIGKILL)  # pool processes the dead leader left behind
+            lived = now - child.started_at
+            child.quick_failures = child.quick_failures + 1 if lived < HEALTHY_AFTER else 1
+            if child.quick_failures >= MAX_QUICK_RESTARTS:
+                return child
+            delay = min(2.0 ** (child.quick_failures - 1), BACKOFF_MAX)
+            self.stderr.write(
+                f"runportal: {child.name} (pid {child.pid}) exited with status {status} after "
+                f"{lived:.0f}s; restarting it in {delay:g}s"
+            )
+            self.stderr.flush()
+            child.restart_at = now + delay
+        return None
 
     def _web_command(self, addr: str, options: dict[str, Any]) -> list[str]:
         if options["server"] == "django":
