@@ -35,8 +35,17 @@ def test_services_healthchecks_and_one_shots(compose: dict) -> None:
 def test_application_services_share_configuration(compose: dict) -> None:
     services = compose["services"]
     env = services["web"]["environment"]
-    for name in ("worker", "beat", "migrate", "create-bucket"):
+    for name in ("worker", "beat"):
         assert services[name]["environment"] == env, name
+    # The one-shots run before the shared signing key exists (migrate makes it): they sign nothing.
+    signing = {"SIGNING_KEY_FILE", "SIGNING_PASSPHRASE_FILE"}
+    for name in ("migrate", "create-bucket"):
+        own = services[name]["environment"]
+        assert {k: v for k, v in own.items() if k not in signing} == {
+            k: v for k, v in env.items() if k not in signing
+        }, name
+        assert not own["SIGNING_KEY_FILE"], name
+    assert env["SIGNING_KEY_FILE"]  # every worker signs with the one key in the shared volume
     assert env["S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
     assert env["REDIS_URL"].startswith("redis://redis:")
     assert env["DATABASE_URL"].startswith("postgres://")
