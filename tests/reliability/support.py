@@ -344,3 +344,248 @@ def _switch(broker_url: str, queue: str) -> None:
     app.conf.task_default_queue = queue
     for cached in ("router", "queues", "default_queue"):
         app.amqp.__dict__.pop(cached, None)
+
+
+# --- the rig: broker, store, upstream, key and workers of one test module --------------------------
+
+# Small bounds so that recovery is seen within the suite's time: the worker beats every second and
+# the reaper (which beat runs every minute in production; the tests call it every second, as
+# beat would) fails a build whose heartbeat stopped for BUILD_HEARTBEAT_TIMEOUT seconds.
+HEARTBEAT_INTERVAL = 1
+HEARTBEAT_TIMEOUT = 10
+# A build that lost its worker, or whose broker, store or database went away, reaches a final
+# state within this bound (heartbeat timeout + the task retries' first backoffs + a bake).
+RECOVERY_BOUND = 120.0
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+# Failures the design says to retry (the error says "retry the build"), not user errors.
+RETRYABLE_CODES = ("build.worker-lost", "build.infrastructure", "store.unavailable", "fetch.unavailable")
+
+
+class Rig:
+    """Our own redis-server, moto S3 behind a holding proxy (or the local store), the fixture
+    upstream, a passphrase-protected signing key, tool shims and a queue of our own."""
+
+    def __init__(self, workdir: Path, *, store: str = "s3") -> None:
+        from tests.upstream import UpstreamServer
+
+        self.workdir = workdir
+        self.store = store
+        self.redis = RedisServer(workdir).start()
+        self.upstream = UpstreamServer().start()
+        self.key = make_signing_key(workdir / "keys")
+        self.shims = tool_shims(workdir / "bin")
+        self.queue = f"bh-rel-{os.urandom(5).hex()}"
+        self.artifact_dir = workdir / "artifacts"
+        self.s3: RestartableS3 | None = None
+        self.proxy: HoldingProxy | None = None
+        self.bucket = ""
+        if store == "s3":
+            self.s3 = RestartableS3().start()
+            self.proxy = HoldingProxy(self.s3.port)
+            self.bucket = self.s3.endpoint.new_bucket()
+        self.workers: list[Any] = []
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+        if self.proxy is not None:
+            self.proxy.close()
+        if self.s3 is not None:
+            self.s3.stop()
+        self.upstream.stop()
+        self.redis.stop()
+
+    def s3_client(self) -> Any:
+        assert self.s3 is not None
+        return self.s3.endpoint.client()
+
+    def mirrors(self) -> str:
+        from tests.builds.build_support import upstream_mirrors
+
+        return " ".join(f"{k}={v}" for k, v in upstream_mirrors(self.upstream).items())
+
+    def worker_env(self, **delays: float) -> dict[str, str]:
+        from tests.builds.test_end_to_end import _worker_database_url
+
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "portal.settings",
+            "DATABASE_URL": _worker_database_url(),
+            "REDIS_URL": self.redis.url,
+            "BAKEHOUSE_VAR_DIR": str(self.workdir / "var"),
+            "UPSTREAM_MIRRORS": self.mirrors(),
+            "BUILD_HEARTBEAT_INTERVAL": str(HEARTBEAT_INTERVAL),
+            "BUILD_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
+            "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "1",
+            "SIGNING_KEY_FILE": str(self.key.key_file),
+            "SIGNING_PASSPHRASE_FILE": str(self.key.passphrase_file),
+            "PATH": f"{self.shims}:{os.environ.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        for variable in ("S3_BUCKET", "S3_ENDPOINT_URL", "S3_REGION", "PUBLIC_BASE_URL"):
+            env.pop(variable, None)
+        if self.store == "s3":
+            assert self.proxy is not None and self.s3 is not None
+            env.update(
+                S3_BUCKET=self.bucket,
+                S3_ENDPOINT_URL=self.proxy.url,
+                S3_REGION=self.s3.endpoint.region,
+                AWS_ACCESS_KEY_ID="testing",
+                AWS_SECRET_ACCESS_KEY="testing",
+                PUBLIC_BASE_URL=f"{self.s3.endpoint.url}/{self.bucket}/",
+            )
+        else:
+            env["ARTIFACT_DIR"] = str(self.artifact_dir)
+        for tool, seconds in delays.items():
+            env[f"BH_TEST_DELAY_{tool.upper()}"] = str(seconds)
+        return env
+
+    def start_worker(self, name: str, **delays: float) -> Any:
+        from tests.builds.test_end_to_end import start_worker
+
+        worker = start_worker(
+            self.worker_env(**delays), self.queue, self.workdir / f"{name}.log", concurrency=2
+        )
+        self.workers.append(worker)
+        return worker
+
+    def configure_portal(self, settings: Any) -> None:
+        """This process (the web side) sees the same store, key and bounds as the workers."""
+        from portal.config import S3Config
+
+        settings.BUILD_HEARTBEAT_INTERVAL = HEARTBEAT_INTERVAL
+        settings.BUILD_HEARTBEAT_TIMEOUT = HEARTBEAT_TIMEOUT
+        settings.UPSTREAM_MIRRORS = dict(pair.split("=", 1) for pair in self.mirrors().split())
+        settings.SIGNING_KEY_FILE = self.key.key_file
+        settings.SIGNING_PASSPHRASE_FILE = self.key.passphrase_file
+        settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = True
+        if self.store == "s3":
+            assert self.s3 is not None
+            os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+            settings.S3 = S3Config(
+                bucket=self.bucket,
+                endpoint_url=self.s3.endpoint.url,
+                region=self.s3.endpoint.region,
+                checksum_mode="when_required",
+            )
+            settings.PUBLIC_BASE_URL = f"{self.s3.endpoint.url}/{self.bucket}/"
+        else:
+            settings.S3 = None
+            settings.ARTIFACT_DIR = self.artifact_dir
+
+    def assert_published_consistent(self) -> int:
+        return assert_bucket_consistent(self.s3_client(), self.bucket, self.key.public_keyring())
+
+
+def api_client(user: Any) -> Any:
+    from rest_framework.test import APIClient
+
+    client = APIClient(raise_request_exception=False)
+    client.force_authenticate(user)
+    return client
+
+
+def compose(client: Any, name: str, extensions: list[str]) -> str:
+    response = client.post(
+        "/api/flavours/",
+        {
+            "name": name,
+            "arch": "x86-64",
+            "extensions": [{"name": e, "version": "v1.0.0"} for e in extensions],
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    return str(response.json()["id"])
+
+
+def request_build(client: Any, flavour_id: str) -> str:
+    response = client.post(f"/api/flavours/{flavour_id}/builds/")
+    assert response.status_code == 202, response.content
+    return str(response.json()["id"])
+
+
+def build_body(client: Any, build_id: str) -> dict[str, Any]:
+    """The build as the API shows it; a dropped database connection is reopened (test side)."""
+    from django.db import connection
+
+    for _ in range(3):
+        response = client.get(f"/api/builds/{build_id}/")
+        if response.status_code == 200:
+            return dict(response.json())
+        connection.close()
+    raise AssertionError(
+        f"GET /api/builds/{build_id}/ answered {response.status_code}: {response.content[:300]!r}"
+    )
+
+
+def reap() -> None:
+    """What beat's builds-reap-stale does every minute in production."""
+    from django.db import DatabaseError, connection
+
+    from builds import services
+
+    try:
+        services.builds_reap_stale()
+    except DatabaseError:
+        connection.close()
+
+
+def wait_for_build(
+    client: Any,
+    build_id: str,
+    until: Callable[[dict[str, Any]], bool],
+    *,
+    timeout: float,
+    what: str,
+    workers: list[Any] = (),  # type: ignore[assignment]
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = build_body(client, build_id)
+        if until(body):
+            return body
+        reap()
+        time.sleep(0.25)
+    logs = "\n".join(f"--- {w.log.name}:\n{w.tail(40)}" for w in workers)
+    raise AssertionError(
+        f"build {build_id} did not reach {what} within {timeout:.0f} s: state {body.get('state')}, "
+        f"steps {[(s['name'], s.get('finished_at') is not None) for s in body.get('steps', [])]}\n{logs}"
+    )
+
+
+def finished(body: dict[str, Any]) -> bool:
+    return body["state"] in FINAL_STATES
+
+
+def step_running(suffix: str) -> Callable[[dict[str, Any]], bool]:
+    def check(body: dict[str, Any]) -> bool:
+        return any(s["name"].endswith(suffix) and not s.get("finished_at") for s in body.get("steps", []))
+
+    return check
+
+
+def ends_well(client: Any, build_id: str, workers: list[Any]) -> dict[str, Any]:
+    """The build ends within RECOVERY_BOUND: succeeded, or failed with a retryable code and then
+    a retry succeeds. Returns the succeeded build."""
+    body = wait_for_build(
+        client, build_id, finished, timeout=RECOVERY_BOUND, what="a final state", workers=workers
+    )
+    if body["state"] == "failed":
+        assert body["error_code"] in RETRYABLE_CODES, (
+            f"build {build_id} failed with {body['error_code']}: {body['error_message']}"
+        )
+        retry = client.post(f"/api/builds/{build_id}/retry")
+        assert retry.status_code == 202, retry.content
+        body = wait_for_build(
+            client,
+            retry.json()["id"],
+            finished,
+            timeout=RECOVERY_BOUND,
+            what="a final state",
+            workers=workers,
+        )
+    assert body["state"] == "succeeded", (body["state"], body.get("error_code"), body.get("error_message"))
+    return body
