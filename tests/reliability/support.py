@@ -255,6 +255,10 @@ class SigningKey:
         with GpgSigner(self.key_file, self.passphrase_file) as signer:
             return signer.export_public_keyring()
 
+    def fingerprint(self) -> str:
+        with GpgSigner(self.key_file, self.passphrase_file) as signer:
+            return str(signer.fingerprint)
+
     def secret_fragments(self) -> list[str]:
         """The passphrase, the whole armored key, and every base64 line of its body (long enough
         to mean something: armor's short CRC line and blank lines are left out)."""
