@@ -586,6 +586,15 @@ def step_running(suffix: str) -> Callable[[dict[str, Any]], bool]:
     return check
 
 
+def ends_succeeded(client: Any, build_id: str, workers: list[Any]) -> dict[str, Any]:
+    """The build in flight itself succeeds within RECOVERY_BOUND (no retry by a person)."""
+    body = wait_for_build(
+        client, build_id, finished, timeout=RECOVERY_BOUND, what="a final state", workers=workers
+    )
+    assert body["state"] == "succeeded", (body["state"], body.get("error_code"), body.get("error_message"))
+    return body
+
+
 def ends_well(client: Any, build_id: str, workers: list[Any]) -> dict[str, Any]:
     """The build ends within RECOVERY_BOUND: succeeded, or failed with a retryable code and then
     a retry succeeds. Returns the succeeded build."""

@@ -26,6 +26,7 @@ from tests.reliability.support import (
     Rig,
     api_client,
     compose,
+    ends_succeeded,
     ends_well,
     finished,
     point_celery_at,
@@ -163,7 +164,7 @@ def test_redis_restart_mid_build_keeps_the_worker_and_the_build(rig: Rig, cast: 
             client, build_id, step_running(": fetch"), timeout=STEP_WAIT, what="fetch", workers=[worker]
         )
         rig.redis.restart(downtime=2.0)
-        ends_well(client, build_id, [worker])
+        ends_succeeded(client, build_id, [worker])
         assert worker.process.poll() is None, f"the worker exited when Redis restarted:\n{worker.tail()}"
         later_build_succeeds(rig, cast, "after-redis-mid", [worker])
         assert worker.process.poll() is None, worker.tail()
@@ -186,7 +187,7 @@ def test_redis_paused_mid_build_keeps_the_worker_and_the_build(rig: Rig, cast: C
             time.sleep(5.0)
         finally:
             rig.redis.resume()
-        ends_well(client, build_id, [worker])
+        ends_succeeded(client, build_id, [worker])
         assert worker.process.poll() is None and worker.process.pid == pid, worker.tail()
         later_build_succeeds(rig, cast, "after-redis-pause", [worker])
     finally:
@@ -212,7 +213,10 @@ def test_s3_down_during_publish_retries_and_publishes_nothing_half(rig: Rig, cas
         finally:
             rig.s3.start()
         while_down = rig.published_problem()
-        ends_well(client, build_id, [worker])
+        body = ends_well(client, build_id, [worker])
+        log = client.get(f"/api/builds/{body['id']}/log").json()["lines"]
+        met_outage = build_id != body["id"] or any("Infrastructure trouble" in line["text"] for line in log)
+        assert met_outage, "the build never met the S3 outage (the test's timing is off)"
         assert rig.assert_published_consistent() >= 2
         assert worker.process.poll() is None, worker.tail()
         assert not while_down, f"after S3 came back: {while_down}"
@@ -263,7 +267,7 @@ def test_database_connections_terminated_mid_build(rig: Rig, cast: Cast) -> None
             )
         ]
         connection.close()  # the test's own polling starts on a fresh connection either way
-        ends_well(client, build_id, [worker])
+        ends_succeeded(client, build_id, [worker])
         assert worker.process.poll() is None, worker.tail()
         later_build_succeeds(rig, cast, "after-db-term", [worker])
         assert all(status < 500 for status in statuses), f"web answers right after termination: {statuses}"
