@@ -3,6 +3,7 @@
 Layout of the cache directory::
 
     blobs/<sha256>        finished downloads, named by their content (read-only)
+    local/<sha256>        copies of local files (uploads): never served by a cache lookup
     urls/<sha256(url)>    JSON index {url, sha256, size, final_url}: a URL downloads once
     tmp/                  partial downloads; renamed into blobs/ only when complete and verified
 
@@ -110,7 +111,7 @@ class Fetcher:
         # Ask for the bytes as stored; we never decode Content-Encoding anyway.
         self._session.headers["Accept-Encoding"] = "identity"
         try:
-            for sub in ("blobs", "urls", "tmp"):
+            for sub in ("blobs", "local", "urls", "tmp"):
                 (self.cache_dir / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise PipelineError(
@@ -155,7 +156,10 @@ class Fetcher:
         if scheme == "file":
             # Before the cache: a pinned blob must not stand in for a file this fetch may not read.
             self._allowed_local_path(_file_path(effective, label), url, label, strict=False)
-        cached = self._from_cache(url, effective, pin, use_index=scheme != "file")
+        # Local files (uploaded archives) are re-read every time and kept apart from downloads:
+        # a pinned-digest cache hit must never hand one team's private upload to a recipe of
+        # another team that merely knows its sha256.
+        cached = None if scheme == "file" else self._from_cache(url, effective, pin)
         if cached is not None:
             return cached
         if scheme == "file":
@@ -169,7 +173,7 @@ class Fetcher:
                 f"{_who(label)}{url} expected {pin}, got {fetched.sha256}; "
                 "the upstream file changed or the pin is wrong",
             )
-        return self._store(fetched, index=scheme != "file")
+        return self._store(fetched, local=scheme == "file")
 
     def hash_url(self, url: str) -> tuple[str, int]:
         """(sha256, size) of the file at ``url``: what a curator pins when approving a version."""
@@ -184,10 +188,8 @@ class Fetcher:
     def _index_path(self, effective_url: str) -> Path:
         return self.cache_dir / "urls" / hashlib.sha256(effective_url.encode()).hexdigest()
 
-    def _from_cache(
-        self, url: str, effective: str, pin: str | None, *, use_index: bool
-    ) -> FetchedFile | None:
-        entry = self._read_index(effective) if use_index else None
+    def _from_cache(self, url: str, effective: str, pin: str | None) -> FetchedFile | None:
+        entry = self._read_index(effective)
         if pin is not None:
             blob = self._blob_path(pin)
             if blob.is_file():
@@ -213,15 +215,18 @@ class Fetcher:
             return None
         return entry
 
-    def _store(self, fetched: FetchedFile, *, index: bool) -> FetchedFile:
-        """Move a verified temp file into blobs/ (atomically) and record the URL index."""
-        blob = self._blob_path(fetched.sha256)
+    def _store(self, fetched: FetchedFile, *, local: bool) -> FetchedFile:
+        """Move a verified temp file into blobs/ (atomically) and record the URL index.
+
+        A local file goes to local/ instead, which no cache lookup reads (see ``fetch``).
+        """
+        blob = self.cache_dir / "local" / fetched.sha256 if local else self._blob_path(fetched.sha256)
         if blob.is_file():
             fetched.path.unlink(missing_ok=True)  # another worker got there first: same bytes
         else:
             os.chmod(fetched.path, 0o444)
             os.replace(fetched.path, blob)
-        if index:
+        if not local:
             effective = self.rewrite_url(fetched.url)
             entry = {
                 "url": effective,

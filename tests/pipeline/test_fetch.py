@@ -305,6 +305,23 @@ def test_file_urls(tmp_path: Path) -> None:
     assert caught.value.code == "fetch.sha256-mismatch"
 
 
+@pytest.mark.reliability
+def test_a_pin_never_serves_a_local_file_to_another_fetch(upstream: UpstreamServer, tmp_path: Path) -> None:
+    """A private upload's digest is no key to its bytes: a download pinned to it asks upstream."""
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    secret = uploads / "team-a.tar.gz"
+    secret.write_bytes(PAYLOAD)
+    Fetcher(tmp_path / "cache", file_roots=[uploads]).fetch(secret.as_uri(), sha256=PAYLOAD_SHA)
+
+    other_team = Fetcher(tmp_path / "cache", egress=LOCAL, retries=0)
+    upstream.add_bytes("/team-b/tool", b"what upstream really serves")
+    with pytest.raises(PipelineError) as caught:
+        other_team.fetch(upstream.url("/team-b/tool"), sha256=PAYLOAD_SHA)
+    assert caught.value.code == "fetch.sha256-mismatch"
+    assert upstream.hits("/team-b/tool") == 1
+
+
 def test_unsupported_scheme(fetcher: Fetcher) -> None:
     with pytest.raises(PipelineError) as caught:
         fetcher.fetch("ftp://example.com/x")
