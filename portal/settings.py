@@ -187,6 +187,8 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Versions stuck in "pinning" (task lost) go back to proposed (catalog.services).
     "catalog-reap-stuck-pinning": {"task": "catalog.reap_stuck_pinning", "schedule": 600},
+    # Uploads still "checking" long after they arrived (task lost) are checked again (catalog.services).
+    "catalog-requeue-unchecked-uploads": {"task": "catalog.requeue_unchecked_uploads", "schedule": 600},
     # Fails builds whose worker stopped sending heartbeats (builds.services.builds_reap_stale).
     "builds-reap-stale": {"task": "builds.tasks.builds_reap_stale", "schedule": 60},
 }
