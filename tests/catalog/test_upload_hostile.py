@@ -172,6 +172,10 @@ def test_scratch_left_by_killed_workers_is_removed_at_worker_start(scratch_root:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("kind", ["upload", "recipe"])
 def test_concurrent_adds_of_one_new_name_get_one_success_and_409s(cast: Cast, kind: str) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip(
+            "concurrent writers need PostgreSQL (DATABASE_URL); the SQLite test database is one shared in-memory file"
+        )
     from tests.upstream import executable, make_tar
 
     data = make_tar([executable("usr/bin/racer")])
