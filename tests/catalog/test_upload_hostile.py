@@ -174,7 +174,7 @@ def test_scratch_left_by_killed_workers_is_removed_at_worker_start(scratch_root:
 def test_concurrent_adds_of_one_new_name_get_one_success_and_409s(cast: Cast, kind: str) -> None:
     if connection.vendor != "postgresql":
         pytest.skip(
-            "concurrent writers need PostgreSQL (DATABASE_URL); the SQLite test database is one shared in-memory file"
+            "concurrent writers need PostgreSQL (DATABASE_URL); the SQLite test database is in memory"
         )
     from tests.upstream import executable, make_tar
 
