@@ -602,6 +602,27 @@ def versions_reap_stuck_pinning(*, now: Any = None, timeout: float | None = None
     return reaped
 
 
+def uploads_requeue_unchecked(*, now: Any = None, after: float | None = None) -> list[int]:
+    """Queue the check again of uploads still ``checking`` long after they arrived.
+
+    Their task was lost (broker flushed, never sent while the broker was down); the check is
+    idempotent, so a duplicate message of an upload that was merely waiting costs nothing.
+    """
+    from catalog.tasks import check_upload
+
+    after = after if after is not None else settings.CUSTOM_UPLOAD_REQUEUE_AFTER
+    cutoff = (now or timezone.now()) - timezone.timedelta(seconds=after)
+    stuck = list(
+        UploadedArchive.objects.filter(
+            state=UploadedArchive.State.CHECKING, uploaded_at__lt=cutoff
+        ).values_list("pk", flat=True)
+    )
+    for upload_id in stuck:
+        log.warning("upload %s is still unchecked; queueing its check again", upload_id)
+        check_upload.delay(upload_id)
+    return stuck
+
+
 def _pinning_failed(version: ExtensionVersion, error: str) -> None:
     log.warning("pinning %s failed: %s", version, error)
     with transaction.atomic():
@@ -936,6 +957,7 @@ __all__ = [
     "two_person_rule",
     "uploaded_archive_check",
     "uploaded_archive_materialize",
+    "uploads_requeue_unchecked",
     "upstream_discover",
     "upstream_fetcher",
     "version_approve",

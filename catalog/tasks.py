@@ -26,6 +26,12 @@ def reap_stuck_pinning() -> list[int]:
     return services.versions_reap_stuck_pinning()
 
 
+@shared_task(name="catalog.requeue_unchecked_uploads")
+def requeue_unchecked_uploads() -> list[int]:
+    """Periodic: uploads whose check task was lost are queued for checking again."""
+    return services.uploads_requeue_unchecked()
+
+
 @shared_task(name="catalog.check_upload", acks_late=True, soft_time_limit=300)
 def check_upload(upload_id: int) -> None:
     """Unpack an uploaded archive within its budgets; the version becomes proposed or rejected."""

@@ -187,9 +187,13 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Versions stuck in "pinning" (task lost) go back to proposed (catalog.services).
     "catalog-reap-stuck-pinning": {"task": "catalog.reap_stuck_pinning", "schedule": 600},
+    # Uploads still "checking" long after they arrived (task lost) are checked again (catalog.services).
+    "catalog-requeue-unchecked-uploads": {"task": "catalog.requeue_unchecked_uploads", "schedule": 600},
     # Fails builds whose worker stopped sending heartbeats (builds.services.builds_reap_stale).
     "builds-reap-stale": {"task": "builds.tasks.builds_reap_stale", "schedule": 60},
 }
+# An upload still unchecked this many seconds after it arrived has lost its check task.
+CUSTOM_UPLOAD_REQUEUE_AFTER = 900
 # A running build touches heartbeat_at this often; the reaper fails it after the timeout.
 BUILD_HEARTBEAT_INTERVAL = env_int("BUILD_HEARTBEAT_INTERVAL", 10, minimum=1)
 BUILD_HEARTBEAT_TIMEOUT = env_int("BUILD_HEARTBEAT_TIMEOUT", 180, minimum=10)

@@ -15,16 +15,21 @@ import tarfile
 import tempfile
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
+from django.utils import timezone
 
 from builds.services import scratch_remove_stale
 from catalog.models import Extension, UploadedArchive
-from catalog.services import uploaded_archive_check
+from catalog.services import uploaded_archive_check, uploads_requeue_unchecked
+from portal.celery import app
 from tests.catalog.conftest import DEMO_RECIPE, Cast
+from tests.catalog.test_custom_extensions import GOOD_TREE
+from tests.upstream import make_tar
 
 pytestmark = pytest.mark.reliability
 
@@ -167,6 +172,10 @@ def test_scratch_left_by_killed_workers_is_removed_at_worker_start(scratch_root:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("kind", ["upload", "recipe"])
 def test_concurrent_adds_of_one_new_name_get_one_success_and_409s(cast: Cast, kind: str) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip(
+            "concurrent writers need PostgreSQL (DATABASE_URL); the SQLite test database is in memory"
+        )
     from tests.upstream import executable, make_tar
 
     data = make_tar([executable("usr/bin/racer")])
@@ -205,3 +214,23 @@ def test_concurrent_adds_of_one_new_name_get_one_success_and_409s(cast: Cast, ki
     assert sorted(statuses) == [202 if kind == "upload" else 201] + [409] * (threads - 1), statuses
     assert {b["code"] for b in bodies if "code" in b} == {"extension.name-taken"}
     assert Extension.objects.filter(name="racer").count() == 1
+
+
+@pytest.mark.django_db
+def test_an_upload_whose_check_was_lost_is_checked_again(cast: Cast, scratch_root: Path) -> None:
+    response = post(cast, make_tar(GOOD_TREE))  # the queued check is lost: nothing runs it
+    assert response.status_code == 202, response.content
+    upload = UploadedArchive.objects.get()
+    assert uploads_requeue_unchecked(after=900) == []  # just arrived: still waiting its turn
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True  # the re-queued task runs here, as a worker would run it
+    try:
+        later = timezone.now() + timedelta(seconds=901)
+        assert uploads_requeue_unchecked(now=later, after=900) == [upload.pk]
+    finally:
+        app.conf.task_always_eager = previous
+    upload.refresh_from_db()
+    assert upload.state == "ready"
+    assert Extension.objects.get().versions.get().status == "proposed"
+    assert uploads_requeue_unchecked(now=later, after=900) == []
