@@ -111,8 +111,15 @@ def _owner(key: str) -> tuple[bool, Team | None, Flavour | None]:
     return False, None, None
 
 
+# What nodes read. The rest of the store (baked images not yet published under images/, staged
+# SHA256SUMS pairs under pending-publication/) is the worker's, never served.
+PUBLISHED_TREES = frozenset({"extensions", "flavours"})
+
+
 def public_read_allowed(user: Any, key: str) -> bool:
     """Whether ``/artifacts/KEY`` may serve ``key`` to ``user`` (anonymous for nodes)."""
+    if key.split("/", 1)[0] not in PUBLISHED_TREES:
+        return False
     private, team, _flavour = _owner(key)
     return not private or team_role(user, team) is not None
 

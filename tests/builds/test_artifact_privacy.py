@@ -80,3 +80,18 @@ def test_a_public_flavour_has_no_token_to_rotate(cast: Cast, store_dir: Path) ->
     assert api.get(f"/api/flavours/{public.pk}/").json()["artifacts_url"] == (
         f"http://testserver/artifacts/flavours/{public.pk}/"
     )
+
+
+def test_only_the_published_trees_are_served(cast: Cast, store_dir: Path) -> None:
+    """Baked images before publication and staged SHA256SUMS pairs are the worker's, not nodes'."""
+    store = get_artifact_store()
+    unpublished = "images/" + "ab" * 32 + "/hello-v1.0.0-x86-64.raw"
+    staged = "pending-publication/extensions/hello/SHA256SUMS"
+    for key in (unpublished, staged, "extensions/hello/SHA256SUMS"):
+        store.put_bytes(key, b"x")
+    member = Client()
+    member.force_login(cast.teammate)
+    for client in (Client(), member):
+        assert client.get(f"/artifacts/{unpublished}").status_code == 404
+        assert client.get(f"/artifacts/{staged}").status_code == 404
+        assert client.get("/artifacts/extensions/hello/SHA256SUMS").status_code == 200

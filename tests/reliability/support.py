@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from kombu import pools as kombu_pools
 from moto.server import ThreadedMotoServer
 
 from builds.pipeline.checksums import parse_sums
@@ -301,6 +302,9 @@ def assert_bucket_consistent(client: Any, bucket: str, keyring: bytes) -> int:
     """Every SHA256SUMS has its SHA256SUMS.gpg, the signature verifies as systemd checks it, and
     every listed object exists with the listed sha256. Returns how many listings were checked."""
     objects = bucket_objects(client, bucket)
+    # pending-publication/ holds staged pairs that no node reads (the portal never serves it):
+    # a publisher killed while staging leaves one there for the next publication to finish.
+    objects = {k: v for k, v in objects.items() if not k.startswith("pending-publication/")}
     listings = sorted(k for k in objects if k.rsplit("/", 1)[-1] == "SHA256SUMS")
     problems: list[str] = []
     for key in listings:
@@ -342,6 +346,10 @@ def point_celery_at(broker_url: str, queue: str) -> Iterator[None]:
 def _switch(broker_url: str, queue: str) -> None:
     with suppress(Exception):  # a dead broker's pool may not close cleanly
         app.pool.force_close_all()
+    # kombu also keeps producer pools in a registry keyed by broker URL: a closed one left there
+    # would be handed back when we switch back to that URL ("Acquire on closed pool").
+    with suppress(Exception):
+        kombu_pools.reset()
     app._pool = None
     app.amqp._producer_pool = None
     app.conf.broker_url = broker_url
