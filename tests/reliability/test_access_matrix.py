@@ -32,6 +32,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
 from builds import services
+from builds.access import flavour_token
 from builds.adapters.store import get_artifact_store
 from builds.models import Artifact, ArtifactKind, Build, BuildState, WebhookDelivery
 from catalog.models import ExtensionVersion, Membership, Role, Team, VersionStatus
@@ -121,6 +122,15 @@ def make_world(settings: Any, tmp_path: Path) -> World:
             sha256=stored.sha256, size=stored.size,
         )  # fmt: skip
     assert artifact is not None
+    private_flavour, _ = services.flavour_create(
+        user=users["admin"],
+        team=blue,
+        name="Blue token flavour",
+        arch="x86-64",
+        extensions=[{"name": "hello", "version": "v1.0.0"}],
+        options={"private": True},
+    )
+    private_key = store.put_bytes(f"flavours/{private_flavour.pk}/config.ign", b"blue-private-ign\n").key
     hook = services.webhook_create(
         team=blue, user=users["admin"], url="https://hooks.blue-private.example.org/h"
     )
@@ -137,6 +147,9 @@ def make_world(settings: Any, tmp_path: Path) -> World:
         "approved": str(approved.pk),
         "proposed": str(proposed.pk),
         "team": "blue",
+        "private_flavour": private_flavour.pk,
+        "token": flavour_token(private_flavour),
+        "private_key": private_key,
     }
     return World(users, values)
 
@@ -290,6 +303,16 @@ ROUTES: dict[str, Route] = {
             "POST": Call(api_write("builder", 202)),
         },
     ),
+    "api/flavours/<str:pk>/rotate-token": Route(
+        {"pk": "private_flavour"}, {"POST": Call(api_write("builder", 200))}
+    ),
+    "api/teams/<slug:slug>/": Route(
+        {"slug": "team"},
+        {
+            "GET": Call(api_read),
+            "PATCH": Call(api_write("admin", 200), {"two_person_approval": True}),
+        },
+    ),
     "api/builds/": Route({}, {"GET": Call(api_list)}),
     "api/builds/<uuid:pk>/": Route({"pk": "done"}, {"GET": Call(api_read)}),
     "api/builds/<uuid:pk>/log": Route({"pk": "failed"}, {"GET": Call(api_read)}),
@@ -352,6 +375,10 @@ ROUTES: dict[str, Route] = {
     "custom-extensions/new/": Route({}, {"GET": Call(page_builder_teams)}),
     # Published objects are public by design (nodes fetch them with plain GETs).
     "artifacts/<path:key>": Route({"key": "artifact_key"}, {"GET": Call(everyone({200}))}),
+    # A private flavour's files, for nodes holding its token (the token is the credential).
+    "artifacts/private/<str:token>/<path:key>": Route(
+        {"token": "token", "key": "private_key"}, {"GET": Call(everyone({200}))}
+    ),
     "compose/": Route({}, {"GET": Call(page_builder_teams)}),
     "compose/extensions/": Route({}, {"GET": Call(signed_in({200, 302, 403}))}),
     "compose/options/": Route({}, {"GET": Call(signed_in({200, 302, 403}))}),
@@ -362,6 +389,9 @@ ROUTES: dict[str, Route] = {
     "flavours/<str:flavour_id>/": Route({"flavour_id": "flavour"}, {"GET": Call(page_read)}),
     "flavours/<str:flavour_id>/build/": Route(
         {"flavour_id": "flavour"}, {"POST": Call(page_write("builder", {302}))}
+    ),
+    "flavours/<str:flavour_id>/rotate-token/": Route(
+        {"flavour_id": "private_flavour"}, {"POST": Call(page_write("builder", {302}))}
     ),
     "builds/<uuid:build_id>/": Route({"build_id": "failed"}, {"GET": Call(page_read)}),
     "builds/<uuid:build_id>/cancel/": Route(
