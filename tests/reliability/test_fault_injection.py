@@ -254,23 +254,12 @@ def test_database_connections_terminated_mid_build(rig: Rig, cast: Cast) -> None
             client, build_id, step_running(": fetch"), timeout=STEP_WAIT, what="fetch", workers=[worker]
         )
         assert terminate_test_database_backends() >= 1
-        # The web answers right after: the connections it held are gone, it must open new ones.
-        statuses = [
-            client.get(path).status_code
-            for path in (
-                f"/api/builds/{build_id}/",
-                "/api/builds/",
-                f"/api/flavours/{flavour_id}/",
-                "/api/flavours/",
-                "/api/extensions/",
-                f"/api/builds/{build_id}/log",
-            )
-        ]
+        # The web side (real gunicorn processes answering right after a termination) is
+        # test_database_loss.py's: Django's test client skips the per-request connection check.
         connection.close()  # the test's own polling starts on a fresh connection either way
         ends_succeeded(client, build_id, [worker])
         assert worker.process.poll() is None, worker.tail()
         later_build_succeeds(rig, cast, "after-db-term", [worker])
-        assert all(status < 500 for status in statuses), f"web answers right after termination: {statuses}"
     finally:
         connection.close()  # never leave a terminated connection to the database flush
         worker.stop()
