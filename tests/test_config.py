@@ -11,7 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _check(env_overrides: dict[str, str], tmp_path: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "S3_BUCKET"}}
+    # What the test session itself set (the browser suite's DJANGO_ALLOW_ASYNC_UNSAFE, services)
+    # is no deployment's environment.
+    ours = {"DATABASE_URL", "REDIS_URL", "S3_BUCKET", "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    env = {k: v for k, v in os.environ.items() if k not in ours}
     env.update({"BAKEHOUSE_VAR_DIR": str(tmp_path / "var"), **env_overrides})
     return subprocess.run(
         [sys.executable, "manage.py", "check", *options],
