@@ -855,6 +855,8 @@ def uploaded_archive_check(*, upload_id: int) -> UploadedArchive | None:
     try:
         uploads.check_archive_contents(bytes(upload.data), upload.kind, upload.file_name)
     except CatalogError as exc:
+        if not exc.is_users_fault:
+            raise  # infrastructure trouble never rejects a team's upload: the check runs again
         refusal = exc
     now = timezone.now()
     with transaction.atomic():
