@@ -68,7 +68,7 @@ from builds.models import (
     WebhookDelivery,
 )
 from builds.pipeline.egress import EgressRule, address_problem, pinned_session, send_pinned
-from builds.pipeline.errors import PipelineError
+from builds.pipeline.errors import BakehouseError, PipelineError
 from catalog.models import Delivery, ExtensionVersion, Team
 
 logger = logging.getLogger(__name__)
@@ -87,14 +87,8 @@ BAKE_SHARE = 70
 PROGRESS_AT = {BuildState.VERIFYING: 72, BuildState.SIGNING: 82, BuildState.PUBLISHING: 88}
 
 
-class BuildRefused(Exception):
+class BuildRefused(BakehouseError):
     """A request the builds app refuses: a stable code, a sentence and the HTTP status."""
-
-    def __init__(self, code: str, message: str, *, status: int = 400) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 class BuildCancelled(Exception):

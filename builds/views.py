@@ -360,8 +360,6 @@ def compose_build(request: HttpRequest) -> HttpResponse:
     except FlavourInvalid:
         messages.error(request, "The flavour has problems; fix them before building.")
         return _redirect_to_step(4, state)
-    except services.BuildRefused as refused:
-        return _refused_page(request, refused)
     if not created and build.state == BuildState.SUCCEEDED:
         messages.info(request, "This flavour is already built: the same choices give the same artifacts.")
         return redirect("builds:flavour-detail", flavour.pk)
@@ -378,11 +376,6 @@ def compose_check_fragment(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"problems": [f"The fragment is larger than {MAX_FRAGMENT_BYTES} bytes."]})
     problems = [str(problem) for problem in fragment_problems(fragment, version)] if fragment.strip() else []
     return JsonResponse({"problems": problems, "butane_version": version})
-
-
-def _refused_page(request: HttpRequest, refused: services.BuildRefused) -> HttpResponse:
-    context = {"message": refused.message, "code": refused.code, "back": request.META.get("HTTP_REFERER", "")}
-    return render(request, "error.html", context, status=refused.status)
 
 
 def _latest_artifact_text(flavour: Flavour, kind: str) -> str:

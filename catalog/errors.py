@@ -1,31 +1,27 @@
-"""Errors the catalog's services raise: a stable code, a sentence a user can act on, an HTTP status.
+"""The catalog's names for ``BakehouseError``: refusals with a stable code and an HTTP status.
 
-Services stay free of DRF; the API turns these into ``{code, message}`` responses.
+Services stay free of DRF; portal.api's exception handler (API) and portal.pages' middleware
+(pages) turn these into ``{code, message}`` answers. Codes are listed in builds.pipeline.error_codes.
 """
 
 from __future__ import annotations
 
+from builds.pipeline.errors import BakehouseError
 
-class CatalogError(Exception):
-    """A request the catalog refuses. ``status`` is the HTTP status the API answers with."""
 
-    status = 400
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+class CatalogError(BakehouseError):
+    """A request the catalog refuses (400 unless the code's registry entry says otherwise)."""
 
 
 class CatalogNotFound(CatalogError):
     """Missing, or invisible to this user (another team's private things are never "forbidden")."""
 
-    status = 404
+    default_status = 404
 
 
 class CatalogForbidden(CatalogError):
-    status = 403
+    default_status = 403
 
 
 class CatalogConflict(CatalogError):
-    status = 409
+    default_status = 409

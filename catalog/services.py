@@ -19,7 +19,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from builds.pipeline.errors import PipelineError
+from builds.pipeline.errors import BakehouseError, PipelineError
 from builds.pipeline.recipe import Recipe, load_recipe, parse_recipe, var_problem
 from catalog import discovery, uploads
 from catalog.errors import CatalogConflict, CatalogError, CatalogForbidden, CatalogNotFound
@@ -531,32 +531,42 @@ def upstream_fetcher(extension: Extension) -> Any:
     )
 
 
-def version_pin_digests(*, version_id: int) -> ExtensionVersion | None:
+def version_pin_digests(*, version_id: int, last_attempt: bool = True) -> ExtensionVersion | None:
     """Fetch every upstream file of an approved version for every arch and pin its sha256.
 
-    On success the version becomes ``approved`` with one UpstreamDigest per (arch, source). On a
-    fetch error it goes back to ``proposed`` with the error recorded, so a curator can retry.
-    Pins already known (from the recipe or an upload) are enforced, not replaced.
+    On success the version becomes ``approved`` with one UpstreamDigest per (arch, source).
+    Transient trouble (an upstream 503 or timeout, a full disk: a retryable ``BakehouseError``)
+    is raised while ``last_attempt`` is False, the version staying in ``pinning`` with the error
+    noted, so the task retries it: a passing upstream hiccup never undoes a curator's approval.
+    A permanent error (a 404, a changed file, a bad recipe), or transient trouble on the last
+    attempt, sends the version back to ``proposed`` with the error recorded, so a curator can
+    approve again. Pins already known (from the recipe or an upload) are enforced, not replaced.
     """
     version = ExtensionVersion.objects.select_related("extension").filter(pk=version_id).first()
     if version is None or version.status != VersionStatus.PINNING:
         return version  # deleted, or a duplicate delivery of the task: nothing to do
     results: list[tuple[str, str, str, str, int]] = []
     try:
-        recipe = version.recipe()
-        if recipe.bakeable:
-            if version.extension.origin == Origin.UPLOAD:
-                uploaded_archive_materialize(version=version)
-            with upstream_fetcher(version.extension) as fetcher:
-                for arch in recipe.arches:
-                    for source in recipe.resolve(version.version, arch, pins=version.pins(arch)):
-                        fetched = fetcher.fetch(source.url, sha256=source.sha256, label=source.label)
-                        results.append((arch, source.id, source.url, fetched.sha256, fetched.size))
-    except (PipelineError, CatalogError) as exc:
-        _pinning_failed(version, f"{exc.code}: {exc.message}")
-        return version
-    except OSError as exc:
-        _pinning_failed(version, f"fetch.io-error: {exc}")
+        try:
+            recipe = version.recipe()
+            if recipe.bakeable:
+                if version.extension.origin == Origin.UPLOAD:
+                    uploaded_archive_materialize(version=version)
+                with upstream_fetcher(version.extension) as fetcher:
+                    for arch in recipe.arches:
+                        for source in recipe.resolve(version.version, arch, pins=version.pins(arch)):
+                            fetched = fetcher.fetch(source.url, sha256=source.sha256, label=source.label)
+                            results.append((arch, source.id, source.url, fetched.sha256, fetched.size))
+        except OSError as exc:
+            raise PipelineError("fetch.io-error", f"the worker could not store a download: {exc}") from exc
+    except BakehouseError as exc:
+        if exc.retryable and not last_attempt:
+            _pinning_retrying(version, exc)
+            raise
+        gave_up = (
+            " (gave up after several attempts; approve the version again to retry)" if exc.retryable else ""
+        )
+        _pinning_failed(version, f"{exc.code}: {exc.message}{gave_up}")
         return version
     except Exception as exc:
         # Never leave a version stuck in "pinning": record the bug for the curator, then raise.
@@ -621,6 +631,14 @@ def uploads_requeue_unchecked(*, now: Any = None, after: float | None = None) ->
         log.warning("upload %s is still unchecked; queueing its check again", upload_id)
         check_upload.delay(upload_id)
     return stuck
+
+
+def _pinning_retrying(version: ExtensionVersion, error: BakehouseError) -> None:
+    """Note transient trouble on a version still ``pinning`` (the curator sees why it takes long)."""
+    log.warning("pinning %s hit transient trouble, retrying: %s", version, error)
+    ExtensionVersion.objects.filter(pk=version.pk, status=VersionStatus.PINNING).update(
+        pinning_error=f"{error.code}: {error.message} (retrying)"
+    )
 
 
 def _pinning_failed(version: ExtensionVersion, error: str) -> None:
@@ -837,6 +855,8 @@ def uploaded_archive_check(*, upload_id: int) -> UploadedArchive | None:
     try:
         uploads.check_archive_contents(bytes(upload.data), upload.kind, upload.file_name)
     except CatalogError as exc:
+        if not exc.is_users_fault:
+            raise  # infrastructure trouble never rejects a team's upload: the check runs again
         refusal = exc
     now = timezone.now()
     with transaction.atomic():

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
 
+from builds.pipeline.errors import BakehouseError
 from catalog import services
 
+# Transient upstream or worker trouble while pinning is retried with backoff (30 s, 1, 2, 4 min ...),
+# well within CATALOG_PINNING_TIMEOUT, after which the reaper would call the task lost.
+PIN_MAX_RETRIES = 5
 
-@shared_task(name="catalog.pin_version_digests", acks_late=True)
-def pin_version_digests(version_id: int) -> None:
-    """Fetch and pin the upstream digests of a version a curator approved."""
-    services.version_pin_digests(version_id=version_id)
+
+@shared_task(
+    bind=True,
+    name="catalog.pin_version_digests",
+    acks_late=True,
+    autoretry_for=(BakehouseError,),
+    max_retries=PIN_MAX_RETRIES,
+    retry_backoff=30,
+    retry_backoff_max=600,
+    retry_jitter=True,
+)
+def pin_version_digests(self: Task, version_id: int) -> None:
+    """Fetch and pin the upstream digests of a version a curator approved.
+
+    The service raises only retryable errors, and only before the last attempt; permanent ones
+    have already sent the version back to proposed.
+    """
+    services.version_pin_digests(version_id=version_id, last_attempt=self.request.retries >= PIN_MAX_RETRIES)
 
 
 @shared_task(name="catalog.discover_upstream_releases")

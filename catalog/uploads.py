@@ -168,6 +168,8 @@ def _unpack_strictly(path: Path, kind: str, dest: Path, file_name: str) -> None:
     try:
         result = unpack(path, kind, dest, limits=upload_limits(), file_name=file_name)
     except PipelineError as exc:
+        if not exc.is_users_fault:
+            raise  # the worker's trouble (a full disk): the check is retried, the upload not refused
         raise _refuse(exc.code, f"The archive was refused: {exc.message}") from exc
     # The unpacker clears setuid/setgid bits of upstream tarballs; from a user it is a refusal.
     if result.cleared_mode_bits:

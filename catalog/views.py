@@ -30,6 +30,7 @@ from catalog.selectors import (
     team_role,
     version_get_for_user,
 )
+from portal.error_pages import error_page
 
 
 @login_required
@@ -53,7 +54,7 @@ def extension_detail(request: HttpRequest, name: str) -> HttpResponse:
     try:
         extension = _visible_extension(request, name, queryset=extension_detail_queryset(request.user))
     except CatalogError as exc:
-        return catalog_error_page(request, exc)
+        return error_page(request, exc)
     role = team_role(request.user, extension.team)
     return render(
         request,
@@ -77,13 +78,6 @@ def _visible_extension(request: HttpRequest, name: str, queryset=None) -> Extens
         raise Http404(exc.message) from None
 
 
-def catalog_error_page(request: HttpRequest, exc: CatalogError, *, back: str = "") -> HttpResponse:
-    """A refused request as a page: the service's sentence, its code, and the matching status."""
-    return render(
-        request, "error.html", {"message": exc.message, "code": exc.code, "back": back}, status=exc.status
-    )
-
-
 def extension_url(extension: Extension) -> str:
     url = reverse("catalog:extension-detail", args=[extension.name])
     return f"{url}?team={extension.team.slug}" if extension.team_id else url
@@ -105,7 +99,7 @@ def version_propose(request: HttpRequest, name: str) -> HttpResponse:
     try:
         extension = _visible_extension(request, name)
     except CatalogError as exc:
-        return catalog_error_page(request, exc)
+        return error_page(request, exc)
     form = VersionProposeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -118,7 +112,7 @@ def version_propose(request: HttpRequest, name: str) -> HttpResponse:
             )
         except CatalogError as exc:
             if exc.status == 403:
-                return catalog_error_page(request, exc, back=extension_url(extension))
+                return error_page(request, exc, back=extension_url(extension))
             _attach_error(form, exc, {"version": "version"})
         else:
             messages.success(request, f"{version} proposed; a curator will review it.")
@@ -149,7 +143,7 @@ def version_review(request: HttpRequest, pk: int) -> HttpResponse:
             decided = decide(version=version, actor=request.user, reason=form.cleaned_data["reason"])
         except CatalogError as exc:
             if exc.status == 403:
-                return catalog_error_page(request, exc, back=extension_url(extension))
+                return error_page(request, exc, back=extension_url(extension))
             _attach_error(form, exc, {"reason": "reason"})
         else:
             verb = (
@@ -187,7 +181,7 @@ def _version_deprecate(request: HttpRequest, version: ExtensionVersion) -> HttpR
             deprecated=deprecated,
         )
     except CatalogError as exc:
-        return catalog_error_page(request, exc, back=extension_url(version.extension))
+        return error_page(request, exc, back=extension_url(version.extension))
     verb = (
         "deprecated: existing flavours keep building it" if deprecated else "offered for new flavours again"
     )
@@ -203,7 +197,7 @@ def custom_extension_create(request: HttpRequest) -> HttpResponse:
         t for t in teams_of(request.user) if (r := team_role(request.user, t)) and r.at_least(Role.BUILDER)
     ]
     if not teams:
-        return catalog_error_page(
+        return error_page(
             request,
             CatalogError(
                 "forbidden", "Adding a custom extension needs the builder role in one of your teams."
@@ -224,7 +218,7 @@ def custom_extension_create(request: HttpRequest) -> HttpResponse:
             extension = _create_custom(request, team, posted, form.cleaned_data)
         except CatalogError as exc:
             if exc.status == 403:
-                return catalog_error_page(request, exc)
+                return error_page(request, exc)
             if posted == "recipe":
                 form.add_error("recipe", exc.message)
             else:

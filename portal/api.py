@@ -1,4 +1,9 @@
-"""Shared REST conventions: every error is JSON with a stable ``code`` and a ``message``."""
+"""Shared REST conventions: every error is JSON with a stable ``code`` and a ``message``.
+
+``exception_handler`` is the one place an API request's ``BakehouseError`` (a refusal from the
+catalog or builds services, a pipeline failure) becomes an answer: its status comes from the code
+(builds.pipeline.error_codes), so an operator's fault is a 503, never the user's 400.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,12 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from builds.pipeline.errors import BakehouseError
+
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, BakehouseError):
+        return bakehouse_error_response(exc)
     # Django's own 404 and 403 (get_object_or_404, generic views) get the same {code, message}.
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
@@ -32,6 +41,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         code = detail.code if hasattr(detail, "code") else exc.default_code
         response.data = {"code": str(code), "message": str(detail)}
     return response
+
+
+def bakehouse_error_response(exc: BakehouseError) -> Response:
+    """``{code, message}`` with the error's status; a transient infrastructure fault says when to retry."""
+    headers = (
+        {"Retry-After": "30"} if exc.retryable and exc.status == status.HTTP_503_SERVICE_UNAVAILABLE else None
+    )
+    return Response({"code": exc.code, "message": exc.message}, status=exc.status, headers=headers)
 
 
 class Conflict(exceptions.APIException):

@@ -73,6 +73,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Any refusal or failure (a BakehouseError) a page lets through becomes an error page.
+    "portal.error_pages.BakehouseErrorMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"

@@ -51,31 +51,18 @@ VALIDATION_ERROR = inline_serializer(
 )
 
 
-class RefusedError(exceptions.APIException):
-    """A ``BuildRefused`` as an HTTP answer."""
-
-    def __init__(self, refused: services.BuildRefused) -> None:
-        super().__init__(detail=refused.message, code=refused.code)
-        self.status_code = refused.status
-
-
-def _store_refusal(artifact: Artifact, exc: ArtifactStoreError) -> RefusedError:
+def _store_refusal(artifact: Artifact, exc: ArtifactStoreError) -> services.BuildRefused:
     """A store failure while serving a published file, as a JSON answer instead of a 500."""
     if isinstance(exc, ArtifactNotFound) or exc.code == "store.invalid-key":
-        return RefusedError(
-            services.BuildRefused(
-                "artifact.missing",
-                f"{artifact.name} of this build is no longer in the artifact store; "
-                "start a build of the flavour again (POST .../builds/) to publish it anew.",
-                status=404,
-            )
+        return services.BuildRefused(
+            "artifact.missing",
+            f"{artifact.name} of this build is no longer in the artifact store; "
+            "start a build of the flavour again (POST .../builds/) to publish it anew.",
         )
-    return RefusedError(
-        services.BuildRefused(
-            "store.unavailable",
-            f"The artifact store cannot be read right now ({exc.message}); try again shortly.",
-            status=503,
-        )
+    # The operator's problem (store.unavailable is infrastructure: 503), not the user's.
+    return services.BuildRefused(
+        "store.unavailable",
+        f"The artifact store cannot be read right now ({exc.message}); try again shortly.",
     )
 
 
@@ -176,8 +163,6 @@ class FlavourListCreateView(generics.ListAPIView):
             )
         except FlavourInvalid as invalid:
             raise exceptions.ValidationError(invalid.errors) from None
-        except services.BuildRefused as refused:
-            raise RefusedError(refused) from None
         body = FlavourSerializer(flavour, context={"request": request}).data
         # 201 either way: a flavour is addressed by its choices, so posting them again names the
         # same resource; the Location is where it lives.
@@ -202,10 +187,7 @@ class FlavourRotateTokenView(APIView):
     )
     def post(self, request: Request, pk: str) -> Response:
         flavour = get_object_or_404(selectors.flavours_visible_to(user=request.user), pk=pk)
-        try:
-            _token, build = flavour_token_rotate(flavour=flavour, user=request.user)
-        except services.BuildRefused as refused:
-            raise RefusedError(refused) from None
+        _token, build = flavour_token_rotate(flavour=flavour, user=request.user)
         body = dict(FlavourSerializer(flavour, context={"request": request}).data)
         body["build_url"] = _absolute(request, reverse("builds-api:build-detail", args=[build.pk]))
         return Response(body)
@@ -223,12 +205,9 @@ class _FlavourConfigView(APIView):
             .first()
         )
         if artifact is None:
-            raise RefusedError(
-                services.BuildRefused(
-                    "flavour.not-built",
-                    "This flavour has no successful build yet; start one (POST .../builds/) and wait for it.",
-                    status=409,
-                )
+            raise services.BuildRefused(
+                "flavour.not-built",
+                "This flavour has no successful build yet; start one (POST .../builds/) and wait for it.",
             )
         try:
             data = get_artifact_store().get_bytes(artifact.key)
@@ -356,10 +335,7 @@ class BuildCancelView(APIView):
     def post(self, request: Request, pk: str) -> Response:
         build = get_object_or_404(selectors.builds_visible_to(user=request.user), pk=pk)
         _require_role(request.user, build.flavour.team, Role.BUILDER, "cancel builds")
-        try:
-            build = services.build_cancel(build=build, user=request.user)
-        except services.BuildRefused as refused:
-            raise RefusedError(refused) from None
+        build = services.build_cancel(build=build, user=request.user)
         return _build_response(request, build)
 
 
@@ -368,10 +344,7 @@ class BuildRetryView(APIView):
     def post(self, request: Request, pk: str) -> Response:
         build = get_object_or_404(selectors.builds_visible_to(user=request.user), pk=pk)
         _require_role(request.user, build.flavour.team, Role.BUILDER, "retry builds")
-        try:
-            retried, _created = services.build_retry(build=build, user=request.user)
-        except services.BuildRefused as refused:
-            raise RefusedError(refused) from None
+        retried, _created = services.build_retry(build=build, user=request.user)
         return _build_response(request, retried)
 
 

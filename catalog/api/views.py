@@ -6,12 +6,11 @@ from typing import Any
 
 from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import exceptions, mixins, status
+from rest_framework import mixins, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from builds.pipeline.errors import PipelineError
 from builds.pipeline.recipe import SYSTEMD_ARCHES
 from catalog import services, uploads
 from catalog.api.serializers import (
@@ -36,23 +35,9 @@ from catalog.selectors import (
 )
 
 
-class CatalogAPIError(exceptions.APIException):
-    """A CatalogError as DRF sees it; portal.api renders it as ``{code, message}``."""
-
-    def __init__(self, error: CatalogError) -> None:
-        self.status_code = error.status
-        super().__init__(detail=error.message, code=error.code)
-
-
 class CatalogAPIView(GenericAPIView):  # type: ignore[type-arg]
-    """Turns the catalog's and the pipeline's refusals into JSON errors (never a 500)."""
-
-    def handle_exception(self, exc: Exception) -> Response:
-        if isinstance(exc, CatalogError):
-            exc = CatalogAPIError(exc)
-        elif isinstance(exc, PipelineError):
-            exc = CatalogAPIError(CatalogError(exc.code, exc.message))
-        return super().handle_exception(exc)
+    """The catalog's views; their refusals (``CatalogError``, ``PipelineError``) are answered as
+    ``{code, message}`` by portal.api.exception_handler, never a 500."""
 
     def team_param(self) -> Team | None:
         slug = self.request.query_params.get("team")
