@@ -13,11 +13,10 @@ from django.views.decorators.http import require_http_methods
 from builds.pipeline.errors import PipelineError
 from catalog import services, uploads
 from catalog.errors import CatalogError, CatalogNotFound
-from catalog.filters import ExtensionFilter
+from catalog.filters import ExtensionFilterSet
 from catalog.forms import (
     CustomRecipeForm,
     CustomUploadForm,
-    ExtensionSearchForm,
     VersionDecisionForm,
     VersionProposeForm,
 )
@@ -35,16 +34,11 @@ from catalog.selectors import (
 @login_required
 def extension_list(request: HttpRequest) -> HttpResponse:
     """Every extension the user may see, filtered by text, category and arch."""
-    form = ExtensionSearchForm(request.GET or None)
-    extensions = extensions_visible_to(request.user).prefetch_related("versions")
-    if form.is_bound and form.is_valid():
-        try:
-            extensions = ExtensionFilter.from_params(form.cleaned_data).apply(extensions)
-        except CatalogError as exc:
-            form.add_error(None, exc.message)
-    elif form.is_bound:
-        extensions = extensions.none()
-    return render(request, "catalog/extension_list.html", {"form": form, "extensions": extensions})
+    filterset = ExtensionFilterSet(
+        request.GET, queryset=extensions_visible_to(request.user).prefetch_related("versions")
+    )
+    extensions = filterset.qs if filterset.is_valid() else filterset.queryset.none()
+    return render(request, "catalog/extension_list.html", {"form": filterset.form, "extensions": extensions})
 
 
 @login_required

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "django_filters",  # one FilterSet per list, for its page and its API
     "drf_spectacular_sidecar",  # Swagger UI assets served locally, no CDN
     "portal",
     "catalog",
