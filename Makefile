@@ -41,8 +41,9 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+## typecheck: mypy over the whole project (the pipeline strictly), configured in pyproject.toml
 typecheck: venv
-	$(VENV)/bin/mypy builds/pipeline
+	$(VENV)/bin/mypy
 
 migrations-check: venv
 	$(PY) manage.py makemigrations --check --dry-run

@@ -11,6 +11,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -589,7 +590,7 @@ def versions_reap_stuck_pinning(*, now: Any = None, timeout: float | None = None
     """Return versions stuck in ``pinning`` (their task lost: broker flushed, worker killed) to
     ``proposed`` with the error recorded, so a curator sees why and can approve again."""
     timeout = timeout if timeout is not None else settings.CATALOG_PINNING_TIMEOUT
-    cutoff = (now or timezone.now()) - timezone.timedelta(seconds=timeout)
+    cutoff = (now or timezone.now()) - timedelta(seconds=timeout)
     stuck = ExtensionVersion.objects.filter(status=VersionStatus.PINNING, decided_at__lt=cutoff)
     reaped = []
     for version in stuck.select_related("extension"):
@@ -611,7 +612,7 @@ def uploads_requeue_unchecked(*, now: Any = None, after: float | None = None) ->
     from catalog.tasks import check_upload
 
     after = after if after is not None else settings.CUSTOM_UPLOAD_REQUEUE_AFTER
-    cutoff = (now or timezone.now()) - timezone.timedelta(seconds=after)
+    cutoff = (now or timezone.now()) - timedelta(seconds=after)
     stuck = list(
         UploadedArchive.objects.filter(
             state=UploadedArchive.State.CHECKING, uploaded_at__lt=cutoff

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -61,7 +62,9 @@ def extension_detail(request: HttpRequest, name: str) -> HttpResponse:
     )
 
 
-def _visible_extension(request: HttpRequest, name: str, queryset=None) -> Extension:
+def _visible_extension(
+    request: HttpRequest, name: str, queryset: QuerySet[Extension] | None = None
+) -> Extension:
     """The extension ``name`` the user sees; ``?team=slug`` picks a team's own one."""
     try:
         return extension_get_for_user(
@@ -80,7 +83,7 @@ def catalog_error_page(request: HttpRequest, exc: CatalogError, *, back: str = "
 
 def extension_url(extension: Extension) -> str:
     url = reverse("catalog:extension-detail", args=[extension.name])
-    return f"{url}?team={extension.team.slug}" if extension.team_id else url
+    return f"{url}?team={extension.team.slug}" if extension.team else url
 
 
 def _attach_error(

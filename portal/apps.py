@@ -26,6 +26,6 @@ def make_local_directories() -> None:
     if settings.CELERY_BROKER_URL.startswith("filesystem://"):
         options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
         folders = ("data_folder_in", "processed_folder", "control_folder")
-        directories += [Path(options[folder]) for folder in folders]
+        directories += [Path(str(options[folder])) for folder in folders]
     for directory in directories:
         directory.mkdir(parents=True, exist_ok=True)

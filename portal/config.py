@@ -111,7 +111,7 @@ def secret_key_in_file(path: Path) -> str:
     Lazy, so that importing the settings writes no files: Django reads ``SECRET_KEY`` when it
     first signs something (a session, a CSRF token, a password reset link).
     """
-    return lazy(_read_or_make_secret_key, str)(path)  # type: ignore[no-any-return]
+    return lazy(_read_or_make_secret_key, str)(path)
 
 
 def env_proxy_ssl_header(name: str) -> tuple[str, str] | None:

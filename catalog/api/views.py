@@ -44,7 +44,7 @@ class CatalogAPIError(exceptions.APIException):
         super().__init__(detail=error.message, code=error.code)
 
 
-class CatalogAPIView(GenericAPIView):  # type: ignore[type-arg]
+class CatalogAPIView(GenericAPIView):
     """Turns the catalog's and the pipeline's refusals into JSON errors (never a 500)."""
 
     def handle_exception(self, exc: Exception) -> Response:
