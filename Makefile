@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test reliability lint format typecheck bench migrations-check venv clean
+.PHONY: run test reliability lint contracts format typecheck bench migrations-check venv clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Bakehouse needs Python >= 3.11")'
@@ -33,12 +33,17 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+## contracts: the layer rules (pure pipeline, adapters and services below the web layer), pyproject.toml
+contracts: venv
+	$(VENV)/bin/lint-imports
+
 format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+## typecheck: mypy over the whole project (the pipeline strictly), configured in pyproject.toml
 typecheck: venv
-	$(VENV)/bin/mypy builds/pipeline
+	$(VENV)/bin/mypy
 
 migrations-check: venv
 	$(PY) manage.py makemigrations --check --dry-run

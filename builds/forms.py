@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django import forms
@@ -93,9 +93,9 @@ class ComposerState:
     def picks(self) -> dict[str, str]:
         """Extension name -> chosen version."""
         return {
-            key[len(EXTENSION_PREFIX) :]: value.strip()
+            key[len(EXTENSION_PREFIX) :]: str(value).strip()
             for key, value in self.query.items()
-            if key.startswith(EXTENSION_PREFIX) and value.strip()
+            if key.startswith(EXTENSION_PREFIX) and str(value).strip()
         }
 
     @property
@@ -224,10 +224,10 @@ class TargetForm(forms.Form):
 
     def __init__(self, *args: Any, teams: Iterable[Any], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["team"].choices = [(t.slug, t.name) for t in teams]
+        cast(forms.ChoiceField, self.fields["team"]).choices = [(t.slug, t.name) for t in teams]
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         channel, butane = cleaned.get("channel"), cleaned.get("butane")
         if channel and butane:
             too_new = channel_butane_problem(channel, butane)

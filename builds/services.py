@@ -96,19 +96,19 @@ class BuildCancelled(Exception):
 
 
 def heartbeat_interval() -> float:
-    return float(getattr(settings, "BUILD_HEARTBEAT_INTERVAL", 10))
+    return float(settings.BUILD_HEARTBEAT_INTERVAL)
 
 
 def heartbeat_timeout() -> float:
-    return float(getattr(settings, "BUILD_HEARTBEAT_TIMEOUT", 180))
+    return float(settings.BUILD_HEARTBEAT_TIMEOUT)
 
 
 def queue_timeout() -> float:
-    return float(getattr(settings, "BUILD_QUEUE_TIMEOUT", 24 * 3600))
+    return float(settings.BUILD_QUEUE_TIMEOUT)
 
 
 def requeue_after() -> float:
-    return float(getattr(settings, "BUILD_REQUEUE_AFTER", 600))
+    return float(settings.BUILD_REQUEUE_AFTER)
 
 
 # --- flavours -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
@@ -49,7 +50,7 @@ from catalog.selectors import extensions_visible_to, versions_usable_for_new_fla
 
 
 @require_safe
-def artifact_download(request: HttpRequest, key: str) -> HttpResponse:
+def artifact_download(request: HttpRequest, key: str) -> HttpResponseBase:
     """``/artifacts/KEY``: published objects by plain GET, for nodes and systemd-sysupdate.
 
     No authentication: this is the public prefix that ``PUBLIC_BASE_URL`` points at by default,
@@ -64,7 +65,7 @@ def artifact_download(request: HttpRequest, key: str) -> HttpResponse:
 
 
 @require_safe
-def artifact_download_private(request: HttpRequest, token: str, key: str) -> HttpResponse:
+def artifact_download_private(request: HttpRequest, token: str, key: str) -> HttpResponseBase:
     """``/artifacts/private/TOKEN/KEY``: a private flavour's artifacts, for nodes holding its token.
 
     A wrong, rotated or other flavour's token is a 404 like a missing key.
@@ -77,7 +78,7 @@ def artifact_download_private(request: HttpRequest, token: str, key: str) -> Htt
     return response
 
 
-def _serve_artifact(key: str) -> HttpResponse:
+def _serve_artifact(key: str) -> HttpResponseBase:
     store = get_artifact_store()
     try:
         stored = store.stat(key)

@@ -22,14 +22,14 @@ from catalog.models import (
 )
 
 
-class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
+class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
     autocomplete_fields = ["user"]
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class TeamAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "two_person_approval", "private_artifacts", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
@@ -37,14 +37,14 @@ class TeamAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class MembershipAdmin(admin.ModelAdmin):
     list_display = ["user", "team", "role", "created_at"]
     list_filter = ["role", "team"]
     search_fields = ["user__username", "team__slug"]
     autocomplete_fields = ["user", "team"]
 
 
-class VersionInline(admin.TabularInline):  # type: ignore[type-arg]
+class VersionInline(admin.TabularInline):
     model = ExtensionVersion
     extra = 0
     fields = ["version", "status", "deprecated", "proposed_via", "proposed_at", "decided_by", "decided_at"]
@@ -53,7 +53,7 @@ class VersionInline(admin.TabularInline):  # type: ignore[type-arg]
 
 
 @admin.register(Extension)
-class ExtensionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ExtensionAdmin(admin.ModelAdmin):
     list_display = ["name", "team", "origin", "category", "delivery", "updated_at"]
     list_filter = ["origin", "category", "delivery", "team"]
     search_fields = ["name", "description"]
@@ -61,20 +61,26 @@ class ExtensionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     inlines = [VersionInline]
 
 
-class DigestInline(admin.TabularInline):  # type: ignore[type-arg]
+class DigestInline(admin.TabularInline):
     model = UpstreamDigest
     extra = 0
-    fields = ["arch", "source_id", "url", "sha256", "size", "origin", "fetched_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("arch", "source_id", "url", "sha256", "size", "origin", "fetched_at")
 
 
-class ApprovalInline(admin.TabularInline):  # type: ignore[type-arg]
+class ApprovalInline(admin.TabularInline):
     """The audit trail is append-only, even for admins."""
 
     model = ApprovalRecord
     extra = 0
-    fields = ["at", "action", "actor", "actor_label", "proposer", "proposer_label", "reason"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "at",
+        "action",
+        "actor",
+        "actor_label",
+        "proposer",
+        "proposer_label",
+        "reason",
+    )
     can_delete = False
 
     def has_add_permission(self, request: object, obj: object = None) -> bool:
@@ -88,7 +94,7 @@ class VersionActionForm(ActionForm):
 
 
 def _decide(
-    model_admin: admin.ModelAdmin,  # type: ignore[type-arg]
+    model_admin: admin.ModelAdmin,
     request: Any,
     queryset: Any,
     decide: Callable[..., ExtensionVersion],
@@ -130,7 +136,7 @@ def undeprecate_versions(model_admin: Any, request: Any, queryset: Any) -> None:
 
 
 @admin.register(ExtensionVersion)
-class ExtensionVersionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ExtensionVersionAdmin(admin.ModelAdmin):
     """Status changes belong to the approval flow (services); here they are shown, not edited,
     and the actions run that flow (role checks, audit record, digest pinning) like the API does."""
 
@@ -171,14 +177,14 @@ class ExtensionVersionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(UpstreamDigest)
-class UpstreamDigestAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class UpstreamDigestAdmin(admin.ModelAdmin):
     list_display = ["version", "arch", "source_id", "sha256", "size", "origin", "fetched_at"]
     list_filter = ["arch", "origin"]
     search_fields = ["version__extension__name", "version__version", "sha256", "url"]
 
 
 @admin.register(ApprovalRecord)
-class ApprovalRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ApprovalRecordAdmin(admin.ModelAdmin):
     list_display = ["version", "action", "actor", "actor_label", "proposer", "proposer_label", "at"]
     list_filter = ["action"]
     search_fields = ["version__extension__name", "version__version", "reason"]
@@ -191,7 +197,7 @@ class ApprovalRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(UploadedArchive)
-class UploadedArchiveAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class UploadedArchiveAdmin(admin.ModelAdmin):
     list_display = ["file_name", "version", "kind", "size", "sha256", "uploaded_by", "uploaded_at"]
     exclude = ["data"]
     readonly_fields = ["version", "file_name", "kind", "sha256", "size", "uploaded_by", "uploaded_at"]

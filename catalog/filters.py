@@ -1,47 +1,53 @@
-"""The one filter of the extension list, shared by the API and the catalog page."""
+"""The one filter of the extension list, shared by the catalog page and the API (django-filter)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-
+import django_filters
+from django import forms
 from django.db.models import Q, QuerySet
 
 from builds.pipeline.recipe import SYSTEMD_ARCHES
-from catalog.errors import CatalogError
 from catalog.models import Category, Extension
 
+SEARCH_MAX = 100
 
-@dataclass(frozen=True)
-class ExtensionFilter:
-    """``search`` matches name and description; ``category`` and ``arch`` match exactly."""
 
-    search: str = ""
-    category: str = ""
-    arch: str = ""
+class ExtensionFilterSet(django_filters.FilterSet):
+    """``search`` matches name and description; ``category`` and ``arch`` match exactly.
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, str]) -> ExtensionFilter:
-        """From query parameters (``?search=&category=&arch=``); unknown values are a 400."""
-        search = (params.get("search") or "").strip()[:100]
-        category = (params.get("category") or "").strip()
-        arch = (params.get("arch") or "").strip()
-        if category and category not in Category.values:
-            raise CatalogError(
-                "filter.invalid-category", f"category must be one of {', '.join(Category.values)}."
-            )
-        if arch and arch not in SYSTEMD_ARCHES:
-            raise CatalogError("filter.invalid-arch", f"arch must be one of {', '.join(SYSTEMD_ARCHES)}.")
-        return cls(search=search, category=category, arch=arch)
+    The page renders ``.form``; the API lists the same fields in its OpenAPI schema, and an unknown
+    category or arch is a 400 there (an error on the form here).
+    """
 
-    def apply(self, queryset: QuerySet[Extension]) -> QuerySet[Extension]:
-        qs = queryset
-        if self.search:
-            qs = qs.filter(Q(name__icontains=self.search) | Q(description__icontains=self.search))
-        if self.category:
-            qs = qs.filter(category=self.category)
-        if self.arch:
-            # JSON containment is not portable to SQLite; the catalog is small enough for this.
-            rows = qs.values_list("pk", "arches")
-            qs = qs.filter(pk__in=[pk for pk, arches in rows if self.arch in (arches or [])])
-        return qs
+    search = django_filters.CharFilter(
+        label="Search",
+        method="filter_search",
+        help_text="Words in the name or description.",
+        widget=forms.TextInput(
+            attrs={"type": "search", "placeholder": "name or description", "maxlength": SEARCH_MAX}
+        ),
+    )
+    category = django_filters.ChoiceFilter(
+        label="Category", choices=Category.choices, empty_label="Any category"
+    )
+    arch = django_filters.ChoiceFilter(
+        label="Arch",
+        choices=[(arch, arch) for arch in SYSTEMD_ARCHES],
+        empty_label="Any arch",
+        method="filter_arch",
+    )
+
+    class Meta:
+        model = Extension
+        fields = ["search", "category", "arch"]
+
+    def filter_search(self, queryset: QuerySet[Extension], name: str, value: str) -> QuerySet[Extension]:
+        words = value.strip()[:SEARCH_MAX]  # longer searches are cut, not refused
+        if not words:
+            return queryset
+        return queryset.filter(Q(name__icontains=words) | Q(description__icontains=words))
+
+    def filter_arch(self, queryset: QuerySet[Extension], name: str, value: str) -> QuerySet[Extension]:
+        # JSON containment is not portable to SQLite; the catalog is small enough for this.
+        rows = queryset.values_list("pk", "arches")
+        return queryset.filter(pk__in=[pk for pk, arches in rows if value in (arches or [])])

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, cast
+
 from django import forms
 
 from catalog.models import Category
 
+if TYPE_CHECKING:
+    from catalog.models import Team
+
 # The arches flavours are built for (builds.models.Arch), in systemd's spelling.
 ARCH_CHOICES = [("", "Any arch"), ("x86-64", "x86-64"), ("arm64", "arm64")]
-
-
-class ExtensionSearchForm(forms.Form):
-    """The controls of the catalog list; the filtering itself is catalog.filters' job."""
-
-    search = forms.CharField(
-        label="Search",
-        required=False,
-        max_length=100,
-        widget=forms.TextInput(attrs={"type": "search", "placeholder": "name or description"}),
-    )
-    category = forms.ChoiceField(
-        label="Category", required=False, choices=[("", "Any category"), *Category.choices]
-    )
-    arch = forms.ChoiceField(label="Arch", required=False, choices=ARCH_CHOICES)
 
 
 class VersionProposeForm(forms.Form):
@@ -79,9 +70,9 @@ class CustomRecipeForm(forms.Form):
         help_text="Same format as catalog/recipes/*.yaml; a curator approves each version it lists.",
     )
 
-    def __init__(self, *args, teams, **kwargs) -> None:
+    def __init__(self, *args: Any, teams: Iterable[Team], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["team"].choices = [(t.slug, t.name) for t in teams]
+        cast(forms.ChoiceField, self.fields["team"]).choices = [(t.slug, t.name) for t in teams]
 
 
 class CustomUploadForm(forms.Form):
@@ -104,6 +95,6 @@ class CustomUploadForm(forms.Form):
         "setuid files or links leaving the tree.",
     )
 
-    def __init__(self, *args, teams, **kwargs) -> None:
+    def __init__(self, *args: Any, teams: Iterable[Team], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["team"].choices = [(t.slug, t.name) for t in teams]
+        cast(forms.ChoiceField, self.fields["team"]).choices = [(t.slug, t.name) for t in teams]

@@ -11,6 +11,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def version_proposer_label(version: ExtensionVersion) -> str:
 def two_person_rule(team: Team | None) -> bool:
     """Whether versions of ``team``'s catalog (None: the global one) need two different people."""
     if team is None:
-        return bool(getattr(settings, "GLOBAL_CATALOG_TWO_PERSON_APPROVAL", True))
+        return bool(settings.GLOBAL_CATALOG_TWO_PERSON_APPROVAL)
     return team.two_person_approval
 
 
@@ -520,13 +521,13 @@ def upstream_fetcher(extension: Extension) -> Any:
     ``file://`` is readable only for an uploaded extension, and only in its own upload directory:
     team and built-in recipes never read local files, even if such a recipe sits in the database.
     """
-    from builds.pipeline.fetch import DEFAULT_MAX_BYTES, Fetcher
+    from builds.pipeline.fetch import Fetcher
 
     file_roots = [uploads.archive_dir(extension)] if extension.origin == Origin.UPLOAD else []
     return Fetcher(
         settings.FETCH_CACHE_DIR,
         mirrors=settings.UPSTREAM_MIRRORS,
-        max_bytes=getattr(settings, "UPSTREAM_MAX_BYTES", DEFAULT_MAX_BYTES),
+        max_bytes=settings.UPSTREAM_MAX_BYTES,
         file_roots=file_roots,
     )
 
@@ -598,8 +599,8 @@ def version_pin_digests(*, version_id: int, last_attempt: bool = True) -> Extens
 def versions_reap_stuck_pinning(*, now: Any = None, timeout: float | None = None) -> list[int]:
     """Return versions stuck in ``pinning`` (their task lost: broker flushed, worker killed) to
     ``proposed`` with the error recorded, so a curator sees why and can approve again."""
-    timeout = timeout if timeout is not None else getattr(settings, "CATALOG_PINNING_TIMEOUT", 3600)
-    cutoff = (now or timezone.now()) - timezone.timedelta(seconds=timeout)
+    timeout = timeout if timeout is not None else settings.CATALOG_PINNING_TIMEOUT
+    cutoff = (now or timezone.now()) - timedelta(seconds=timeout)
     stuck = ExtensionVersion.objects.filter(status=VersionStatus.PINNING, decided_at__lt=cutoff)
     reaped = []
     for version in stuck.select_related("extension"):
@@ -621,7 +622,7 @@ def uploads_requeue_unchecked(*, now: Any = None, after: float | None = None) ->
     from catalog.tasks import check_upload
 
     after = after if after is not None else settings.CUSTOM_UPLOAD_REQUEUE_AFTER
-    cutoff = (now or timezone.now()) - timezone.timedelta(seconds=after)
+    cutoff = (now or timezone.now()) - timedelta(seconds=after)
     stuck = list(
         UploadedArchive.objects.filter(
             state=UploadedArchive.State.CHECKING, uploaded_at__lt=cutoff

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import yaml
 from django.conf import settings
 
+from builds.pipeline.checksums import sha256_file
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.recipe import (
     CATEGORIES,
@@ -54,13 +55,6 @@ if TYPE_CHECKING:
     from builds.pipeline.archive import UnpackLimits
     from catalog.models import Extension, UploadedArchive
 
-DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024
-DEFAULT_MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
-# A sysext of a large toolchain has some thousands of files; 99k empty directories is an attack.
-DEFAULT_MAX_UNPACKED_ENTRIES = 20_000
-DEFAULT_CHECK_SECONDS = 60.0
-# Binaries compress 3-5x and text 10x; a gzip bomb about 1000x.
-DEFAULT_MAX_RATIO = 100.0
 UPLOAD_KINDS = ("tar.gz", "tgz", "tar.xz", "tar.zst", "zip")
 SOURCE_ID = "upload"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -69,7 +63,7 @@ _FORBIDDEN = ("usr/sbin", "usr/lib/os-release", "usr/lib/extension-release.d")
 
 
 def max_upload_bytes() -> int:
-    return int(getattr(settings, "CUSTOM_UPLOAD_MAX_BYTES", DEFAULT_MAX_UPLOAD_BYTES))
+    return int(settings.CUSTOM_UPLOAD_MAX_BYTES)
 
 
 @dataclass(frozen=True)
@@ -153,12 +147,11 @@ def upload_limits() -> UnpackLimits:
     from builds.pipeline.archive import UnpackLimits
 
     return UnpackLimits(
-        max_total_bytes=int(
-            getattr(settings, "CUSTOM_UPLOAD_MAX_UNPACKED_BYTES", DEFAULT_MAX_UNPACKED_BYTES)
-        ),
-        max_members=int(getattr(settings, "CUSTOM_UPLOAD_MAX_ENTRIES", DEFAULT_MAX_UNPACKED_ENTRIES)),
-        max_seconds=float(getattr(settings, "CUSTOM_UPLOAD_CHECK_SECONDS", DEFAULT_CHECK_SECONDS)),
-        max_ratio=float(getattr(settings, "CUSTOM_UPLOAD_MAX_RATIO", DEFAULT_MAX_RATIO)),
+        # Limits and their reasons: portal/settings.py.
+        max_total_bytes=int(settings.CUSTOM_UPLOAD_MAX_UNPACKED_BYTES),
+        max_members=int(settings.CUSTOM_UPLOAD_MAX_ENTRIES),
+        max_seconds=float(settings.CUSTOM_UPLOAD_CHECK_SECONDS),
+        max_ratio=float(settings.CUSTOM_UPLOAD_MAX_RATIO),
     )
 
 
@@ -223,7 +216,7 @@ def write_archive(path: Path, upload: UploadedArchive) -> Path:
         raise CatalogError(
             "upload.corrupt", f"The stored archive {upload.file_name} no longer matches its sha256."
         )
-    if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == upload.sha256:
+    if path.is_file() and sha256_file(path) == upload.sha256:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:

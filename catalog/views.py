@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -13,11 +14,10 @@ from django.views.decorators.http import require_http_methods
 from builds.pipeline.errors import PipelineError
 from catalog import services, uploads
 from catalog.errors import CatalogError, CatalogNotFound
-from catalog.filters import ExtensionFilter
+from catalog.filters import ExtensionFilterSet
 from catalog.forms import (
     CustomRecipeForm,
     CustomUploadForm,
-    ExtensionSearchForm,
     VersionDecisionForm,
     VersionProposeForm,
 )
@@ -36,16 +36,11 @@ from portal.error_pages import error_page
 @login_required
 def extension_list(request: HttpRequest) -> HttpResponse:
     """Every extension the user may see, filtered by text, category and arch."""
-    form = ExtensionSearchForm(request.GET or None)
-    extensions = extensions_visible_to(request.user).prefetch_related("versions")
-    if form.is_bound and form.is_valid():
-        try:
-            extensions = ExtensionFilter.from_params(form.cleaned_data).apply(extensions)
-        except CatalogError as exc:
-            form.add_error(None, exc.message)
-    elif form.is_bound:
-        extensions = extensions.none()
-    return render(request, "catalog/extension_list.html", {"form": form, "extensions": extensions})
+    filterset = ExtensionFilterSet(
+        request.GET, queryset=extensions_visible_to(request.user).prefetch_related("versions")
+    )
+    extensions = filterset.qs if filterset.is_valid() else filterset.queryset.none()
+    return render(request, "catalog/extension_list.html", {"form": filterset.form, "extensions": extensions})
 
 
 @login_required
@@ -68,7 +63,9 @@ def extension_detail(request: HttpRequest, name: str) -> HttpResponse:
     )
 
 
-def _visible_extension(request: HttpRequest, name: str, queryset=None) -> Extension:
+def _visible_extension(
+    request: HttpRequest, name: str, queryset: QuerySet[Extension] | None = None
+) -> Extension:
     """The extension ``name`` the user sees; ``?team=slug`` picks a team's own one."""
     try:
         return extension_get_for_user(
@@ -80,7 +77,7 @@ def _visible_extension(request: HttpRequest, name: str, queryset=None) -> Extens
 
 def extension_url(extension: Extension) -> str:
     url = reverse("catalog:extension-detail", args=[extension.name])
-    return f"{url}?team={extension.team.slug}" if extension.team_id else url
+    return f"{url}?team={extension.team.slug}" if extension.team else url
 
 
 def _attach_error(

@@ -70,7 +70,7 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     """handler404: JSON under /api/, Django's page elsewhere."""
     if _is_api(request):
         return JsonResponse({"code": "not_found", "message": "No such API resource."}, status=404)
-    return defaults.page_not_found(request, exception)  # type: ignore[arg-type]
+    return defaults.page_not_found(request, exception)
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -81,7 +81,8 @@ class ObtainTokenView(APIView):
                     attempt.succeeded()
         except SignInLocked as locked:
             throttled = exceptions.Throttled(detail=locked.message)  # the message already says how long
-            throttled.wait = locked.retry_after  # -> Retry-After
+            # -> Retry-After; set after __init__, whose wait= would append to the message.
+            throttled.wait = locked.retry_after  # type: ignore[attr-defined]
             raise throttled from None
         except SignInUnavailable as unavailable:
             raise SignInUnavailableError(unavailable.message) from None

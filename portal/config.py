@@ -7,13 +7,16 @@ failing later inside a build.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.functional import lazy
 
 
 class ConfigError(ImproperlyConfigured):
@@ -82,6 +85,33 @@ def env_secret_file(name: str) -> Path | None:
     if not os.access(path, os.R_OK):
         raise ConfigError(name, f"file is not readable: {raw}")
     return path.resolve()
+
+
+@functools.cache
+def _read_or_make_secret_key(path: Path) -> str:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside and linked into place: two processes starting at once (web and worker)
+        # both end up with the key of whichever linked first, never a half-written file.
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        draft.write_text(secrets.token_urlsafe(50))
+        draft.chmod(0o600)
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
+
+
+def secret_key_in_file(path: Path) -> str:
+    """A random secret key kept in ``path``, read (or made) only when first used.
+
+    Lazy, so that importing the settings writes no files: Django reads ``SECRET_KEY`` when it
+    first signs something (a session, a CSRF token, a password reset link).
+    """
+    return lazy(_read_or_make_secret_key, str)(path)
 
 
 def env_proxy_ssl_header(name: str) -> tuple[str, str] | None:

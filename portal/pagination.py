@@ -37,7 +37,9 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
 
     def get_limit(self, request: Request) -> int:
         limit = _whole_number(request, self.limit_query_param, minimum=1)
-        return self.default_limit if limit is None else min(limit, self.max_limit)
+        if limit is None:
+            return self.default_limit or MAX_LIMIT  # PAGE_SIZE
+        return min(limit, MAX_LIMIT)
 
     def get_offset(self, request: Request) -> int:
         return _whole_number(request, self.offset_query_param, minimum=0) or 0

@@ -6,11 +6,11 @@ Celery, and a local artifact store under ``var/``. A wrong value fails here, nam
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import dj_database_url
 
+from builds.pipeline.fetch import DEFAULT_MAX_BYTES
 from portal.config import (
     ConfigError,
     env_bool,
@@ -22,26 +22,16 @@ from portal.config import (
     env_str,
     env_url,
     s3_config,
+    secret_key_in_file,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = env_path("BAKEHOUSE_VAR_DIR", BASE_DIR / "var")
 
 
-def _secret_key() -> str:
-    key = env_str("SECRET_KEY")
-    if key:
-        return key
-    # Embedded default: a random key kept under var/ so sessions survive restarts.
-    path = VAR_DIR / "secret_key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
-
-
-SECRET_KEY = _secret_key()
+# Embedded default: a random key kept under var/ so sessions survive restarts, made on first use
+# (importing the settings writes no files).
+SECRET_KEY = env_str("SECRET_KEY") or secret_key_in_file(VAR_DIR / "secret_key")
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_str("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",")
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS").split(",") if o]
@@ -56,6 +46,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "django_filters",  # one FilterSet per list, for its page and its API
     "drf_spectacular_sidecar",  # Swagger UI assets served locally, no CDN
     "portal",
     "catalog",
@@ -104,7 +95,7 @@ try:
 except Exception as exc:  # dj-database-url raises several types for a bad URL
     raise ConfigError("DATABASE_URL", f"cannot parse {_database_url!r} ({exc})") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Its directory is made at start-up (portal.apps), not here.
     # SQLite serialises writers; a worker and the web server share the file.
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
     DATABASES["default"]["CONN_MAX_AGE"] = 0
@@ -124,8 +115,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "staticfiles"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on a missing root before collectstatic
+STATIC_ROOT = VAR_DIR / "staticfiles"  # made at start-up (portal.apps): whitenoise warns if missing
 STATICFILES_DIRS = [BASE_DIR / "static"]
 
 # --- Celery ---------------------------------------------------------------------------------
@@ -143,10 +133,8 @@ if REDIS_URL:
     }
 else:
     # Embedded default: kombu's filesystem transport needs no external service, and a real
-    # worker process still consumes from it.
+    # worker process still consumes from it. Its directories are made at start-up (portal.apps).
     _broker_dir = VAR_DIR / "broker"
-    for _sub in ("queue", "processed", "control"):
-        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
@@ -194,8 +182,10 @@ CELERY_BEAT_SCHEDULE = {
     # Fails builds whose worker stopped sending heartbeats (builds.services.builds_reap_stale).
     "builds-reap-stale": {"task": "builds.tasks.builds_reap_stale", "schedule": 60},
 }
-# An upload still unchecked this many seconds after it arrived has lost its check task.
-CUSTOM_UPLOAD_REQUEUE_AFTER = 900
+# Builds still queued after this long (no worker took them) fail with a message saying so.
+BUILD_QUEUE_TIMEOUT = env_int("BUILD_QUEUE_TIMEOUT", 24 * 3600, minimum=60)
+# A version stuck "pinning" this long has lost its task: the reaper returns it to proposed.
+CATALOG_PINNING_TIMEOUT = env_int("CATALOG_PINNING_TIMEOUT", 3600, minimum=60)
 # A running build touches heartbeat_at this often; the reaper fails it after the timeout.
 BUILD_HEARTBEAT_INTERVAL = env_int("BUILD_HEARTBEAT_INTERVAL", 10, minimum=1)
 BUILD_HEARTBEAT_TIMEOUT = env_int("BUILD_HEARTBEAT_TIMEOUT", 180, minimum=10)
@@ -284,7 +274,20 @@ FETCH_CACHE_DIR = env_path("FETCH_CACHE_DIR", VAR_DIR / "cache")
 # The global catalog's two-people rule: the staff member who proposed a version cannot approve it
 # (versions filed by the system, built-in recipes and discovery, need one curator).
 GLOBAL_CATALOG_TWO_PERSON_APPROVAL = env_bool("GLOBAL_CATALOG_TWO_PERSON_APPROVAL", True)
+# The most one upstream download may weigh; a larger one fails the pinning or build.
+UPSTREAM_MAX_BYTES = env_int("UPSTREAM_MAX_BYTES", DEFAULT_MAX_BYTES, minimum=1)
 GITHUB_API_URL = env_url("GITHUB_API_URL", "https://api.github.com", schemes=("http", "https"))
+
+# --- Uploaded extensions (hostile archives: every limit is a refusal, never a crash) -------------
+CUSTOM_UPLOAD_MAX_BYTES = env_int("CUSTOM_UPLOAD_MAX_BYTES", 256 * 1024 * 1024, minimum=1)
+CUSTOM_UPLOAD_MAX_UNPACKED_BYTES = env_int("CUSTOM_UPLOAD_MAX_UNPACKED_BYTES", 1024 * 1024 * 1024, minimum=1)
+# A sysext of a large toolchain has some thousands of files; 99k empty directories is an attack.
+CUSTOM_UPLOAD_MAX_ENTRIES = env_int("CUSTOM_UPLOAD_MAX_ENTRIES", 20_000, minimum=1)
+# Binaries compress 3-5x and text 10x; a gzip bomb about 1000x.
+CUSTOM_UPLOAD_MAX_RATIO = env_int("CUSTOM_UPLOAD_MAX_RATIO", 100, minimum=1)
+CUSTOM_UPLOAD_CHECK_SECONDS = env_int("CUSTOM_UPLOAD_CHECK_SECONDS", 60, minimum=1)
+# An upload still unchecked this many seconds after it arrived has lost its check task.
+CUSTOM_UPLOAD_REQUEUE_AFTER = env_int("CUSTOM_UPLOAD_REQUEUE_AFTER", 900, minimum=60)
 
 # --- REST API ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.contrib.auth.views import LoginView
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -55,18 +58,19 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
     full key is shown once, right after creation; later visits show only its first characters.
     """
     new_key = ""
+    user = cast(User, request.user)  # login_required
     if request.method == "POST":
         action = request.POST.get("action")
         if action == "create":
-            Token.objects.filter(user=request.user).delete()
-            new_key = Token.objects.create(user=request.user).key
+            Token.objects.filter(user=user).delete()
+            new_key = Token.objects.create(user=user).key
             messages.success(request, "New API token created. Copy it now: it will not be shown again.")
         elif action == "revoke":
-            deleted, _ = Token.objects.filter(user=request.user).delete()
+            deleted, _ = Token.objects.filter(user=user).delete()
             messages.success(request, "API token revoked." if deleted else "You had no API token.")
             return redirect("api-tokens")
         else:
             messages.error(request, "Unknown action.")
             return redirect("api-tokens")
-    token = Token.objects.filter(user=request.user).first()
+    token = Token.objects.filter(user=user).first()
     return render(request, "portal/api_tokens.html", {"token": token, "new_key": new_key})

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db.models import Prefetch
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
@@ -140,7 +141,7 @@ class FlavourListCreateView(generics.ListAPIView):
         ),
     )
     def post(self, request: Request) -> Response:
-        data = request.data
+        data: Any = request.data
         _reject_unknown_fields(data, set(FlavourCreateSerializer().fields))
         team = _choose_team(request.user, data.get("team"), Role.BUILDER, "compose flavours")
         revision_of = None
@@ -359,7 +360,7 @@ class ArtifactDownloadView(APIView):
             503: ERROR,
         }
     )
-    def get(self, request: Request, pk: str, artifact_id: int) -> HttpResponse:
+    def get(self, request: Request, pk: str, artifact_id: int) -> HttpResponseBase:
         build = get_object_or_404(selectors.builds_visible_to(user=request.user), pk=pk)
         artifact = get_object_or_404(Artifact, pk=artifact_id, build=build)
         store = get_artifact_store()

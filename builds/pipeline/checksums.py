@@ -20,16 +20,12 @@ SIGNATURE_FILE_NAME = "SHA256SUMS.gpg"
 
 _HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 _LINE_RE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
-_CHUNK = 1024 * 1024
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (memory stays flat for any size)."""
-    digest = hashlib.sha256()
+    """Hex sha256 of a file; memory stays flat for any size."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def check_file_name(name: str) -> str:

@@ -263,3 +263,11 @@ def test_curator_deprecates_an_approved_version(client, cast):
     client.post(f"/versions/{version.pk}/review/", {"deprecated": "no"})
     version.refresh_from_db()
     assert not version.deprecated
+
+
+def test_unknown_filter_value_is_a_form_error_and_lists_nothing(client, cast):
+    client.force_login(cast["owner"])
+    response = client.get("/catalog/", {"category": "nope"})
+    assert response.status_code == 200
+    assert _names(response) == set()
+    assert "Select a valid choice" in response.content.decode()

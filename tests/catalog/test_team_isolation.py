@@ -135,3 +135,15 @@ def test_a_member_of_two_teams_says_which_team_a_new_extension_is_for(
     assert no_team.status_code == 400
     assert no_team.json()["code"] == "team.required"
     assert Extension.objects.filter(name="other").count() == 0
+
+
+def test_list_filter_refuses_unknown_values_with_a_400_naming_the_field(
+    cast: Cast, catalog: ExtensionVersion
+) -> None:
+    client = cast.client(cast.owner)
+    for query, field in (("?category=nope", "category"), ("?arch=sparc", "arch")):
+        response = client.get(f"/api/extensions/{query}")
+        assert response.status_code == 400, response.content
+        body = response.json()
+        assert body["code"] == "invalid" and list(body["fields"]) == [field]
+    assert names(client, "?search=" + "secret" + "x" * 200) == set()  # cut to 100, not refused
