@@ -35,7 +35,7 @@ from catalog.selectors import (
 )
 
 
-class CatalogAPIView(GenericAPIView):  # type: ignore[type-arg]
+class CatalogAPIView(GenericAPIView):
     """The catalog's views; their refusals (``CatalogError``, ``PipelineError``) are answered as
     ``{code, message}`` by portal.api.exception_handler, never a 500."""
 
