@@ -42,6 +42,7 @@ from builds.forms import (
 )
 from builds.models import Arch, Artifact, ArtifactKind, Build, BuildImage, BuildState, Flavour
 from builds.pipeline.errors import PipelineError
+from builds.pipeline.vocabulary import DEFAULT_ARCH
 from catalog import services as catalog_services
 from catalog.models import Delivery, ExtensionVersion, Role, Team
 from catalog.permissions import has_team_role
@@ -198,7 +199,7 @@ def compose_target(request: HttpRequest) -> HttpResponse:
     else:
         initial = {
             "team": state.team or teams[0].slug,
-            "arch": state.arch or "x86-64",
+            "arch": state.arch or DEFAULT_ARCH,
             "channel": state.channel,
             "butane": state.get("butane"),
         }

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from django.db.models import Q, QuerySet
 
-from builds.pipeline.recipe import SYSTEMD_ARCHES
+from builds.pipeline.vocabulary import ARCHES
 from catalog.errors import CatalogError
 from catalog.models import Category, Extension
 
@@ -30,8 +30,8 @@ class ExtensionFilter:
             raise CatalogError(
                 "filter.invalid-category", f"category must be one of {', '.join(Category.values)}."
             )
-        if arch and arch not in SYSTEMD_ARCHES:
-            raise CatalogError("filter.invalid-arch", f"arch must be one of {', '.join(SYSTEMD_ARCHES)}.")
+        if arch and arch not in ARCHES:
+            raise CatalogError("filter.invalid-arch", f"arch must be one of {', '.join(ARCHES)}.")
         return cls(search=search, category=category, arch=arch)
 
     def apply(self, queryset: QuerySet[Extension]) -> QuerySet[Extension]:

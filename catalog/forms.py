@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from django import forms
 
+from builds.pipeline.vocabulary import ARCHES, DEFAULT_ARCH
 from catalog.models import Category
 
-# The arches flavours are built for (builds.models.Arch), in systemd's spelling.
-ARCH_CHOICES = [("", "Any arch"), ("x86-64", "x86-64"), ("arm64", "arm64")]
+# The arches flavours are built for, in systemd's spelling.
+ARCH_CHOICES = [("", "Any arch"), *((arch, arch) for arch in ARCHES)]
 
 
 class ExtensionSearchForm(forms.Form):
@@ -96,7 +97,7 @@ class CustomUploadForm(forms.Form):
         label="Arches the files run on",
         choices=ARCH_CHOICES[1:],
         widget=forms.CheckboxSelectMultiple,
-        initial=["x86-64"],
+        initial=[DEFAULT_ARCH],
     )
     file = forms.FileField(
         label="Archive",

@@ -40,14 +40,13 @@ from django.conf import settings
 
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.recipe import (
-    CATEGORIES,
-    SYSTEMD_ARCHES,
     InstallRule,
     Recipe,
     SourceTemplate,
     VersionSpec,
     guess_archive_kind,
 )
+from builds.pipeline.vocabulary import ARCHES, CATEGORIES
 from catalog.errors import CatalogError
 
 if TYPE_CHECKING:
@@ -82,7 +81,7 @@ class CustomArchive:
     data: bytes
     description: str = ""
     category: str = "tool"
-    arches: tuple[str, ...] = SYSTEMD_ARCHES
+    arches: tuple[str, ...] = ARCHES
 
 
 @dataclass(frozen=True)
@@ -112,9 +111,9 @@ def validate_archive(archive: CustomArchive) -> CheckedArchive:
         )
     if archive.category not in CATEGORIES:
         raise _refuse("upload.invalid-category", f"category must be one of {', '.join(CATEGORIES)}.")
-    if not archive.arches or any(a not in SYSTEMD_ARCHES for a in archive.arches):
+    if not archive.arches or any(a not in ARCHES for a in archive.arches):
         raise _refuse(
-            "upload.invalid-arches", f"arches must be a non-empty subset of {', '.join(SYSTEMD_ARCHES)}."
+            "upload.invalid-arches", f"arches must be a non-empty subset of {', '.join(ARCHES)}."
         )
     limit = max_upload_bytes()
     if len(archive.data) > limit:

@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from builds.pipeline.errors import PipelineError
-from builds.pipeline.recipe import SYSTEMD_ARCHES
+from builds.pipeline.vocabulary import ARCHES
 from catalog.models import ApprovalRecord, Category, Extension, ExtensionVersion, Team, UpstreamDigest
 
 
@@ -212,7 +212,7 @@ class CustomExtensionSerializer(serializers.Serializer):
     category = serializers.ChoiceField(choices=Category.choices, required=False, default="tool")
     arches = serializers.CharField(
         required=False,
-        default=",".join(SYSTEMD_ARCHES),
+        default=",".join(ARCHES),
         help_text="Comma-separated systemd arches the files suit (default: all).",
     )
 

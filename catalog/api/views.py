@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from builds.pipeline.errors import PipelineError
-from builds.pipeline.recipe import SYSTEMD_ARCHES
+from builds.pipeline.vocabulary import ARCHES
 from catalog import services, uploads
 from catalog.api.serializers import (
     PRIVACY_NOTE,
@@ -75,7 +75,7 @@ class ExtensionListView(mixins.ListModelMixin, CatalogAPIView):
         parameters=[
             OpenApiParameter("search", str, description="Words in the name or description."),
             OpenApiParameter("category", str, enum=[c.value for c in Category]),
-            OpenApiParameter("arch", str, enum=list(SYSTEMD_ARCHES)),
+            OpenApiParameter("arch", str, enum=list(ARCHES)),
             OpenApiParameter("team", str, description="Only this team's catalog (its slug)."),
         ]
     )
