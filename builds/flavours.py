@@ -461,6 +461,15 @@ def _resolve_extensions(
     return chosen
 
 
+def flavour_options_resolve(raw: Any) -> FlavourOptions:
+    """Check submitted options alone; raises ``FlavourInvalid`` with the problems per option."""
+    errors = _Errors()
+    options = _resolve_options(raw, errors)
+    if errors:
+        raise FlavourInvalid(errors.by_field)
+    return options
+
+
 def _resolve_options(raw: Any, errors: _Errors) -> FlavourOptions:
     defaults = FlavourOptions()
     if raw is None:

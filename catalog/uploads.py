@@ -112,9 +112,7 @@ def validate_archive(archive: CustomArchive) -> CheckedArchive:
     if archive.category not in CATEGORIES:
         raise _refuse("upload.invalid-category", f"category must be one of {', '.join(CATEGORIES)}.")
     if not archive.arches or any(a not in ARCHES for a in archive.arches):
-        raise _refuse(
-            "upload.invalid-arches", f"arches must be a non-empty subset of {', '.join(ARCHES)}."
-        )
+        raise _refuse("upload.invalid-arches", f"arches must be a non-empty subset of {', '.join(ARCHES)}.")
     limit = max_upload_bytes()
     if len(archive.data) > limit:
         raise _refuse(
