@@ -246,7 +246,9 @@ class FlavourOptions:
         """Rebuild options stored by ``as_document`` (already validated)."""
         values = dict(data)
         # Flavours stored before the channel was recorded: their Butane spec tells which it was.
-        values.setdefault("channel", "lts" if values.get("butane_version") == "1.0.0" else "stable")
+        # (Then every spec but the oldest meant a channel newer than LTS.)
+        oldest = vocabulary.BUTANE_VERSIONS[0]
+        values.setdefault("channel", "lts" if values.get("butane_version") == oldest else "stable")
         for option in OPTIONS:
             if option.kind in ("subset", "lines") and option.name in values:
                 values[option.name] = tuple(values[option.name])

@@ -46,7 +46,7 @@ from builds.pipeline.recipe import (
     VersionSpec,
     guess_archive_kind,
 )
-from builds.pipeline.vocabulary import ARCHES, CATEGORIES
+from builds.pipeline.vocabulary import ARCHES, CATEGORIES, DEFAULT_CATEGORY
 from catalog.errors import CatalogError
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class CustomArchive:
     file_name: str
     data: bytes
     description: str = ""
-    category: str = "tool"
+    category: str = DEFAULT_CATEGORY
     arches: tuple[str, ...] = ARCHES
 
 

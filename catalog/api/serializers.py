@@ -209,7 +209,7 @@ class CustomExtensionSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, max_length=64, help_text="Global name. " + PRIVACY_NOTE)
     version = serializers.CharField(required=False, max_length=128)
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
-    category = serializers.ChoiceField(choices=Category.choices, required=False, default="tool")
+    category = serializers.ChoiceField(choices=Category.choices, required=False, default=Category.TOOL)
     arches = serializers.CharField(
         required=False,
         default=",".join(ARCHES),
