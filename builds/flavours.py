@@ -5,6 +5,11 @@ digests pinned for the flavour's arch, plus every option with its default filled
 choices therefore always give the same document, the same ID and the same artifacts; any change
 that could change a byte of an artifact changes the ID.
 
+``FlavourOptions`` is the one declaration of the provisioning options: each field carries an
+``OptionSpec`` saying how it is checked, documented and offered. The validator below, the API
+serializer (``builds.api.serializers``) and the composer's forms (``builds.forms``) are all made
+from ``OPTIONS``, so the API, its OpenAPI document and the composer cannot drift apart.
+
 Every input here comes from a user: each problem is reported against the field it concerns, and
 nothing is dropped silently (an unknown option is an error, not ignored).
 """
@@ -15,88 +20,246 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from django.db.models import Q
 
 from builds.models import Arch
+from builds.pipeline import vocabulary
+from builds.pipeline.vocabulary import BUNDLED_SYSEXTS, channel_butane_problem
 from catalog.models import Delivery, Extension, ExtensionVersion, Team, VersionStatus
+
+__all__ = ["channel_butane_problem"]  # re-exported: the composer checks the pair as you choose
 
 DOCUMENT_SCHEMA = "bakehouse.flavour/v1"
 
-BUTANE_VERSIONS = ("1.0.0", "1.1.0")
-# Flatcar's channels and the newest Butane spec each one's Ignition reads: LTS-2023 ships
-# Ignition 2.14 (spec 3.3.0, Butane 1.0.0); the others have Ignition >= 2.15 (Butane 1.1.0).
-CHANNEL_BUTANE_VERSION = {"stable": "1.1.0", "beta": "1.1.0", "alpha": "1.1.0", "lts": "1.0.0"}
-CHANNELS = tuple(CHANNEL_BUTANE_VERSION)
-UPDATE_ACTIONS = ("refresh", "reboot")
-# One choice each on purpose: published file names (NAME-VER-ARCH.raw) do not carry the format
-# or compression, so two flavours must never make different bytes under one name.
-IMAGE_FORMATS = ("squashfs",)
-COMPRESSIONS = ("gzip",)
-# Flatcar's bundled sysexts a flavour may mask (its own docker/containerd replace them).
-BUILTIN_SYSEXTS = ("docker", "containerd")
-
-_HOSTNAME_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _SSH_KEY = re.compile(
-    r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)"
-    r" [A-Za-z0-9+/=]+( [^\r\n]*)?$"
+    r"(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)"
+    r" [A-Za-z0-9+/=]+( [^\r\n]*)?"
 )
 MAX_FRAGMENT_BYTES = 256 * 1024
 MAX_EXTENSIONS = 64
 
 
+def _ssh_key_problem(key: str) -> str:
+    return "" if _SSH_KEY.fullmatch(key) else "Not an OpenSSH public key (type, base64, comment)."
+
+
+def _fragment_size_problem(fragment: str) -> str:
+    if len(fragment.encode("utf-8")) > MAX_FRAGMENT_BYTES:
+        return f"The fragment is larger than {MAX_FRAGMENT_BYTES} bytes."
+    return ""
+
+
+OptionKind = Literal["choice", "flag", "subset", "lines", "text"]
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """How one option is checked (validator), described (API) and offered (composer).
+
+    Kinds: ``choice`` one of ``choices``; ``flag`` true or false; ``subset`` a list drawn from
+    ``choices`` (kept sorted, without repeats); ``lines`` a list of text, ``check`` applied to
+    each stripped item; ``text`` text (stripped unless ``strip`` is off), ``check`` applied when
+    not empty. ``check`` returns why a value is refused, or ''.
+    """
+
+    kind: OptionKind
+    help: str
+    label: str
+    # value -> what the composer shows for it.
+    choices: Mapping[str, str] = field(default_factory=dict)
+    check: Callable[[str], str] | None = None
+    invalid: str = ""  # the message when the JSON type is wrong (lines, text)
+    strip: bool = True
+    max_length: int | None = None
+    # The composer: its query parameter (None: not offered there), wizard step and widget.
+    param: str | None = None
+    step: int = 3
+    required: bool = False
+    rows: int = 0  # a textarea of this many rows; 0 for a one-line input
+    attrs: Mapping[str, str] = field(default_factory=dict)
+    # Left out of the canonical document while at its default: an option added after flavours
+    # existed must not change their IDs.
+    only_when_set: bool = False
+    # Filled in from the FlavourOptions field.
+    name: str = ""
+    default: Any = None
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        return tuple(self.choices)
+
+
+def _option(default: Any, **spec: Any) -> Any:
+    return field(default=default, metadata={"option": OptionSpec(**spec)})
+
+
+def _plain(*values: str) -> dict[str, str]:
+    return {value: value for value in values}
+
+
 @dataclass(frozen=True)
 class FlavourOptions:
-    """Provisioning options, every one with its default filled in."""
+    """Provisioning options, every one with its default filled in: the one declaration of them."""
 
-    channel: str = "stable"
-    butane_version: str = "1.0.0"
-    updates: bool = True
-    update_action: str = "refresh"
-    minor_pinning: bool = True
-    signed: bool = True
-    masks: tuple[str, ...] = ()
-    ssh_keys: tuple[str, ...] = ()
-    hostname: str = ""
-    butane_fragment: str = ""
-    image_format: str = IMAGE_FORMATS[0]
-    compression: str = COMPRESSIONS[0]
+    channel: str = _option(
+        vocabulary.DEFAULT_CHANNEL,
+        kind="choice",
+        choices=vocabulary.CHANNEL_LABELS,
+        label="Target Flatcar channel",
+        help="The Flatcar channel the nodes run (shown in flatcar-install -C). "
+        + "; ".join(
+            f"{channel} reads Butane {newest} at most"
+            for channel, newest in vocabulary.CHANNEL_NEWEST_BUTANE.items()
+            if newest != vocabulary.BUTANE_VERSIONS[-1]
+        )
+        + ".",
+        param="channel",
+        step=1,
+        required=True,
+    )
+    butane_version: str = _option(
+        vocabulary.DEFAULT_BUTANE_VERSION,
+        kind="choice",
+        choices={version: vocabulary.butane_label(version) for version in vocabulary.BUTANE_VERSIONS},
+        label="Butane spec",
+        help=f"The Butane spec of the generated config; {vocabulary.DEFAULT_BUTANE_VERSION} boots on "
+        "every channel.",
+        param="butane",
+        step=1,
+    )
+    updates: bool = _option(
+        True,
+        kind="flag",
+        label="Keep extensions up to date with systemd-sysupdate",
+        help="Keep extensions current with systemd-sysupdate.",
+        param="updates",
+    )
+    update_action: str = _option(
+        "refresh",
+        kind="choice",
+        choices={
+            "refresh": "Refresh the extensions in place (systemd-sysext refresh)",
+            "reboot": "Flag the node as needing a reboot",
+        },
+        label="When an update arrives",
+        help="refresh the extensions in place, or flag the node reboot-required.",
+        param="action",
+    )
+    minor_pinning: bool = _option(
+        True,
+        kind="flag",
+        label="Stay on the chosen minor line where a recipe supports it (Kubernetes)",
+        help="Stay on a minor line where recipes ask (Kubernetes).",
+        param="minor_pin",
+    )
+    signed: bool = _option(
+        True,
+        kind="flag",
+        label="Sign SHA256SUMS; nodes verify the signature before updating",
+        help="Sign SHA256SUMS; nodes verify it before updating.",
+        param="signed",
+    )
+    masks: tuple[str, ...] = _option(
+        (),
+        kind="subset",
+        choices={name: f"Flatcar's bundled {name}" for name in BUNDLED_SYSEXTS},
+        label="Mask Flatcar's bundled extensions",
+        help="Flatcar's bundled sysexts to mask; extensions that replace a bundled one mask it anyway.",
+        param="masks",
+    )
+    ssh_keys: tuple[str, ...] = _option(
+        (),
+        kind="lines",
+        check=_ssh_key_problem,
+        invalid="Expected a list of SSH public keys, one per item.",
+        label="SSH public keys for user core",
+        help="OpenSSH public keys for user core (one per line in the composer).",
+        param="ssh",
+        rows=3,
+        attrs={"spellcheck": "false"},
+    )
+    hostname: str = _option(
+        "",
+        kind="text",
+        check=vocabulary.hostname_problem,
+        invalid="Expected text.",
+        max_length=vocabulary.HOSTNAME_MAX,
+        label="Hostname",
+        help=f"The node's /etc/hostname (empty: Flatcar's default). {vocabulary.HOSTNAME_RULE}",
+        param="hostname",
+    )
+    butane_fragment: str = _option(
+        "",
+        kind="text",
+        check=_fragment_size_problem,
+        invalid="Expected Butane YAML as text.",
+        strip=False,
+        label="Butane fragment",
+        help="Extra Butane YAML (variant flatcar) merged into the generated config.",
+        param="fragment",
+        rows=10,
+        attrs={"spellcheck": "false", "data-validate-fragment": ""},
+    )
+    # One choice each on purpose: published file names (NAME-VER-ARCH.raw) do not carry the format
+    # or compression, so two flavours must never make different bytes under one name.
+    image_format: str = _option(
+        "squashfs",
+        kind="choice",
+        choices=_plain("squashfs"),
+        label="Image format",
+        help="File system of the sysext images.",
+        param="format",
+    )
+    compression: str = _option(
+        "gzip", kind="choice", choices=_plain("gzip"), label="Image compression", help="Image compression.",
+        param="compression",
+    )  # fmt: skip
     # Artifacts served only to the team and to nodes holding the flavour's token (builds.access).
-    private: bool = False
+    private: bool = _option(
+        False,
+        kind="flag",
+        label="Private artifacts",
+        help="Private artifacts: the flavour's files (and the images of its team's extensions, "
+        "if the team keeps them private) are served only to signed-in team members and to nodes "
+        "holding the flavour's token, at PUBLIC_BASE_URL/private/TOKEN/...; the public /artifacts/ "
+        "URLs answer 404. Always on for teams with private artifacts.",
+        # Not offered by the composer: the team's private_artifacts setting decides there.
+        param=None,
+        only_when_set=True,
+    )
 
     def as_document(self) -> dict[str, Any]:
-        # "private" appears only when set, so flavours made before it existed keep their IDs.
-        return {
-            **({"private": True} if self.private else {}),
-            "channel": self.channel,
-            "butane_version": self.butane_version,
-            "updates": self.updates,
-            "update_action": self.update_action,
-            "minor_pinning": self.minor_pinning,
-            "signed": self.signed,
-            "masks": list(self.masks),
-            "ssh_keys": list(self.ssh_keys),
-            "hostname": self.hostname,
-            "butane_fragment": self.butane_fragment,
-            "image_format": self.image_format,
-            "compression": self.compression,
-        }
+        document: dict[str, Any] = {}
+        for option in OPTIONS:
+            value = getattr(self, option.name)
+            if option.only_when_set and value == option.default:
+                continue
+            document[option.name] = list(value) if isinstance(value, tuple) else value
+        return document
 
     @classmethod
     def from_document(cls, data: Mapping[str, Any]) -> FlavourOptions:
         """Rebuild options stored by ``as_document`` (already validated)."""
         values = dict(data)
         # Flavours stored before the channel was recorded: their Butane spec tells which it was.
-        values.setdefault("channel", "lts" if values.get("butane_version") == "1.0.0" else "stable")
-        values["masks"] = tuple(values.get("masks", ()))
-        values["ssh_keys"] = tuple(values.get("ssh_keys", ()))
+        # (Then every spec but the oldest meant a channel newer than LTS.)
+        oldest = vocabulary.BUTANE_VERSIONS[0]
+        values.setdefault("channel", "lts" if values.get("butane_version") == oldest else "stable")
+        for option in OPTIONS:
+            if option.kind in ("subset", "lines") and option.name in values:
+                values[option.name] = tuple(values[option.name])
         return cls(**values)
 
 
-OPTION_NAMES = (*FlavourOptions().as_document(), "private")
+OPTIONS: tuple[OptionSpec, ...] = tuple(
+    dataclasses.replace(f.metadata["option"], name=f.name, default=f.default)
+    for f in dataclasses.fields(FlavourOptions)
+)
+OPTION_NAMES = tuple(option.name for option in OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -300,6 +463,15 @@ def _resolve_extensions(
     return chosen
 
 
+def flavour_options_resolve(raw: Any) -> FlavourOptions:
+    """Check submitted options alone; raises ``FlavourInvalid`` with the problems per option."""
+    errors = _Errors()
+    options = _resolve_options(raw, errors)
+    if errors:
+        raise FlavourInvalid(errors.by_field)
+    return options
+
+
 def _resolve_options(raw: Any, errors: _Errors) -> FlavourOptions:
     defaults = FlavourOptions()
     if raw is None:
@@ -309,72 +481,10 @@ def _resolve_options(raw: Any, errors: _Errors) -> FlavourOptions:
         return defaults
     for unknown in sorted(set(raw) - set(OPTION_NAMES)):
         errors.add(f"options.{unknown}", f"Unknown option; known options are {', '.join(OPTION_NAMES)}.")
-    values = defaults.as_document()
-
-    def choice(key: str, allowed: tuple[str, ...]) -> None:
-        if key in raw:
-            if raw[key] in allowed:
-                values[key] = raw[key]
-            else:
-                errors.add(f"options.{key}", f"Expected one of {', '.join(allowed)}, got {raw[key]!r}.")
-
-    def boolean(key: str) -> None:
-        if key in raw:
-            if isinstance(raw[key], bool):
-                values[key] = raw[key]
-            else:
-                errors.add(f"options.{key}", "Expected true or false.")
-
-    choice("channel", CHANNELS)
-    choice("butane_version", BUTANE_VERSIONS)
-    choice("update_action", UPDATE_ACTIONS)
-    choice("image_format", IMAGE_FORMATS)
-    choice("compression", COMPRESSIONS)
-    boolean("updates")
-    boolean("minor_pinning")
-    boolean("signed")
-    boolean("private")
-
-    if "masks" in raw:
-        masks = raw["masks"]
-        if not isinstance(masks, list) or any(m not in BUILTIN_SYSEXTS for m in masks):
-            errors.add("options.masks", f"Expected a list drawn from {', '.join(BUILTIN_SYSEXTS)}.")
-        else:
-            values["masks"] = sorted(set(masks))
-    if "ssh_keys" in raw:
-        keys = raw["ssh_keys"]
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            errors.add("options.ssh_keys", "Expected a list of SSH public keys, one per item.")
-        else:
-            cleaned = [k.strip() for k in keys]
-            for index, key in enumerate(cleaned):
-                if not _SSH_KEY.match(key):
-                    errors.add(
-                        f"options.ssh_keys[{index}]", "Not an OpenSSH public key (type, base64, comment)."
-                    )
-            values["ssh_keys"] = cleaned
-    if "hostname" in raw:
-        hostname = raw["hostname"]
-        if not isinstance(hostname, str):
-            errors.add("options.hostname", "Expected text.")
-        else:
-            hostname = hostname.strip()
-            if hostname and (
-                len(hostname) > 253 or not all(_HOSTNAME_LABEL.match(p) for p in hostname.split("."))
-            ):
-                errors.add(
-                    "options.hostname",
-                    "A hostname is lowercase letters, digits and '-', in dot-separated labels of at most 63.",
-                )
-            values["hostname"] = hostname
-    if "butane_fragment" in raw:
-        fragment = raw["butane_fragment"]
-        if not isinstance(fragment, str):
-            errors.add("options.butane_fragment", "Expected Butane YAML as text.")
-        elif len(fragment.encode("utf-8")) > MAX_FRAGMENT_BYTES:
-            errors.add("options.butane_fragment", f"The fragment is larger than {MAX_FRAGMENT_BYTES} bytes.")
-        else:
-            values["butane_fragment"] = fragment
+    values = {option.name: getattr(defaults, option.name) for option in OPTIONS}
+    for option in OPTIONS:
+        if option.name in raw:
+            values[option.name] = _clean_option(option, raw[option.name], errors)
     if errors:
         return defaults
     too_new = channel_butane_problem(values["channel"], values["butane_version"])
@@ -388,15 +498,40 @@ def _resolve_options(raw: Any, errors: _Errors) -> FlavourOptions:
     return options
 
 
-def channel_butane_problem(channel: str, butane_version: str) -> str:
-    """Why nodes of ``channel`` cannot read a ``butane_version`` config ('' when they can)."""
-    newest = CHANNEL_BUTANE_VERSION[channel]
-    if BUTANE_VERSIONS.index(butane_version) <= BUTANE_VERSIONS.index(newest):
-        return ""
-    return (
-        f"Flatcar {channel} reads Butane {newest} at most (its Ignition is older); "
-        f"choose {newest} or another channel."
-    )
+def _clean_option(option: OptionSpec, value: Any, errors: _Errors) -> Any:
+    """``value`` as stored, or the default with the problems added to ``errors``."""
+    where = f"options.{option.name}"
+    allowed = option.values  # a tuple: a hostile unhashable value must not reach a dict lookup
+    if option.kind == "choice":
+        if value in allowed:
+            return value
+        errors.add(where, f"Expected one of {', '.join(allowed)}, got {value!r}.")
+    elif option.kind == "flag":
+        if isinstance(value, bool):
+            return value
+        errors.add(where, "Expected true or false.")
+    elif option.kind == "subset":
+        if isinstance(value, list) and all(item in allowed for item in value):
+            return sorted(set(value))
+        errors.add(where, f"Expected a list drawn from {', '.join(allowed)}.")
+    elif option.kind == "lines":
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            cleaned = [item.strip() for item in value]
+            for index, item in enumerate(cleaned):
+                problem = option.check(item) if option.check else ""
+                if problem:
+                    errors.add(f"{where}[{index}]", problem)
+            return cleaned
+        errors.add(where, option.invalid)
+    elif option.kind == "text":
+        if isinstance(value, str):
+            text = value.strip() if option.strip else value
+            problem = option.check(text) if option.check and text else ""
+            if problem:
+                errors.add(where, problem)
+            return text
+        errors.add(where, option.invalid)
+    return option.default
 
 
 def fragment_problems(fragment: str, butane_version: str) -> list[str]:
@@ -447,7 +582,7 @@ def butane_config(
     an extension replaces them.
     """
     from builds.pipeline.bake import minor_pin
-    from builds.pipeline.butane.render import BUNDLED_SYSEXTS, ExtensionImage, FlavourConfig
+    from builds.pipeline.butane.render import ExtensionImage, FlavourConfig
     from builds.pipeline.sysupdate import UpdateAction
 
     masks = set(options.masks)

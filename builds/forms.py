@@ -3,6 +3,8 @@
 The composer keeps every choice in the URL query, so each step is a link a colleague can open.
 ``ComposerState`` reads that query and turns it into the arguments of
 ``builds.services.flavour_create``; the flavour rules themselves live in ``builds.flavours``.
+The option fields, their query parameters, defaults, choices and labels are made from
+``builds.flavours.OPTIONS``, the one declaration the API and the validator use too.
 """
 
 from __future__ import annotations
@@ -15,35 +17,26 @@ from urllib.parse import urlencode
 from django import forms
 from django.http import QueryDict
 
-from builds.flavours import (
-    BUILTIN_SYSEXTS,
-    BUTANE_VERSIONS,
-    CHANNEL_BUTANE_VERSION,
-    COMPRESSIONS,
-    IMAGE_FORMATS,
-    UPDATE_ACTIONS,
-    FlavourOptions,
-    channel_butane_problem,
-)
+from builds.flavours import OPTIONS, FlavourOptions, OptionSpec, channel_butane_problem
 from builds.models import Arch
+from builds.pipeline import vocabulary
 
+# The options the composer offers, per wizard step (by query parameter).
+COMPOSER_OPTIONS: Mapping[int, tuple[OptionSpec, ...]] = {
+    step: tuple(option for option in OPTIONS if option.param and option.step == step) for step in (1, 3)
+}
+_CHANNEL = next(option for option in COMPOSER_OPTIONS[1] if option.name == "channel")
+_BUTANE = next(option for option in COMPOSER_OPTIONS[1] if option.name == "butane_version")
 # The composer targets the newest Butane spec the chosen channel's Ignition reads.
 CHANNELS = {
-    channel: ("LTS" if channel == "lts" else channel.capitalize(), butane_version)
-    for channel, butane_version in CHANNEL_BUTANE_VERSION.items()
-}
-UPDATE_ACTION_LABELS = {
-    "refresh": "Refresh the extensions in place (systemd-sysext refresh)",
-    "reboot": "Flag the node as needing a reboot",
+    channel: (vocabulary.CHANNEL_LABELS[channel], newest)
+    for channel, newest in vocabulary.CHANNEL_NEWEST_BUTANE.items()
 }
 EXTENSION_PREFIX = "x_"
 # Present once the options step has been submitted: from then on an unticked box means "off".
 OPTIONS_MARKER = "o"
-STEP1_FIELDS = ("team", "name", "description", "arch", "channel", "butane")
-STEP3_FIELDS = (
-    OPTIONS_MARKER, "updates", "action", "minor_pin", "signed", "masks", "ssh", "hostname", "fragment",
-    "format", "compression",
-)  # fmt: skip
+STEP1_FIELDS = ("team", "name", "description", "arch", *(str(o.param) for o in COMPOSER_OPTIONS[1]))
+STEP3_FIELDS = (OPTIONS_MARKER, *(str(o.param) for o in COMPOSER_OPTIONS[3]))
 # Query parameters that only drive the wizard itself and are never part of the state.
 CONTROL_PARAMS = ("go",)
 
@@ -80,14 +73,14 @@ class ComposerState:
 
     @property
     def channel(self) -> str:
-        channel = self.get("channel", "stable")
-        return channel if channel in CHANNELS else "stable"
+        channel = self.get(str(_CHANNEL.param), _CHANNEL.default)
+        return channel if channel in CHANNELS else _CHANNEL.default
 
     @property
     def butane_version(self) -> str:
         """The spec asked for, else the newest the channel reads (flavour validation checks the pair)."""
-        asked = self.get("butane")
-        return asked if asked in BUTANE_VERSIONS else CHANNELS[self.channel][1]
+        asked = self.get(str(_BUTANE.param))
+        return asked if asked in _BUTANE.values else CHANNELS[self.channel][1]
 
     @property
     def picks(self) -> dict[str, str]:
@@ -107,22 +100,18 @@ class ComposerState:
         options: dict[str, Any] = {"channel": self.channel, "butane_version": self.butane_version}
         if not self.options_chosen:
             return options
-        options.update(
-            updates=self.get("updates") == "on",
-            minor_pinning=self.get("minor_pin") == "on",
-            signed=self.get("signed") == "on",
-            masks=sorted(set(self.query.getlist("masks"))),
-            ssh_keys=[line.strip() for line in self.get("ssh").splitlines() if line.strip()],
-            hostname=self.get("hostname"),
-            butane_fragment=self.query.get("fragment", ""),
-        )
-        for param, option in (
-            ("action", "update_action"),
-            ("format", "image_format"),
-            ("compression", "compression"),
-        ):
-            if self.get(param):
-                options[option] = self.get(param)
+        for option in COMPOSER_OPTIONS[3]:
+            param = str(option.param)
+            if option.kind == "flag":
+                options[option.name] = self.get(param) == "on"
+            elif option.kind == "subset":
+                options[option.name] = sorted(set(self.query.getlist(param)))
+            elif option.kind == "lines":
+                options[option.name] = [line.strip() for line in self.get(param).splitlines() if line.strip()]
+            elif option.kind == "text":
+                options[option.name] = self.get(param) if option.strip else self.query.get(param, "")
+            elif self.get(param):  # a choice left empty takes the default
+                options[option.name] = self.get(param)
         return options
 
     def flavour_arguments(self) -> dict[str, Any]:
@@ -166,29 +155,31 @@ def flavour_state(flavour: Any) -> ComposerState:
     options = dict(flavour.options)
     channel = FlavourOptions.from_document(options).channel
     query = QueryDict(mutable=True)
+    butane = options["butane_version"]
     query.update(
         {
             "team": flavour.team.slug,
             "name": flavour.name,
             "description": flavour.description,
             "arch": flavour.arch,
-            "channel": channel,
+            str(_CHANNEL.param): channel,
             # Only when it is not what the channel implies, so that links stay short.
-            "butane": "" if options["butane_version"] == CHANNELS[channel][1] else options["butane_version"],
+            str(_BUTANE.param): "" if butane == CHANNELS[channel][1] else butane,
             "revision_of": flavour.pk,
             OPTIONS_MARKER: "1",
-            "action": options.get("update_action", ""),
-            "ssh": "\n".join(options.get("ssh_keys", [])),
-            "hostname": options.get("hostname", ""),
-            "fragment": options.get("butane_fragment", ""),
-            "format": options.get("image_format", ""),
-            "compression": options.get("compression", ""),
         }
     )
-    for flag, option in (("updates", "updates"), ("minor_pin", "minor_pinning"), ("signed", "signed")):
-        if options.get(option, True):
-            query[flag] = "on"
-    query.setlist("masks", list(options.get("masks", [])))
+    for option in COMPOSER_OPTIONS[3]:
+        param, value = str(option.param), options.get(option.name, option.default)
+        if option.kind == "flag":
+            if value:
+                query[param] = "on"
+        elif option.kind == "subset":
+            query.setlist(param, list(value))
+        elif option.kind == "lines":
+            query[param] = "\n".join(value)
+        else:
+            query[param] = value
     for version in flavour.extension_versions.select_related("extension"):
         query[EXTENSION_PREFIX + version.extension.name] = version.version
     return ComposerState.from_request_data(query)
@@ -197,29 +188,35 @@ def flavour_state(flavour: Any) -> ComposerState:
 # --- step forms ---------------------------------------------------------------------------------
 
 
-class TargetForm(forms.Form):
-    """Step 1: who owns it, what it is called, which arch and Flatcar channel."""
+def composer_field(option: OptionSpec) -> forms.Field:
+    """The composer's form field for one flavour option (``builds.flavours.OPTIONS``)."""
+    # A box's label says it all; other fields show what the API documents.
+    hint = "" if option.kind == "flag" else option.help
+    common: dict[str, Any] = {"label": option.label, "help_text": hint, "required": option.required}
+    choices = list(option.choices.items())
+    if option.kind == "flag":
+        return forms.BooleanField(initial=option.default, **common)
+    if option.kind == "choice":
+        if option is _BUTANE:
+            # Left empty, the composer picks the newest spec the chosen channel reads.
+            return forms.ChoiceField(choices=[("", "The newest the channel reads"), *choices], **common)
+        return forms.ChoiceField(choices=choices, initial=option.default, **common)
+    if option.kind == "subset":
+        return forms.MultipleChoiceField(choices=choices, widget=forms.CheckboxSelectMultiple, **common)
+    widget = forms.Textarea(attrs={"rows": option.rows, **option.attrs}) if option.rows else None
+    return forms.CharField(max_length=option.max_length, strip=option.strip, widget=widget, **common)
 
+
+def _option_fields(step: int) -> dict[str, forms.Field]:
+    return {str(option.param): composer_field(option) for option in COMPOSER_OPTIONS[step]}
+
+
+class _TargetBase(forms.Form):
     team = forms.ChoiceField(label="Team")
     name = forms.CharField(label="Flavour name", max_length=100, help_text="e.g. edge-docker")
     description = forms.CharField(label="Description", required=False, max_length=2000)
     arch = forms.ChoiceField(
-        label="Architecture", choices=Arch.choices, widget=forms.RadioSelect, initial="x86-64"
-    )
-    channel = forms.ChoiceField(
-        label="Target Flatcar channel",
-        choices=[(key, label) for key, (label, _) in CHANNELS.items()],
-        initial="stable",
-        help_text="LTS nodes get a Butane 1.0.0 config (Ignition 3.3.0); the others Butane 1.1.0.",
-    )
-    butane = forms.ChoiceField(
-        label="Butane spec",
-        choices=[
-            ("", "The newest the channel reads"),
-            ("1.0.0", "1.0.0 (Ignition 3.3.0, boots on every Flatcar)"),
-            ("1.1.0", "1.1.0 (Ignition 3.4.0)"),
-        ],
-        required=False,
+        label="Architecture", choices=Arch.choices, widget=forms.RadioSelect, initial=vocabulary.DEFAULT_ARCH
     )
 
     def __init__(self, *args: Any, teams: Iterable[Any], **kwargs: Any) -> None:
@@ -228,84 +225,51 @@ class TargetForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        channel, butane = cleaned.get("channel"), cleaned.get("butane")
+        channel, butane = cleaned.get(str(_CHANNEL.param)), cleaned.get(str(_BUTANE.param))
         if channel and butane:
             too_new = channel_butane_problem(channel, butane)
             if too_new:
-                self.add_error("butane", too_new)
+                self.add_error(str(_BUTANE.param), too_new)
         return cleaned
 
 
-class OptionsForm(forms.Form):
-    """Step 3: updates, signing, access and an optional Butane fragment."""
-
-    updates = forms.BooleanField(
-        label="Keep extensions up to date with systemd-sysupdate", required=False, initial=True
-    )
-    action = forms.ChoiceField(
-        label="When an update arrives",
-        choices=[(action, UPDATE_ACTION_LABELS[action]) for action in UPDATE_ACTIONS],
-        initial="refresh",
-        required=False,
-    )
-    minor_pin = forms.BooleanField(
-        label="Stay on the chosen minor line where a recipe supports it (Kubernetes)",
-        required=False,
-        initial=True,
-    )
-    signed = forms.BooleanField(
-        label="Sign SHA256SUMS; nodes verify the signature before updating", required=False, initial=True
-    )
-    masks = forms.MultipleChoiceField(
-        label="Mask Flatcar's bundled extensions",
-        choices=[(name, f"Flatcar's bundled {name}") for name in BUILTIN_SYSEXTS],
-        required=False,
-        widget=forms.CheckboxSelectMultiple,
-        help_text="Extensions that replace a bundled one mask it anyway.",
-    )
-    ssh = forms.CharField(
-        label="SSH public keys for user core",
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
-        help_text="One OpenSSH public key per line.",
-    )
-    hostname = forms.CharField(label="Hostname", required=False, max_length=253)
-    fragment = forms.CharField(
-        label="Butane fragment",
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false", "data-validate-fragment": ""}),
-        help_text="Extra Butane YAML (variant flatcar) merged into the config, checked as you type.",
-    )
-    format = forms.ChoiceField(
-        label="Image format",
-        choices=[(f, f) for f in IMAGE_FORMATS],
-        initial=IMAGE_FORMATS[0],
-        required=False,
-    )
-    compression = forms.ChoiceField(
-        label="Image compression",
-        choices=[(c, c) for c in COMPRESSIONS],
-        initial=COMPRESSIONS[0],
-        required=False,
-    )
+# The option fields are added by the forms' metaclass, after the fixed ones, in declaration order.
+TargetForm = type(forms.Form)(  # type: ignore[misc]  # the stubs do not see the metaclass
+    "TargetForm",
+    (_TargetBase,),
+    {
+        "__module__": __name__,
+        "__doc__": "Step 1: who owns it, what it is called, which arch and Flatcar channel.",
+        **_option_fields(1),
+    },
+)
+OptionsForm = type(forms.Form)(  # type: ignore[misc]
+    "OptionsForm",
+    (forms.Form,),
+    {
+        "__module__": __name__,
+        "__doc__": "Step 3: updates, signing, SSH keys, hostname and an optional Butane fragment.",
+        **_option_fields(3),
+    },
+)
 
 
 def options_initial(state: ComposerState) -> dict[str, Any]:
     """Initial values of the options form from the state (for a step opened from a link)."""
     if not state.options_chosen:
         return {}
-    return {
-        "updates": state.get("updates") == "on",
-        "action": state.get("action") or "refresh",
-        "minor_pin": state.get("minor_pin") == "on",
-        "signed": state.get("signed") == "on",
-        "masks": state.query.getlist("masks"),
-        "ssh": state.get("ssh"),
-        "hostname": state.get("hostname"),
-        "fragment": state.query.get("fragment", ""),
-        "format": state.get("format") or IMAGE_FORMATS[0],
-        "compression": state.get("compression") or COMPRESSIONS[0],
-    }
+    initial: dict[str, Any] = {}
+    for option in COMPOSER_OPTIONS[3]:
+        param = str(option.param)
+        if option.kind == "flag":
+            initial[param] = state.get(param) == "on"
+        elif option.kind == "choice":
+            initial[param] = state.get(param) or option.default
+        elif option.kind == "subset":
+            initial[param] = state.query.getlist(param)
+        else:
+            initial[param] = state.get(param) if option.strip else state.query.get(param, "")
+    return initial
 
 
 # Which wizard step and field a flavour validation error belongs to.
@@ -314,15 +278,11 @@ ERROR_PLACES: Mapping[str, tuple[int, str]] = {
     "description": (1, "description"),
     "arch": (1, "arch"),
     "extensions": (2, ""),
-    "options.hostname": (3, "hostname"),
-    "options.ssh_keys": (3, "ssh"),
-    "options.butane_fragment": (3, "fragment"),
-    "options.masks": (3, "masks"),
-    "options.update_action": (3, "action"),
-    "options.image_format": (3, "format"),
-    "options.compression": (3, "compression"),
-    "options.butane_version": (1, "butane"),
-    "options.channel": (1, "channel"),
+    **{
+        f"options.{option.name}": (step, str(option.param))
+        for step, options in COMPOSER_OPTIONS.items()
+        for option in options
+    },
 }
 
 

@@ -13,12 +13,13 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from builds.pipeline import vocabulary
 
-class Arch(models.TextChoices):
-    """Architectures in systemd's spelling, as used in image file names (``%a``)."""
-
-    X86_64 = "x86-64", "x86-64"
-    ARM64 = "arm64", "arm64"
+# Architectures in systemd's spelling, as used in image file names (``%a``): X86_64, ARM64.
+# django-stubs types only the one-string form of the functional API.
+Arch = models.TextChoices(  # type: ignore[call-overload]
+    "Arch", [(arch.upper().replace("-", "_"), (arch, arch)) for arch in vocabulary.ARCHES], module=__name__
+)
 
 
 class Flavour(models.Model):

@@ -43,6 +43,7 @@ from builds.forms import (
 )
 from builds.models import Arch, Artifact, ArtifactKind, Build, BuildImage, BuildState, Flavour
 from builds.pipeline.errors import PipelineError
+from builds.pipeline.vocabulary import DEFAULT_ARCH, DEFAULT_CHANNEL
 from catalog import services as catalog_services
 from catalog.models import Delivery, ExtensionVersion, Role, Team
 from catalog.permissions import has_team_role
@@ -199,7 +200,7 @@ def compose_target(request: HttpRequest) -> HttpResponse:
     else:
         initial = {
             "team": state.team or teams[0].slug,
-            "arch": state.arch or "x86-64",
+            "arch": state.arch or DEFAULT_ARCH,
             "channel": state.channel,
             "butane": state.get("butane"),
         }
@@ -372,7 +373,7 @@ def compose_build(request: HttpRequest) -> HttpResponse:
 def compose_check_fragment(request: HttpRequest) -> JsonResponse:
     """Inline validation of the Butane fragment as the user types (JSON for the options step)."""
     fragment = request.POST.get("fragment", "")
-    version = CHANNELS.get(request.POST.get("channel", ""), CHANNELS["stable"])[1]
+    version = CHANNELS.get(request.POST.get("channel", ""), CHANNELS[DEFAULT_CHANNEL])[1]
     if len(fragment.encode("utf-8")) > MAX_FRAGMENT_BYTES:
         return JsonResponse({"problems": [f"The fragment is larger than {MAX_FRAGMENT_BYTES} bytes."]})
     problems = [str(problem) for problem in fragment_problems(fragment, version)] if fragment.strip() else []

@@ -6,7 +6,7 @@ import django_filters
 from django import forms
 from django.db.models import Q, QuerySet
 
-from builds.pipeline.recipe import SYSTEMD_ARCHES
+from builds.pipeline.vocabulary import ARCHES
 from catalog.models import Category, Extension
 
 SEARCH_MAX = 100
@@ -32,7 +32,7 @@ class ExtensionFilterSet(django_filters.FilterSet):
     )
     arch = django_filters.ChoiceFilter(
         label="Arch",
-        choices=[(arch, arch) for arch in SYSTEMD_ARCHES],
+        choices=[(arch, arch) for arch in ARCHES],
         empty_label="Any arch",
         method="filter_arch",
     )

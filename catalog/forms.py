@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 
+from builds.pipeline.vocabulary import ARCHES, DEFAULT_ARCH
 from catalog.models import Category
 
 if TYPE_CHECKING:
     from catalog.models import Team
 
-# The arches flavours are built for (builds.models.Arch), in systemd's spelling.
-ARCH_CHOICES = [("", "Any arch"), ("x86-64", "x86-64"), ("arm64", "arm64")]
+# The arches flavours are built for in systemd's spelling.
+ARCH_CHOICES = [("", "Any arch"), *((arch, arch) for arch in ARCHES)]
 
 
 class VersionProposeForm(forms.Form):
@@ -87,7 +88,7 @@ class CustomUploadForm(forms.Form):
         label="Arches the files run on",
         choices=ARCH_CHOICES[1:],
         widget=forms.CheckboxSelectMultiple,
-        initial=["x86-64"],
+        initial=[DEFAULT_ARCH],
     )
     file = forms.FileField(
         label="Archive",

@@ -9,10 +9,13 @@ files' sha256 pinned) and not ``deprecated``.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import models
+
+from builds.pipeline import vocabulary
 
 if TYPE_CHECKING:
     from builds.pipeline.recipe import Recipe
@@ -81,20 +84,16 @@ class Membership(models.Model):
         return Role(self.role).at_least(role)
 
 
-class Category(models.TextChoices):
-    WASM_RUNTIME = "wasm-runtime", "Wasm runtime"
-    CONTAINER_RUNTIME = "container-runtime", "Container runtime"
-    KUBERNETES = "kubernetes", "Kubernetes"
-    NETWORKING = "networking", "Networking"
-    TOOL = "tool", "Tool"
+def _choices(name: str, labels: Mapping[str, str]) -> Any:
+    """TextChoices whose members are the vocabulary's values ("wasm-runtime" -> WASM_RUNTIME)."""
+    members = [(value.upper().replace("-", "_"), (value, label)) for value, label in labels.items()]
+    return models.TextChoices(name, members, module=__name__)  # type: ignore[call-overload]
 
 
-class Delivery(models.TextChoices):
-    """How an extension reaches a node."""
-
-    BAKE = "bake", "Baked by Bakehouse"
-    FLATCAR_OFFICIAL = "flatcar-official", "Official Flatcar extension"
-    SOURCE_BUILD_REQUIRED = "source-build-required", "Source build required (not selectable)"
+# WASM_RUNTIME, CONTAINER_RUNTIME, KUBERNETES, NETWORKING, TOOL.
+Category = _choices("Category", vocabulary.CATEGORIES)
+# How an extension reaches a node: BAKE, FLATCAR_OFFICIAL, SOURCE_BUILD_REQUIRED.
+Delivery = _choices("Delivery", vocabulary.DELIVERIES)
 
 
 class Origin(models.TextChoices):

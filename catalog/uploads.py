@@ -41,14 +41,13 @@ from django.conf import settings
 from builds.pipeline.checksums import sha256_file
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.recipe import (
-    CATEGORIES,
-    SYSTEMD_ARCHES,
     InstallRule,
     Recipe,
     SourceTemplate,
     VersionSpec,
     guess_archive_kind,
 )
+from builds.pipeline.vocabulary import ARCHES, CATEGORIES, DEFAULT_CATEGORY
 from catalog.errors import CatalogError
 
 if TYPE_CHECKING:
@@ -75,8 +74,8 @@ class CustomArchive:
     file_name: str
     data: bytes
     description: str = ""
-    category: str = "tool"
-    arches: tuple[str, ...] = SYSTEMD_ARCHES
+    category: str = DEFAULT_CATEGORY
+    arches: tuple[str, ...] = ARCHES
 
 
 @dataclass(frozen=True)
@@ -106,10 +105,8 @@ def validate_archive(archive: CustomArchive) -> CheckedArchive:
         )
     if archive.category not in CATEGORIES:
         raise _refuse("upload.invalid-category", f"category must be one of {', '.join(CATEGORIES)}.")
-    if not archive.arches or any(a not in SYSTEMD_ARCHES for a in archive.arches):
-        raise _refuse(
-            "upload.invalid-arches", f"arches must be a non-empty subset of {', '.join(SYSTEMD_ARCHES)}."
-        )
+    if not archive.arches or any(a not in ARCHES for a in archive.arches):
+        raise _refuse("upload.invalid-arches", f"arches must be a non-empty subset of {', '.join(ARCHES)}.")
     limit = max_upload_bytes()
     if len(archive.data) > limit:
         raise _refuse(

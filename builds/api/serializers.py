@@ -15,14 +15,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from builds import selectors
-from builds.flavours import (
-    BUILTIN_SYSEXTS,
-    BUTANE_VERSIONS,
-    CHANNELS,
-    COMPRESSIONS,
-    IMAGE_FORMATS,
-    UPDATE_ACTIONS,
-)
+from builds.flavours import OPTIONS, OptionSpec
 from builds.models import Arch, Artifact, Build, BuildLogLine, BuildStep, Flavour, Webhook, WebhookDelivery
 
 
@@ -38,42 +31,38 @@ class ExtensionChoiceSerializer(serializers.Serializer):
     version = serializers.CharField(help_text="An approved version, e.g. v31.0.0.")
 
 
-class FlavourOptionsSerializer(serializers.Serializer):
-    channel = serializers.ChoiceField(
-        choices=CHANNELS,
-        default="stable",
-        help_text="Flatcar channel the nodes run (lts reads Butane 1.0.0 only); shown in flatcar-install -C.",
+def _option_field(option: OptionSpec) -> serializers.Field:
+    """The serializer field describing one flavour option (``builds.flavours.OPTIONS``)."""
+    common: dict[str, Any] = {"help_text": option.help}
+    if option.kind == "choice":
+        return serializers.ChoiceField(choices=option.values, default=option.default, **common)
+    if option.kind == "flag":
+        return serializers.BooleanField(default=option.default, **common)
+    if option.kind == "subset":
+        return serializers.ListField(
+            child=serializers.ChoiceField(choices=option.values), default=list, **common
+        )
+    if option.kind == "lines":
+        return serializers.ListField(child=serializers.CharField(), default=list, **common)
+    return serializers.CharField(
+        default=option.default,
+        allow_blank=True,
+        trim_whitespace=option.strip,
+        max_length=option.max_length,
+        **common,
     )
-    butane_version = serializers.ChoiceField(
-        choices=BUTANE_VERSIONS, default="1.0.0", help_text="1.0.0 boots on every channel."
-    )
-    updates = serializers.BooleanField(default=True, help_text="Keep extensions current with sysupdate.")
-    update_action = serializers.ChoiceField(
-        choices=UPDATE_ACTIONS, default="refresh", help_text="refresh in place, or flag reboot-required."
-    )
-    minor_pinning = serializers.BooleanField(
-        default=True, help_text="Stay on a minor line where recipes ask."
-    )
-    signed = serializers.BooleanField(default=True, help_text="Sign SHA256SUMS; nodes verify it.")
-    masks = serializers.ListField(
-        child=serializers.ChoiceField(choices=BUILTIN_SYSEXTS),
-        default=list,
-        help_text="Flatcar's bundled sysexts to mask.",
-    )
-    ssh_keys = serializers.ListField(child=serializers.CharField(), default=list)
-    hostname = serializers.CharField(default="", allow_blank=True)
-    butane_fragment = serializers.CharField(
-        default="", allow_blank=True, help_text="Butane YAML merged into the generated config."
-    )
-    image_format = serializers.ChoiceField(choices=IMAGE_FORMATS, default=IMAGE_FORMATS[0])
-    compression = serializers.ChoiceField(choices=COMPRESSIONS, default=COMPRESSIONS[0])
-    private = serializers.BooleanField(
-        default=False,
-        help_text="Private artifacts: the flavour's files (and the images of its team's extensions, "
-        "if the team keeps them private) are served only to signed-in team members and to nodes "
-        "holding the flavour's token, at PUBLIC_BASE_URL/private/TOKEN/...; the public /artifacts/ "
-        "URLs answer 404. Always on for teams with private artifacts.",
-    )
+
+
+# Made from the one declaration of the options, so the OpenAPI document matches the validator.
+FlavourOptionsSerializer = type(
+    "FlavourOptionsSerializer",
+    (serializers.Serializer,),
+    {
+        "__module__": __name__,
+        "__doc__": "Provisioning options; each omitted one takes its default.",
+        **{option.name: _option_field(option) for option in OPTIONS},
+    },
+)
 
 
 class FlavourCreateSerializer(serializers.Serializer):

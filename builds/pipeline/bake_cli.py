@@ -13,8 +13,9 @@ from builds.pipeline.egress import EgressRule
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.fetch import Fetcher
 from builds.pipeline.image import COMPRESSIONS, IMAGE_FORMATS
-from builds.pipeline.recipe import SYSTEMD_ARCHES, load_recipe
+from builds.pipeline.recipe import load_recipe
 from builds.pipeline.signing import GpgSigner
+from builds.pipeline.vocabulary import ARCHES
 
 
 def _default_cache_dir() -> str:
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("recipe", help="recipe YAML file (see catalog/recipes/)")
     parser.add_argument("--version", required=True, help="version to bake, as listed in the recipe")
-    parser.add_argument("--arch", required=True, choices=SYSTEMD_ARCHES)
+    parser.add_argument("--arch", required=True, choices=ARCHES)
     parser.add_argument("--out", required=True, help="output directory (a flat served directory)")
     parser.add_argument(
         "--mirror", action="append", default=[], metavar="FROM=TO", help="rewrite URL prefix FROM to TO"

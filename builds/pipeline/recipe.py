@@ -22,14 +22,10 @@ from typing import Any, NoReturn
 import yaml
 
 from builds.pipeline.errors import PipelineError
+from builds.pipeline.vocabulary import ARCHES, BUNDLED_SYSEXTS, CATEGORIES, DELIVERIES
 
-SYSTEMD_ARCHES = ("x86-64", "arm64")
-CATEGORIES = ("wasm-runtime", "container-runtime", "kubernetes", "networking", "tool")
-DELIVERIES = ("bake", "flatcar-official", "source-build-required")
 ARCHIVE_KINDS = ("tar.gz", "tgz", "tar.xz", "tar.zst", "zip", "file")
 RELEASE_IDS = ("_any", "flatcar")
-# Flatcar's own bundled sysexts that a recipe may mask (sysext.md: "docker-flatcar.raw" -> /dev/null).
-BUILTIN_SYSEXTS = ("docker", "containerd")
 BUILTIN_PLACEHOLDERS = ("version", "arch", "version_nov")
 
 # User-written recipes are small; a cap keeps a hostile upload from costing memory.
@@ -548,18 +544,18 @@ class _RecipeParser:
             homepage = self.string(top["homepage"], "homepage")
             if not re.match(r"^https?://\S+$", homepage):
                 self.fail("homepage", f"{homepage!r} must be an http:// or https:// URL")
-        category = self.choice(top["category"], "category", CATEGORIES)
-        delivery = self.choice(top.get("delivery", "bake"), "delivery", DELIVERIES)
+        category = self.choice(top["category"], "category", tuple(CATEGORIES))
+        delivery = self.choice(top.get("delivery", "bake"), "delivery", tuple(DELIVERIES))
         bake = delivery == "bake"
 
         if "arches" in top:
-            arches = self.arch_map(top["arches"], "arches", SYSTEMD_ARCHES)
+            arches = self.arch_map(top["arches"], "arches", ARCHES)
             if not arches:
-                self.fail("arches", "must list at least one of " + ", ".join(SYSTEMD_ARCHES))
+                self.fail("arches", "must list at least one of " + ", ".join(ARCHES))
         elif bake:
             self.fail("arches", "is required (systemd arch -> upstream name, e.g. {x86-64: amd64})")
         else:
-            arches = dict.fromkeys(SYSTEMD_ARCHES, "")
+            arches = dict.fromkeys(ARCHES, "")
 
         if bake:
             if "sources" not in top:
@@ -581,10 +577,10 @@ class _RecipeParser:
             self.fail("conflicts", "a recipe cannot conflict with itself")
         replaces_builtin = self.names(top.get("replaces_builtin", []), "replaces_builtin")
         for i, builtin in enumerate(replaces_builtin):
-            if builtin not in BUILTIN_SYSEXTS:
+            if builtin not in BUNDLED_SYSEXTS:
                 self.fail(
                     f"replaces_builtin[{i}]",
-                    f"{builtin!r} is not a Flatcar built-in sysext ({', '.join(BUILTIN_SYSEXTS)})",
+                    f"{builtin!r} is not a Flatcar built-in sysext ({', '.join(BUNDLED_SYSEXTS)})",
                 )
         min_flatcar = None
         if top.get("min_flatcar") is not None:

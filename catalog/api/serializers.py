@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from builds.pipeline.errors import PipelineError
-from builds.pipeline.recipe import SYSTEMD_ARCHES
+from builds.pipeline.vocabulary import ARCHES
 from catalog.models import ApprovalRecord, Category, Extension, ExtensionVersion, Team, UpstreamDigest
 
 
@@ -209,10 +209,10 @@ class CustomExtensionSerializer(serializers.Serializer):
     name = serializers.CharField(required=False, max_length=64, help_text="Global name. " + PRIVACY_NOTE)
     version = serializers.CharField(required=False, max_length=128)
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
-    category = serializers.ChoiceField(choices=Category.choices, required=False, default="tool")
+    category = serializers.ChoiceField(choices=Category.choices, required=False, default=Category.TOOL)
     arches = serializers.CharField(
         required=False,
-        default=",".join(SYSTEMD_ARCHES),
+        default=",".join(ARCHES),
         help_text="Comma-separated systemd arches the files suit (default: all).",
     )
 

@@ -19,8 +19,9 @@ import pytest
 
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.fetch import Fetcher
-from builds.pipeline.recipe import SYSTEMD_ARCHES, Recipe, load_recipe, load_recipes
+from builds.pipeline.recipe import Recipe, load_recipe, load_recipes
 from builds.pipeline.tree import UnpackedSource, assemble_tree
+from builds.pipeline.vocabulary import ARCHES
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES_DIR = ROOT / "catalog" / "recipes"
@@ -167,7 +168,7 @@ def test_every_version_and_arch_resolves_to_real_upstream_hosts(
 def test_unsupported_arch_and_unknown_version_are_refused(name: str, recipes: dict[str, Recipe]) -> None:
     recipe = recipes[name]
     some_version = next(iter(recipe.versions))
-    for arch in SYSTEMD_ARCHES:
+    for arch in ARCHES:
         if arch not in recipe.arches:
             with pytest.raises(PipelineError) as excinfo:
                 recipe.resolve(some_version, arch)

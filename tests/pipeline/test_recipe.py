@@ -10,7 +10,6 @@ import pytest
 
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.recipe import (
-    SYSTEMD_ARCHES,
     InstallRule,
     Recipe,
     StartUnit,
@@ -19,6 +18,7 @@ from builds.pipeline.recipe import (
     load_recipes,
     parse_recipe,
 )
+from builds.pipeline.vocabulary import ARCHES
 
 PIN_X86 = "a" * 64
 PIN_ARM = "B" * 64
@@ -217,7 +217,7 @@ def test_official_and_source_build_recipes_have_no_sources() -> None:
         "podman.yaml",
     )
     assert podman.sources == () and podman.versions == {}
-    assert tuple(podman.arches) == SYSTEMD_ARCHES
+    assert tuple(podman.arches) == ARCHES
     with pytest.raises(PipelineError) as caught:
         podman.resolve("v1", "x86-64")
     assert caught.value.code == "recipe.not-bakeable"

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from builds.pipeline.butane.dataurl import DataURLError, decode_data_url
+from builds.pipeline.vocabulary import BUTANE_IGNITION
 
 JSONPath = tuple[str | int, ...]
 Kind = Literal["error", "warning"]
-IGNITION_VERSIONS = ("3.3.0", "3.4.0")
+IGNITION_VERSIONS = tuple(BUTANE_IGNITION.values())
 
 UNIT_SUFFIXES = frozenset(
     {

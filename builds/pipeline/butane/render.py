@@ -29,11 +29,15 @@ from builds.pipeline import sysupdate
 from builds.pipeline.butane.transpile import Message, Result, parse_fragment, transpile
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.sysupdate import NOOP_TRANSFER, NOOP_TRANSFER_PATH, UpdateAction
+from builds.pipeline.vocabulary import (
+    ARCHES,
+    BUNDLED_SYSEXTS,
+    BUTANE_VERSIONS,
+    DEFAULT_BUTANE_VERSION,
+    bundled_mask_path,
+    hostname_problem,
+)
 
-SPEC_VERSIONS = ("1.0.0", "1.1.0")
-DEFAULT_SPEC_VERSION = "1.0.0"  # boots on every Flatcar, LTS-2023 (Ignition 2.14) included
-ARCHES = ("x86-64", "arm64")
-BUNDLED_SYSEXTS = ("containerd", "docker")  # Flatcar's own, masked when a flavour brings its own
 KEYRING_PATHS = ("/etc/systemd/import-pubring.gpg", "/etc/systemd/import-pubring.pgp")
 ENABLED_SYSEXT_PATH = "/etc/flatcar/enabled-sysext.conf"
 HOSTNAME_PATH = "/etc/hostname"
@@ -41,9 +45,6 @@ SYSUPDATE_TIMER = "systemd-sysupdate.timer"
 SYSUPDATE_SERVICE = "systemd-sysupdate.service"
 
 _HASH = re.compile(r"^(sha256-[0-9a-f]{64}|sha512-[0-9a-f]{128})$")
-_HOSTNAME = re.compile(
-    r"^(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
 _OFFICIAL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 # Query parameters of presigned or otherwise expiring URLs (S3 v2/v4, GCS, Azure SAS, CloudFront).
 _EXPIRING_PARAMS = frozenset(
@@ -117,7 +118,7 @@ class FlavourConfig:
 
     arch: str
     extensions: tuple[ExtensionImage, ...] = ()
-    spec_version: str = DEFAULT_SPEC_VERSION
+    spec_version: str = DEFAULT_BUTANE_VERSION
     updates: bool = True
     update_action: UpdateAction = UpdateAction.REFRESH
     signed: bool = False
@@ -186,13 +187,16 @@ def refuse_expiring_url(url: str, what: str) -> str:
 
 
 def _check(flavour: FlavourConfig) -> None:
-    if flavour.spec_version not in SPEC_VERSIONS:
+    if flavour.spec_version not in BUTANE_VERSIONS:
         raise PipelineError(
             "butane.invalid-spec-version",
-            f"Butane spec version {flavour.spec_version!r} is not supported; use 1.0.0 or 1.1.0",
+            f"Butane spec version {flavour.spec_version!r} is not supported; "
+            f"use {' or '.join(BUTANE_VERSIONS)}",
         )
     if flavour.arch not in ARCHES:
-        raise PipelineError("butane.invalid-arch", f"architecture {flavour.arch!r} must be x86-64 or arm64")
+        raise PipelineError(
+            "butane.invalid-arch", f"architecture {flavour.arch!r} must be {' or '.join(ARCHES)}"
+        )
     names = [ext.name for ext in flavour.extensions]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -225,7 +229,7 @@ def _check(flavour: FlavourConfig) -> None:
         if name not in BUNDLED_SYSEXTS:
             raise PipelineError(
                 "butane.invalid-mask",
-                f"only Flatcar's bundled docker and containerd can be masked, not {name!r}",
+                f"only Flatcar's bundled {' and '.join(BUNDLED_SYSEXTS)} can be masked, not {name!r}",
             )
     for name in flavour.official_extensions:
         if not _OFFICIAL_NAME.match(name):
@@ -235,9 +239,9 @@ def _check(flavour: FlavourConfig) -> None:
             raise PipelineError(
                 "butane.invalid-ssh-key", "each SSH authorized key must be one non-empty line"
             )
-    if flavour.hostname is not None and not _HOSTNAME.match(flavour.hostname):
+    if flavour.hostname is not None and hostname_problem(flavour.hostname):
         raise PipelineError(
-            "butane.invalid-hostname", f"hostname {flavour.hostname!r} must be letters, digits, '-' and '.'"
+            "butane.invalid-hostname", f"hostname {flavour.hostname!r}: {hostname_problem(flavour.hostname)}"
         )
 
 
@@ -258,9 +262,7 @@ def _generated(flavour: FlavourConfig) -> dict[str, Any]:
         files.append(_file(ext.image_path, 0o644, {"source": ext.url, "verification": {"hash": ext.hash}}))
         links.append({"path": ext.link_path, "target": ext.image_path, "hard": False})
     for name in sorted(set(flavour.mask_bundled)):
-        links.append(
-            {"path": f"/etc/extensions/{name}-flatcar.raw", "target": "/dev/null", "overwrite": True}
-        )
+        links.append({"path": bundled_mask_path(name), "target": "/dev/null", "overwrite": True})
     if flavour.updates and flavour.extensions:
         for ext in flavour.extensions:
             transfer = sysupdate.render_transfer(

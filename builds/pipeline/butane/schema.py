@@ -15,6 +15,7 @@ import yaml
 
 from builds.pipeline.butane import yamlscalars as ys
 from builds.pipeline.butane.yamlscalars import Mark
+from builds.pipeline.vocabulary import BUTANE_IGNITION
 
 Path = tuple[str | int, ...]
 ScalarKind = Literal["str", "string", "int", "bool"]  # "string": Go non-pointer string (null -> "")
@@ -163,9 +164,10 @@ def _config(pkg: str, flatcar_pkg: str, v11: bool) -> Struct:
     return Struct(f"{flatcar_pkg}.Config", base.fields)
 
 
+# The Ignition version each spec emits is the vocabulary's; the Go packages are the schema's own.
 SPEC_VERSIONS: dict[str, SpecVersion] = {
-    "1.0.0": SpecVersion("1.0.0", "3.3.0", _config("v0_4", "v1_0", v11=False)),
-    "1.1.0": SpecVersion("1.1.0", "3.4.0", _config("v0_5", "v1_1", v11=True)),
+    "1.0.0": SpecVersion("1.0.0", BUTANE_IGNITION["1.0.0"], _config("v0_4", "v1_0", v11=False)),
+    "1.1.0": SpecVersion("1.1.0", BUTANE_IGNITION["1.1.0"], _config("v0_5", "v1_1", v11=True)),
 }
 
 
