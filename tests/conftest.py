@@ -1,11 +1,30 @@
-"""Project-wide pytest fixtures."""
+"""Project-wide pytest fixtures: the cast of users (tests/factories.py), a small catalog, the
+fixture upstream server and per-test cache keys."""
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from tests.builds.catalog_fixtures import make_small_catalog
+from tests.factories import Cast, make_cast
 from tests.upstream import UpstreamServer
+
+
+@pytest.fixture
+def cast(db: Any) -> Cast:
+    """alice (admin of blue), bob (builder), cora (curator), vera (viewer), carol (admin of red)
+    and sam (staff): see tests/factories.py. A test that needs a live server or a worker also asks
+    for ``transactional_db`` (or is marked ``django_db(transaction=True)``)."""
+    return make_cast()
+
+
+@pytest.fixture
+def small_catalog(cast: Cast) -> Cast:
+    """The cast, and a small catalog: see tests/builds/catalog_fixtures.make_small_catalog."""
+    make_small_catalog(cast)
+    return cast
 
 
 @pytest.fixture

@@ -34,10 +34,9 @@ from builds import services as build_services
 from builds.models import Webhook
 from catalog.models import ExtensionVersion
 from portal.wsgi import application
-from tests.builds.catalog_fixtures import Cast, cast, flavour_payload, small_catalog
+from tests.builds.catalog_fixtures import Cast, flavour_payload
 
 pytestmark = pytest.mark.django_db
-__all__ = ["cast", "small_catalog"]  # fixtures, imported so pytest finds them
 
 MAX_EXAMPLES = 25  # per operation and generation mode
 

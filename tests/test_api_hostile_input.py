@@ -13,10 +13,9 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from builds import services as build_services
-from tests.builds.catalog_fixtures import Cast, cast, flavour_payload, small_catalog
+from tests.builds.catalog_fixtures import Cast, flavour_payload
 
 pytestmark = pytest.mark.django_db
-__all__ = ["cast", "small_catalog"]  # fixtures, imported so pytest finds them
 
 
 @pytest.fixture

@@ -19,10 +19,9 @@ from rest_framework.mixins import ListModelMixin
 from builds import services as build_services
 from builds.models import Webhook, WebhookDelivery
 from portal.pagination import MAX_LIMIT
-from tests.builds.catalog_fixtures import Cast, cast, flavour_payload, small_catalog
+from tests.builds.catalog_fixtures import Cast, flavour_payload
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
-__all__ = ["cast", "small_catalog"]  # fixtures, imported so pytest finds them
 
 
 def _list_routes(patterns: list[Any] | None = None, prefix: str = "") -> list[str]:

@@ -23,6 +23,9 @@ from urllib.parse import quote
 import pytest
 
 from tests.builds.build_support import shared_signing_key
+from tests.factories import PASSWORD
+
+__all__ = ["PASSWORD"]  # every user of the cast signs in with it (tests/factories.py)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -36,7 +39,6 @@ CHROMIUM_ARGS = [
 ]
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
-PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="session")

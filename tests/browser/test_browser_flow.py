@@ -16,9 +16,9 @@ from django.contrib.auth.models import User
 
 from builds.models import Build, BuildState, Flavour, ImageArtifact
 from catalog import services as catalog_services
-from catalog.models import ExtensionVersion, Membership, Role, Team, VersionStatus
+from catalog.models import ExtensionVersion, VersionStatus
 from portal.celery import app as celery_app
-from tests.browser.conftest import PASSWORD, sign_in
+from tests.browser.conftest import sign_in
 from tests.upstream import UpstreamServer, executable, make_tar
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -69,19 +69,16 @@ def _approve(curator: User, name: str, version: str) -> None:
 
 
 @pytest.fixture
-def baking_world(transactional_db, settings, tmp_path: Path, upstream: UpstreamServer, celery_worker_process):
+def baking_world(
+    transactional_db, cast, settings, tmp_path: Path, upstream: UpstreamServer, celery_worker_process
+):
     mirrors = _serve_docker_upstreams(upstream)
     settings.UPSTREAM_MIRRORS = mirrors
     settings.FETCH_CACHE_DIR = tmp_path / "portal-cache"
     settings.ARTIFACT_DIR = tmp_path / "artifacts"
     catalog_services.catalog_sync()
 
-    blue, red = Team.objects.create(name="Blue", slug="blue"), Team.objects.create(name="Red", slug="red")
-    alice = User.objects.create_user("alice", password=PASSWORD)
-    bob = User.objects.create_user("bob", password=PASSWORD)
-    curator = User.objects.create_user("curator", password=PASSWORD, is_staff=True)
-    Membership.objects.create(team=blue, user=alice, role=Role.ADMIN)
-    Membership.objects.create(team=red, user=bob, role=Role.ADMIN)
+    curator = cast.staff  # staff curate the global catalog
     _approve(curator, "docker", "28.0.4")
     _approve(curator, "docker-compose", "v2.34.0")
 
@@ -91,7 +88,7 @@ def baking_world(transactional_db, settings, tmp_path: Path, upstream: UpstreamS
         ARTIFACT_DIR=str(settings.ARTIFACT_DIR),
         BAKEHOUSE_VAR_DIR=str(tmp_path / "worker-var"),
     )
-    return {"alice": alice, "bob": bob}
+    return {"alice": cast.alice, "carol": cast.carol}
 
 
 def test_compose_docker_with_compose_build_and_download(page, snap, chromium, live_server, baking_world):
@@ -182,13 +179,13 @@ def test_compose_docker_with_compose_build_and_download(page, snap, chromium, li
     # Someone of another team cannot open it.
     other = chromium.new_context(base_url=live_server.url)
     try:
-        bobs = other.new_page()
-        sign_in(bobs, "bob")
-        response = bobs.goto(f"/flavours/{flavour_id}/")
+        carols = other.new_page()
+        sign_in(carols, "carol")
+        response = carols.goto(f"/flavours/{flavour_id}/")
         assert response.status == 404
-        assert bobs.goto(f"/builds/{build.pk}/").status == 404
-        assert "edge-docker" not in bobs.content()
-        snap(bobs, "other-team-404")
+        assert carols.goto(f"/builds/{build.pk}/").status == 404
+        assert "edge-docker" not in carols.content()
+        snap(carols, "other-team-404")
     finally:
         other.close()
     assert Flavour.objects.filter(pk=flavour_id, team__slug="blue").exists()

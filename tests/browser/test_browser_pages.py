@@ -7,26 +7,22 @@ import re
 from unittest import mock
 
 import pytest
-from django.contrib.auth.models import User
 
 from builds import services
-from catalog.models import ExtensionVersion, Membership, Role, Team, VersionStatus
-from tests.browser.conftest import PASSWORD, sign_in
+from catalog.models import ExtensionVersion, VersionStatus
+from tests.browser.conftest import sign_in
 from tests.builds.catalog_fixtures import make_extension
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def world(transactional_db):
-    blue = Team.objects.create(name="Blue", slug="blue")
-    alice = User.objects.create_user("alice", password=PASSWORD)
-    Membership.objects.create(team=blue, user=alice, role=Role.ADMIN)
+def world(transactional_db, cast):
     make_extension("docker", versions={"28.0.4": "approved", "27.5.1": "approved"}, conflicts=["containerd"])
     make_extension("docker-compose", versions={"v2.34.0": "approved"}, requires=[["docker"]])
     make_extension("containerd", versions={"2.1.9": "approved"}, conflicts=["docker"])
-    make_extension("blue-agent", team=blue, versions={"1.0.0": "approved", "1.1.0": "proposed"})
-    return {"alice": alice, "blue": blue}
+    make_extension("blue-agent", team=cast.blue, versions={"1.0.0": "approved", "1.1.0": "proposed"})
+    return {"alice": cast.alice, "blue": cast.blue}
 
 
 def queued_docker_build(world, name):

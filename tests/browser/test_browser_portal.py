@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 
-from tests.browser.conftest import PASSWORD, sign_in
+from tests.browser.conftest import sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def alice(transactional_db) -> User:
-    return User.objects.create_user("alice", password=PASSWORD)
+def alice(transactional_db, cast) -> User:
+    return cast.alice
 
 
 def test_sign_in_create_a_token_and_sign_out(page, snap, alice):

@@ -6,11 +6,9 @@ from unittest import mock
 from urllib.parse import urlsplit
 
 import pytest
-from django.contrib.auth.models import User
 
 from builds import services
 from builds.models import Build, BuildState, Webhook
-from catalog.models import Membership, Role, Team
 from tests.builds.catalog_fixtures import make_extension
 
 pytestmark = pytest.mark.django_db
@@ -24,28 +22,21 @@ def no_broker():
 
 
 @pytest.fixture
-def world(db):
-    blue, red = Team.objects.create(name="Blue", slug="blue"), Team.objects.create(name="Red", slug="red")
-    users = {
-        name: User.objects.create_user(name, password=f"pw-{name}-123")
-        for name in ("admin", "viewer", "outsider")
-    }
-    Membership.objects.create(team=blue, user=users["admin"], role=Role.ADMIN)
-    Membership.objects.create(team=blue, user=users["viewer"], role=Role.VIEWER)
-    Membership.objects.create(team=red, user=users["outsider"], role=Role.ADMIN)
+def world(cast):
+    users = {"admin": cast.admin, "viewer": cast.viewer, "outsider": cast.outsider}
     make_extension("docker", versions={"28.0.4": "approved"})
     make_extension("docker-compose", versions={"v2.34.0": "approved"}, requires=[["docker"]])
     picks = [{"name": "docker", "version": "28.0.4"}, {"name": "docker-compose", "version": "v2.34.0"}]
     flavour, _ = services.flavour_create(
         user=users["admin"],
-        team=blue,
+        team=cast.blue,
         name="edge",
         arch="x86-64",
         extensions=picks,
         options={"hostname": "node-1"},
     )
     build, _ = services.build_request(flavour=flavour, user=users["admin"])
-    return {**users, "blue": blue, "flavour": flavour, "build": build}
+    return {**users, "blue": cast.blue, "flavour": flavour, "build": build}
 
 
 def test_build_page_renders_without_javascript(client, world):
@@ -119,7 +110,7 @@ def test_flavour_list_shows_only_own_teams(client, world):
 def test_team_page_members_and_webhooks(client, world):
     client.force_login(world["admin"])
     page = client.get("/teams/blue/").content.decode()
-    assert "viewer" in page and "Viewer" in page and "Admin" in page
+    assert "vera" in page and "Viewer" in page and "Admin" in page
     bad = client.post("/teams/blue/", {"url": "ftp://example.org/hook"}).content.decode()
     assert 'id="id_url_error"' in bad
     added = client.post("/teams/blue/", {"url": "https://hooks.example.org/bakehouse"}).content.decode()

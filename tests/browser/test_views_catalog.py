@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import User
 
 from catalog.models import (
     ApprovalAction,
@@ -11,35 +10,22 @@ from catalog.models import (
     Category,
     Extension,
     ExtensionVersion,
-    Membership,
-    Role,
-    Team,
     UpstreamDigest,
     VersionStatus,
 )
+from tests.factories import ExtensionFactory, ExtensionVersionFactory
 
 pytestmark = pytest.mark.django_db
 
 
-def _extension(name: str, *, team: Team | None = None, **fields) -> Extension:
-    defaults = {
-        "description": f"The {name} extension.",
-        "category": Category.CONTAINER_RUNTIME,
-        "arches": ["x86-64", "arm64"],
-        "recipe_text": f"name: {name}\n",
-        "recipe_digest": "0" * 64,
-    }
-    return Extension.objects.create(name=name, team=team, **{**defaults, **fields})
+def _extension(name: str, **fields) -> Extension:
+    defaults = {"description": f"The {name} extension.", "category": Category.CONTAINER_RUNTIME}
+    return ExtensionFactory(name=name, **{**defaults, **fields})
 
 
 @pytest.fixture
-def cast(db):
-    """Owner and outsider in two teams, and a small catalog: two globals and one private each."""
-    ops, other = Team.objects.create(name="Ops", slug="ops"), Team.objects.create(name="Other", slug="other")
-    owner = User.objects.create_user("owner", password="pw-owner-123")
-    outsider = User.objects.create_user("outsider", password="pw-outsider-123")
-    Membership.objects.create(team=ops, user=owner, role=Role.CURATOR)
-    Membership.objects.create(team=other, user=outsider, role=Role.ADMIN)
+def cast(cast):
+    """The cast, and a small catalog: two globals, one private of blue and one of red."""
     docker = _extension(
         "docker", homepage="https://www.docker.com/", replaces_builtin=["docker", "containerd"]
     )
@@ -47,10 +33,14 @@ def cast(db):
     _extension(
         "wasmtime", category=Category.WASM_RUNTIME, arches=["x86-64"], description="Fast Wasm runtime."
     )
-    _extension("ops-agent", team=ops, category=Category.TOOL)
-    _extension("other-secret", team=other, category=Category.TOOL)
-    version = ExtensionVersion.objects.create(
-        extension=docker, version="28.0.4", status=VersionStatus.APPROVED, decided_by=owner, reason="LGTM"
+    _extension("blue-agent", team=cast.blue, category=Category.TOOL)
+    _extension("red-secret", team=cast.red, category=Category.TOOL)
+    version = ExtensionVersionFactory(
+        extension=docker,
+        version="28.0.4",
+        status=VersionStatus.APPROVED,
+        decided_by=cast.curator,
+        reason="LGTM",
     )
     UpstreamDigest.objects.create(
         version=version,
@@ -59,8 +49,10 @@ def cast(db):
         url="https://download.docker.com/x.tgz",
         sha256="ab" * 32,
     )
-    ApprovalRecord.objects.create(version=version, action=ApprovalAction.APPROVED, actor=owner, reason="LGTM")
-    return {"owner": owner, "outsider": outsider}
+    ApprovalRecord.objects.create(
+        version=version, action=ApprovalAction.APPROVED, actor=cast.curator, reason="LGTM"
+    )
+    return cast
 
 
 def _names(response) -> set[str]:
@@ -72,25 +64,25 @@ def test_catalog_needs_sign_in(client):
 
 
 def test_list_shows_globals_and_own_team_only(client, cast):
-    client.force_login(cast["owner"])
+    client.force_login(cast.curator)
     response = client.get("/catalog/")
-    assert _names(response) == {"docker", "docker-compose", "wasmtime", "ops-agent"}
-    assert b"other-secret" not in response.content
+    assert _names(response) == {"docker", "docker-compose", "wasmtime", "blue-agent"}
+    assert b"red-secret" not in response.content
 
 
 def test_list_cards_show_every_version_with_its_status(client, cast):
     """A card must not read "Approved:" and nothing when the only version is still proposed."""
     compose = Extension.objects.get(name="docker-compose")
     ExtensionVersion.objects.create(extension=compose, version="v2.34.0", status=VersionStatus.PROPOSED)
-    client.force_login(cast["owner"])
+    client.force_login(cast.curator)
     html = client.get("/catalog/").content.decode()
     assert ">v2.34.0 proposed</span>" in html
     assert ">28.0.4 approved</span>" in html
-    assert html.count(">none yet<") == 2  # wasmtime and ops-agent have no version at all
+    assert html.count(">none yet<") == 2  # wasmtime and blue-agent have no version at all
 
 
 def test_filters_by_text_category_and_arch(client, cast):
-    client.force_login(cast["owner"])
+    client.force_login(cast.curator)
     assert _names(client.get("/catalog/", {"search": "compose"})) == {"docker-compose"}
     assert _names(client.get("/catalog/", {"search": "fast wasm"})) == {"wasmtime"}
     assert _names(client.get("/catalog/", {"category": "wasm-runtime"})) == {"wasmtime"}
@@ -102,7 +94,7 @@ def test_filters_by_text_category_and_arch(client, cast):
 
 
 def test_filter_controls_are_labelled_and_keep_their_values(client, cast):
-    client.force_login(cast["owner"])
+    client.force_login(cast.curator)
     html = client.get("/catalog/", {"search": "dock"}).content.decode()
     for field in ("search", "category", "arch"):
         assert f'<label for="id_{field}">' in html
@@ -110,33 +102,32 @@ def test_filter_controls_are_labelled_and_keep_their_values(client, cast):
 
 
 def test_detail_shows_versions_digests_approver_and_relations(client, cast):
-    client.force_login(cast["owner"])
+    client.force_login(cast.curator)
     html = client.get("/catalog/docker/").content.decode()
     assert "28.0.4" in html and "Approved" in html
     assert "ab" * 32 in html
-    assert "by owner" in html and "LGTM" in html
+    assert "by cora" in html and "LGTM" in html
     assert "docker, containerd" in html  # replaces Flatcar's bundled ones
     compose = client.get("/catalog/docker-compose/").content.decode()
     assert '<dd id="requires">docker</dd>' in compose
 
 
 def test_another_teams_private_extension_is_not_found(client, cast):
-    client.force_login(cast["owner"])
-    assert client.get("/catalog/other-secret/").status_code == 404
-    client.force_login(cast["outsider"])
-    assert client.get("/catalog/other-secret/").status_code == 200
-    assert client.get("/catalog/ops-agent/").status_code == 404
+    client.force_login(cast.curator)
+    assert client.get("/catalog/red-secret/").status_code == 404
+    client.force_login(cast.outsider)
+    assert client.get("/catalog/red-secret/").status_code == 200
+    assert client.get("/catalog/blue-agent/").status_code == 404
 
 
 @pytest.fixture
 def team_ext(cast):
-    """A private recipe extension of team ops with a proposed version, and a viewer of ops."""
-    ops = Team.objects.get(slug="ops")
-    viewer = User.objects.create_user("viewer", password="pw-viewer-123")
-    Membership.objects.create(team=ops, user=viewer, role=Role.VIEWER)
-    agent = Extension.objects.get(name="ops-agent")
-    proposed = ExtensionVersion.objects.create(extension=agent, version="1.0.0", proposed_by=cast["owner"])
-    return {"viewer": viewer, "proposed": proposed, **cast}
+    """A private recipe extension of team blue with a proposed version."""
+    agent = Extension.objects.get(name="blue-agent")
+    proposed = ExtensionVersionFactory(
+        extension=agent, version="1.0.0", status=VersionStatus.PROPOSED, proposed_by=cast.curator
+    )
+    return {"owner": cast.curator, "viewer": cast.viewer, "outsider": cast.outsider, "proposed": proposed}
 
 
 def test_reject_without_a_reason_shows_the_error_next_to_the_field(client, team_ext):
@@ -158,7 +149,7 @@ def test_curator_rejects_with_a_reason_and_the_audit_trail_shows_it(client, team
         {"decision": "reject", "reason": "Known CVE"},
         follow=True,
     )
-    assert response.redirect_chain[-1][0] == "/catalog/ops-agent/?team=ops"
+    assert response.redirect_chain[-1][0] == "/catalog/blue-agent/?team=blue"
     html = response.content.decode()
     assert "Rejected" in html and "Known CVE" in html
     team_ext["proposed"].refresh_from_db()
@@ -181,7 +172,7 @@ def test_propose_a_version_of_a_builtin(client, cast, settings):
     from catalog.services import catalog_sync
 
     catalog_sync()
-    client.force_login(cast["owner"])
+    client.force_login(cast.curator)
     response = client.post("/catalog/docker/propose/", {"version": "28.1.0", "reason": "new release"})
     assert response.status_code == 302
     assert ExtensionVersion.objects.filter(
@@ -194,7 +185,7 @@ def test_propose_a_version_of_a_builtin(client, cast, settings):
 
 
 def test_a_forged_filter_value_is_an_error_on_the_field_not_a_crash(client, cast):
-    client.force_login(cast["owner"])
+    client.force_login(cast.curator)
     response = client.get("/catalog/", {"category": "<script>", "arch": "sparc"})
     html = response.content.decode()
     assert response.status_code == 200
@@ -207,13 +198,13 @@ def test_upload_a_custom_extension_and_refuse_a_hostile_one(client, cast):
 
     from tests.upstream import executable, file, make_tar
 
-    client.force_login(cast["owner"])
+    client.force_login(cast.curator)
     good = make_tar([executable("usr/bin/hello")])
     response = client.post(
         "/custom-extensions/new/",
         {
             "kind": "upload",
-            "upload-team": "ops",
+            "upload-team": "blue",
             "upload-name": "hello",
             "upload-version": "1.0",
             "upload-category": "tool",
@@ -222,15 +213,15 @@ def test_upload_a_custom_extension_and_refuse_a_hostile_one(client, cast):
         },
     )
     assert response.status_code == 302, response.content.decode()[:3000]
-    assert response["Location"] == "/catalog/hello/?team=ops"
-    assert Extension.objects.get(name="hello").team.slug == "ops"
+    assert response["Location"] == "/catalog/hello/?team=blue"
+    assert Extension.objects.get(name="hello").team.slug == "blue"
 
     hostile = make_tar([file("../../etc/passwd", b"root::0:0::/:/bin/sh\n")])
     refused = client.post(
         "/custom-extensions/new/",
         {
             "kind": "upload",
-            "upload-team": "ops",
+            "upload-team": "blue",
             "upload-name": "evil",
             "upload-version": "1.0",
             "upload-category": "tool",
@@ -253,9 +244,9 @@ def test_upload_a_custom_extension_and_refuse_a_hostile_one(client, cast):
 
 def test_curator_deprecates_an_approved_version(client, cast):
     version = ExtensionVersion.objects.create(
-        extension=Extension.objects.get(name="ops-agent"), version="2.0.0", status=VersionStatus.APPROVED
+        extension=Extension.objects.get(name="blue-agent"), version="2.0.0", status=VersionStatus.APPROVED
     )
-    client.force_login(cast["owner"])
+    client.force_login(cast.curator)
     page = client.post(f"/versions/{version.pk}/review/", {"deprecated": "yes", "reason": "EOL"}, follow=True)
     version.refresh_from_db()
     assert version.deprecated

@@ -5,29 +5,20 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from django.contrib.auth.models import User
 
 from builds.models import Build, Flavour
-from catalog.models import Membership, Role, Team
 from tests.builds.catalog_fixtures import make_extension
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def world(db):
-    blue, red = Team.objects.create(name="Blue", slug="blue"), Team.objects.create(name="Red", slug="red")
-    builder = User.objects.create_user("builder", password="pw-builder-123")
-    viewer = User.objects.create_user("viewer", password="pw-viewer-123")
-    outsider = User.objects.create_user("outsider", password="pw-outsider-123")
-    Membership.objects.create(team=blue, user=builder, role=Role.BUILDER)
-    Membership.objects.create(team=blue, user=viewer, role=Role.VIEWER)
-    Membership.objects.create(team=red, user=outsider, role=Role.ADMIN)
+def world(cast):
     make_extension("docker", versions={"28.0.4": "approved", "27.5.1": "approved"}, conflicts=["containerd"])
     make_extension("docker-compose", versions={"v2.34.0": "approved"}, requires=[["docker"]])
     make_extension("containerd", versions={"2.1.9": "approved"}, conflicts=["docker"])
     make_extension("wasm3", versions={"0.5.0": "approved"}, arches=["x86-64"])
-    return {"builder": builder, "viewer": viewer, "outsider": outsider, "blue": blue}
+    return {"builder": cast.builder, "viewer": cast.viewer, "outsider": cast.outsider, "blue": cast.blue}
 
 
 BASE = {"team": "blue", "name": "edge", "arch": "x86-64", "channel": "stable"}

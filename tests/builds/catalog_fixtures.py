@@ -1,18 +1,12 @@
-"""A small catalog and a fixed cast of users for the builds tests.
-
-Cast: ``owner`` (admin of team blue), ``teammate`` (builder in blue), ``watcher`` (viewer in
-blue) and ``outsider`` (admin of team red). Import the fixtures you need by name.
+"""Catalog data for tests: extensions with real-looking recipes and pins, and the small catalog
+of the ``small_catalog`` fixture (tests/conftest.py). The cast of users is tests/factories.py's.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
-
-import pytest
-from django.contrib.auth.models import User
 
 from builds import services
 from builds.models import Flavour
@@ -20,12 +14,13 @@ from catalog.models import (
     Delivery,
     Extension,
     ExtensionVersion,
-    Membership,
-    Role,
     Team,
     UpstreamDigest,
     VersionStatus,
 )
+from tests.factories import Cast, make_cast
+
+__all__ = ["Cast", "make_cast"]  # the one cast, imported from here by older tests
 
 UPSTREAM_HOST = "https://github.com/"
 
@@ -125,33 +120,6 @@ def make_extension(
     return extension
 
 
-@dataclass
-class Cast:
-    blue: Team
-    red: Team
-    owner: User
-    teammate: User
-    watcher: User
-    outsider: User
-
-
-def make_cast() -> Cast:
-    blue = Team.objects.create(name="Blue", slug="blue")
-    red = Team.objects.create(name="Red", slug="red")
-    users = {}
-    for username, team, role in (
-        ("owner", blue, Role.ADMIN),
-        ("teammate", blue, Role.BUILDER),
-        ("watcher", blue, Role.VIEWER),
-        ("outsider", red, Role.ADMIN),
-    ):
-        # No password: hashing one costs a good second per user, and tests authenticate directly.
-        user = User.objects.create(username=username, email=f"{username}@example.org")
-        Membership.objects.create(team=team, user=user, role=role)
-        users[username] = user
-    return Cast(blue=blue, red=red, **users)
-
-
 def make_small_catalog(cast: Cast) -> None:
     """hello (v1 approved, v0.9 deprecated, v2 proposed), tool needing hello, a rival of hello,
     an x86-only one, a source-build-only one, and red's private secret."""
@@ -168,17 +136,6 @@ def make_small_catalog(cast: Cast) -> None:
     )
     make_extension("secret", team=cast.red)
     make_extension("bluetool", team=cast.blue)
-
-
-@pytest.fixture
-def cast(db: Any) -> Cast:
-    return make_cast()
-
-
-@pytest.fixture
-def small_catalog(cast: Cast) -> Cast:
-    make_small_catalog(cast)
-    return cast
 
 
 def hello_flavour(cast: Cast) -> Flavour:

@@ -211,10 +211,9 @@ def portal_side(settings: Any, s3: S3Endpoint, bucket: str, monkeypatch: pytest.
 
 
 @pytest.fixture
-def team_cast(transactional_db: Any) -> Cast:
-    from tests.builds.catalog_fixtures import make_cast
-
-    return make_cast()
+def cast(transactional_db: Any, cast: Cast) -> Cast:
+    """The cast, committed, so that the worker process sees it."""
+    return cast
 
 
 def api(user: Any) -> APIClient:
@@ -282,11 +281,11 @@ class WebhookReceiver:
 
 
 def test_build_publishes_what_nodes_need(
-    team_cast: Cast, worker: Worker, portal_side: Any, bucket: str, upstream_server: UpstreamServer
+    cast: Cast, worker: Worker, portal_side: Any, bucket: str, upstream_server: UpstreamServer
 ) -> None:
     serve_extension(upstream_server, "hello")
     serve_extension(upstream_server, "hello-tools", requires=[["hello"]])
-    owner, builder = api(team_cast.owner), api(team_cast.teammate)
+    owner, builder = api(cast.owner), api(cast.teammate)
     receiver = WebhookReceiver()
     try:
         hook = owner.post("/api/webhooks/", {"url": receiver.url}, format="json").json()
@@ -357,8 +356,7 @@ def test_build_publishes_what_nodes_need(
         assert download.status_code == 302
         assert requests.get(download["Location"], timeout=10).content == get(prefix + "config.bu")
         assert (
-            api(team_cast.outsider).get(urlsplit(artifacts["config.bu"]["download_url"]).path).status_code
-            == 404
+            api(cast.outsider).get(urlsplit(artifacts["config.bu"]["download_url"]).path).status_code == 404
         )
 
         # A second identical request builds nothing: the same build comes back.
@@ -388,10 +386,10 @@ def test_build_publishes_what_nodes_need(
 
 
 def test_concurrent_identical_requests_share_one_build_which_can_be_cancelled(
-    team_cast: Cast, worker: Worker, portal_side: Any, bucket: str, upstream_server: UpstreamServer
+    cast: Cast, worker: Worker, portal_side: Any, bucket: str, upstream_server: UpstreamServer
 ) -> None:
     serve_extension(upstream_server, "slowpoke", delay=4.0)
-    flavour = compose(api(team_cast.teammate), "slow", ["slowpoke"])
+    flavour = compose(api(cast.teammate), "slow", ["slowpoke"])
     barrier = threading.Barrier(6)
     answers: list[tuple[int, str]] = []
 
@@ -400,7 +398,7 @@ def test_concurrent_identical_requests_share_one_build_which_can_be_cancelled(
 
         try:
             barrier.wait()
-            response = api(team_cast.teammate).post(f"/api/flavours/{flavour['id']}/builds/")
+            response = api(cast.teammate).post(f"/api/flavours/{flavour['id']}/builds/")
             answers.append((response.status_code, response.json()["id"]))
         finally:
             thread_connection.close()
@@ -416,7 +414,7 @@ def test_concurrent_identical_requests_share_one_build_which_can_be_cancelled(
     assert Build.objects.filter(flavour_id=flavour["id"]).count() == 1
 
     build_id = answers[0][1]
-    client = api(team_cast.teammate)
+    client = api(cast.teammate)
     wait_for(client, build_id, worker, lambda b: b["state"] in ("fetching", "baking"))
     cancel = client.post(f"/api/builds/{build_id}/cancel")
     assert cancel.status_code == 202
@@ -433,7 +431,7 @@ def test_concurrent_identical_requests_share_one_build_which_can_be_cancelled(
 
 
 def test_reaper_fails_the_build_of_a_worker_that_died(
-    team_cast: Cast,
+    cast: Cast,
     worker_env: dict[str, str],
     portal_side: Any,
     upstream_server: UpstreamServer,
@@ -445,7 +443,7 @@ def test_reaper_fails_the_build_of_a_worker_that_died(
     doomed = start_worker(worker_env, queue, tmp_path / "doomed.log", concurrency=1)
     try:
         serve_extension(upstream_server, "stuck", delay=60.0)
-        client = api(team_cast.teammate)
+        client = api(cast.teammate)
         flavour = compose(client, "stuck", ["stuck"])
         build_id = client.post(f"/api/flavours/{flavour['id']}/builds/").json()["id"]
         wait_for(client, build_id, doomed, lambda b: b["state"] == "fetching" and b["heartbeat_at"])

@@ -74,10 +74,9 @@ def portal(settings: Any, s3: S3Endpoint, bucket: str, monkeypatch: pytest.Monke
 
 
 @pytest.fixture
-def team_cast(transactional_db: Any) -> Cast:
-    from tests.builds.catalog_fixtures import make_cast
-
-    return make_cast()
+def cast(transactional_db: Any, cast: Cast) -> Cast:
+    """The cast, committed, so that the worker process sees it."""
+    return cast
 
 
 def signed_in(user: Any) -> Client:
@@ -106,13 +105,13 @@ def build(client: Any, flavour_id: str, worker: Worker) -> dict[str, Any]:
 
 
 def test_a_private_teams_artifacts_reach_members_and_token_holders_only(
-    team_cast: Cast, private_worker: Worker, portal: None, upstream_server: UpstreamServer
+    cast: Cast, private_worker: Worker, portal: None, upstream_server: UpstreamServer
 ) -> None:
     suffix = uuid.uuid4().hex[:6]
     secret, common = f"secret{suffix}", f"common{suffix}"
-    serve_extension(upstream_server, secret, team=team_cast.blue)
+    serve_extension(upstream_server, secret, team=cast.blue)
     serve_extension(upstream_server, common)
-    owner, builder = api(team_cast.owner), api(team_cast.teammate)
+    owner, builder = api(cast.owner), api(cast.teammate)
     switched = owner.patch("/api/teams/blue/", {"private_artifacts": True}, format="json")
     assert switched.status_code == 200 and switched.json()["private_artifacts"] is True
     assert Team.objects.get(slug="blue").private_artifacts
@@ -141,7 +140,7 @@ def test_a_private_teams_artifacts_reach_members_and_token_holders_only(
         f"extensions/{secret}/SHA256SUMS",
         f"extensions/{secret}/{secret}-v1.0.0-x86-64.raw",
     ]
-    anonymous, outsider, member = Client(), signed_in(team_cast.outsider), signed_in(team_cast.watcher)
+    anonymous, outsider, member = Client(), signed_in(cast.outsider), signed_in(cast.watcher)
     for key in private_keys:
         # Anyone outside the team: the 404 of a missing key, so the names do not leak either.
         assert read(anonymous, f"/artifacts/{key}")[0] == 404, key
@@ -161,7 +160,7 @@ def test_a_private_teams_artifacts_reach_members_and_token_holders_only(
     assert f"{PORTAL_ARTIFACTS}private/{token}/extensions/{secret}/" in transfer.decode()
     assert f"{PORTAL_ARTIFACTS}extensions/" not in ignition.decode() + butane.decode() + transfer.decode()
     assert SSH_KEY in ignition.decode()
-    page = signed_in(team_cast.teammate).get(f"/flavours/{flavour['id']}/").content.decode()
+    page = signed_in(cast.teammate).get(f"/flavours/{flavour['id']}/").content.decode()
     assert f"curl -fsSLo config.ign {token_base}config.ign" in page
 
     # The token opens only this flavour and the extensions it includes.
@@ -186,5 +185,5 @@ def test_a_private_teams_artifacts_reach_members_and_token_holders_only(
     assert f"private/{new_token}/extensions/{secret}/" in ignition.decode()
     assert token not in ignition.decode()
     assert read(anonymous, f"/artifacts/private/{token}/extensions/{secret}/SHA256SUMS")[0] == 404
-    assert api(team_cast.watcher).post(f"/api/flavours/{flavour['id']}/rotate-token").status_code == 403
-    assert api(team_cast.outsider).post(f"/api/flavours/{flavour['id']}/rotate-token").status_code == 404
+    assert api(cast.watcher).post(f"/api/flavours/{flavour['id']}/rotate-token").status_code == 403
+    assert api(cast.outsider).post(f"/api/flavours/{flavour['id']}/rotate-token").status_code == 404

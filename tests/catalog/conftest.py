@@ -1,48 +1,18 @@
-"""The cast of the catalog tests: two teams, an owner (curator), a teammate (builder), a viewer,
-an outsider (curator of another team) and a staff user (curator of the global catalog)."""
+"""Fixtures of the catalog tests: in-process Celery, a fetch cache and recipe files. The cast of
+users (``cast``) is the project's one, from tests/conftest.py and tests/factories.py."""
 
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
-from rest_framework.test import APIClient
 
-from catalog.models import Membership, Role, Team
 from portal.celery import app as celery_app
+from tests.factories import Cast
 
-
-@dataclass
-class Cast:
-    team: Team
-    other_team: Team
-    owner: User
-    teammate: User
-    viewer: User
-    outsider: User
-    staff: User
-
-    def client(self, user: User) -> APIClient:
-        client = APIClient()
-        client.force_authenticate(user)
-        return client
-
-
-@pytest.fixture
-def cast(db: None) -> Cast:
-    team = Team.objects.create(name="Blue", slug="blue")
-    other = Team.objects.create(name="Red", slug="red")
-    users = {name: User.objects.create_user(name) for name in ("owner", "mate", "viewer", "out")}
-    Membership.objects.create(team=team, user=users["owner"], role=Role.CURATOR)
-    Membership.objects.create(team=team, user=users["mate"], role=Role.BUILDER)
-    Membership.objects.create(team=team, user=users["viewer"], role=Role.VIEWER)
-    Membership.objects.create(team=other, user=users["out"], role=Role.CURATOR)
-    staff = User.objects.create_user("staff", is_staff=True)
-    return Cast(team, other, users["owner"], users["mate"], users["viewer"], users["out"], staff)
+__all__ = ["Cast"]  # imported from here by the catalog tests
 
 
 @pytest.fixture

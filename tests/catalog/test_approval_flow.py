@@ -50,7 +50,7 @@ def test_approval_pins_every_upstream_file_and_a_changed_upstream_then_fails(
     django_capture_on_commit_callbacks,
 ) -> None:
     v101 = version("v1.0.1")
-    assert not versions_usable_for_new_flavours(cast.owner).filter(pk=v101.pk).exists()
+    assert not versions_usable_for_new_flavours(cast.curator).filter(pk=v101.pk).exists()
 
     with django_capture_on_commit_callbacks(execute=True):
         response = cast.client(cast.staff).post(
@@ -64,18 +64,18 @@ def test_approval_pins_every_upstream_file_and_a_changed_upstream_then_fails(
     assert v101.decided_by == cast.staff
     for arch, body in demo.items():
         assert list(v101.pins(arch).values()) == [hashlib.sha256(body).hexdigest()]
-    detail = cast.client(cast.owner).get("/api/extensions/demo/").json()
+    detail = cast.client(cast.curator).get("/api/extensions/demo/").json()
     shown = next(v for v in detail["versions"] if v["version"] == "v1.0.1")
     assert {d["arch"]: d["sha256"] for d in shown["digests"]} == {
         arch: hashlib.sha256(body).hexdigest() for arch, body in demo.items()
     }
     assert [(a["action"], a["actor"]) for a in shown["approvals"]] == [
         ("proposed", "built-in recipe"),
-        ("approved", "staff"),
+        ("approved", "sam"),
         ("pinned", "digest pinning"),
     ]
     assert shown["approvals"][1]["reason"] == "release notes reviewed"
-    assert versions_usable_for_new_flavours(cast.owner).filter(pk=v101.pk).exists()
+    assert versions_usable_for_new_flavours(cast.curator).filter(pk=v101.pk).exists()
 
     # The upstream replaces the release file: a build with the approved pins must refuse it.
     upstream.add_bytes(
@@ -152,7 +152,7 @@ def test_builder_proposes_and_team_curator_approves_a_team_recipe(
     )
     assert proposed.status_code == 201, proposed.content
     assert proposed.json()["status"] == "proposed"
-    assert proposed.json()["proposed_by"] == "mate"
+    assert proposed.json()["proposed_by"] == "bob"
     duplicate = cast.client(cast.teammate).post(
         "/api/extensions/bluetool/versions/", {"version": "v2.0.0"}, format="json"
     )
@@ -169,7 +169,7 @@ def test_builder_proposes_and_team_curator_approves_a_team_recipe(
     )
     assert cast.client(cast.staff).post(f"/api/versions/{vid}/approve", {}, format="json").status_code == 404
     with django_capture_on_commit_callbacks(execute=True):
-        approved = cast.client(cast.owner).post(f"/api/versions/{vid}/approve", {}, format="json")
+        approved = cast.client(cast.curator).post(f"/api/versions/{vid}/approve", {}, format="json")
     assert approved.status_code == 200
     assert ExtensionVersion.objects.get(pk=vid).status == VersionStatus.APPROVED
     assert ExtensionVersion.objects.get(pk=vid).digests.count() == 2
@@ -183,14 +183,14 @@ def test_deprecated_versions_are_not_offered_for_new_flavours(cast: Cast, tmp_pa
     text = text.replace("  v1.0.1: {}", f"  v1.0.1:\n    sha256: {{x86-64: {digest}, arm64: {digest}}}")
     write_recipe(tmp_path, "demo", text)
     call_command("sync_catalog", "--recipes-dir", str(tmp_path), verbosity=0)
-    offered = {v.version for v in versions_usable_for_new_flavours(cast.owner)}
+    offered = {v.version for v in versions_usable_for_new_flavours(cast.curator)}
     assert offered == {"v1.0.0", "v1.0.1"}
 
     write_recipe(tmp_path, "demo", text.replace("  v1.0.0:\n", "  v1.0.0:\n    deprecated: true\n"))
     call_command("sync_catalog", "--recipes-dir", str(tmp_path), verbosity=0)
 
-    assert {v.version for v in versions_usable_for_new_flavours(cast.owner)} == {"v1.0.1"}
+    assert {v.version for v in versions_usable_for_new_flavours(cast.curator)} == {"v1.0.1"}
     old = version("v1.0.0")
     assert old.status == VersionStatus.APPROVED and old.deprecated  # still buildable
-    listed = cast.client(cast.owner).get("/api/extensions/?search=demo").json()["results"]
+    listed = cast.client(cast.curator).get("/api/extensions/?search=demo").json()["results"]
     assert listed[0]["approved_versions"] == ["v1.0.1"]

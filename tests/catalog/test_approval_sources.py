@@ -75,7 +75,7 @@ def test_every_source_of_every_arch_is_pinned_and_shown(
     for arch in ("x86-64", "arm64"):
         assert version.pins(arch) == {source: expected[(arch, source)] for source in ("host", "server")}
     shown = next(
-        v for v in cast.client(cast.owner).get("/api/extensions/pair/").json()["versions"]
+        v for v in cast.client(cast.curator).get("/api/extensions/pair/").json()["versions"]
         if v["version"] == "v1.0.0"
     )  # fmt: skip
     assert {(d["arch"], d["source_id"]): d["sha256"] for d in shown["digests"]} == expected

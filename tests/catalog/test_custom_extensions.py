@@ -81,7 +81,7 @@ def test_a_good_upload_becomes_a_proposed_version_pinned_to_its_bytes(
 
     # The team's curator approves: the archive is materialised and fetched like any upstream file.
     with django_capture_on_commit_callbacks(execute=True):
-        approved = cast.client(cast.owner).post(f"/api/versions/{version['id']}/approve", {}, format="json")
+        approved = cast.client(cast.curator).post(f"/api/versions/{version['id']}/approve", {}, format="json")
     assert approved.status_code == 200
     row = ExtensionVersion.objects.get(pk=version["id"])
     assert row.status == VersionStatus.APPROVED, row.pinning_error

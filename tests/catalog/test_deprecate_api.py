@@ -17,7 +17,7 @@ def _version(team: object, status: str = VersionStatus.APPROVED) -> ExtensionVer
 
 def test_curator_deprecates_then_undeprecates(cast: Cast) -> None:
     version = _version(cast.team)
-    client = cast.client(cast.owner)
+    client = cast.client(cast.curator)
     response = client.post(f"/api/versions/{version.pk}/deprecate", {"reason": "CVE-2026-1"}, format="json")
     assert response.status_code == 200, response.content
     assert response.json()["deprecated"] is True
@@ -53,6 +53,6 @@ def test_another_teams_curator_sees_nothing(cast: Cast) -> None:
 
 def test_only_approved_versions(cast: Cast) -> None:
     version = _version(cast.team, status=VersionStatus.PROPOSED)
-    response = cast.client(cast.owner).post(f"/api/versions/{version.pk}/deprecate", {}, format="json")
+    response = cast.client(cast.curator).post(f"/api/versions/{version.pk}/deprecate", {}, format="json")
     assert response.status_code == 409
     assert response.json()["code"] == "version.not-approved"

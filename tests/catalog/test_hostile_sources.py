@@ -39,7 +39,7 @@ def team_recipe(url: str, *, name: str = "evil", vars_line: str = "{}") -> str:
 
 
 def post_recipe(cast: Cast, text: str) -> Any:
-    return cast.client(cast.owner).post("/api/extensions/", {"team": "blue", "recipe": text}, format="json")
+    return cast.client(cast.curator).post("/api/extensions/", {"team": "blue", "recipe": text}, format="json")
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_a_local_file_recipe_already_in_the_database_is_refused_at_approval_and_
         name="evil", team=cast.team, origin=Origin.RECIPE, arches=["x86-64", "arm64"], recipe_text=text
     )
     version = ExtensionVersion.objects.create(extension=extension, version="v1.0.0")
-    response = cast.client(cast.owner).post(f"/api/versions/{version.pk}/approve", {}, format="json")
+    response = cast.client(cast.curator).post(f"/api/versions/{version.pk}/approve", {}, format="json")
     assert response.status_code == 400, response.content
     assert response.json()["code"] == "recipe.local-file"
     # Even a version that got into "pinning" somehow: the worker's fetcher refuses the file.
@@ -113,7 +113,7 @@ def test_approving_a_recipe_with_an_internal_source_fetches_nothing(
     assert created.status_code == 201, created.content
     (version,) = created.json()["versions"]
     with django_capture_on_commit_callbacks(execute=True):
-        approved = cast.client(cast.owner).post(f"/api/versions/{version['id']}/approve", {}, format="json")
+        approved = cast.client(cast.curator).post(f"/api/versions/{version['id']}/approve", {}, format="json")
     assert approved.status_code == 200, approved.content
     row = ExtensionVersion.objects.get(pk=version["id"])
     assert row.status == VersionStatus.PROPOSED  # pinning failed; the curator sees why
@@ -175,7 +175,7 @@ def test_bad_vars_already_in_the_database_are_refused_at_approval(
         extension=templated, version="v3.0.0", vars={"version_nov": "x/../../../other/repo/x?"}
     )
     with django_capture_on_commit_callbacks(execute=True):
-        response = cast.client(cast.owner).post(f"/api/versions/{bad.pk}/approve", {}, format="json")
+        response = cast.client(cast.curator).post(f"/api/versions/{bad.pk}/approve", {}, format="json")
     assert response.status_code == 400, response.content
     assert response.json()["code"] == "recipe.invalid-vars"
     bad.refresh_from_db()
@@ -188,10 +188,10 @@ def test_the_review_page_and_the_api_show_the_urls_approval_pins(cast: Cast, tem
         "x86-64": "https://github.com/example/evil/releases/download/v1.0.0/evil-1.0.0-amd64",
         "arm64": "https://github.com/example/evil/releases/download/v1.0.0/evil-1.0.0-arm64",
     }
-    detail = cast.client(cast.owner).get(f"/api/versions/{version.pk}/").json()
+    detail = cast.client(cast.curator).get(f"/api/versions/{version.pk}/").json()
     assert {s["arch"]: s["url"] for s in detail["source_urls"]} == expected
-    client = cast.client(cast.owner)
-    client.force_login(cast.owner)
+    client = cast.client(cast.curator)
+    client.force_login(cast.curator)
     page = client.get(f"/versions/{version.pk}/review/")
     assert page.status_code == 200
     text = page.content.decode()

@@ -23,7 +23,7 @@ def _pinning(cast: Cast, version: str, *, decided_ago: timedelta) -> ExtensionVe
         extension=extension,
         version=version,
         status=VersionStatus.PINNING,
-        decided_by=cast.owner,
+        decided_by=cast.curator,
         decided_at=timezone.now() - decided_ago,
     )
 

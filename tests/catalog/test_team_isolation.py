@@ -20,7 +20,7 @@ def catalog(cast: Cast, tmp_path: Path) -> ExtensionVersion:
     """A global 'demo' and team blue's private 'secret'; returns secret's v1.0.1."""
     write_recipe(tmp_path, "demo", DEMO_RECIPE)
     call_command("sync_catalog", "--recipes-dir", str(tmp_path), verbosity=0)
-    response = cast.client(cast.owner).post(
+    response = cast.client(cast.curator).post(
         "/api/extensions/", {"team": "blue", "recipe": SECRET}, format="json"
     )
     assert response.status_code == 201, response.content
@@ -34,13 +34,13 @@ def names(client, query: str = "") -> set[str]:
 
 
 def test_lists_show_global_plus_own_team_only(cast: Cast, catalog: ExtensionVersion) -> None:
-    assert names(cast.client(cast.owner)) == {"demo", "secret"}
+    assert names(cast.client(cast.curator)) == {"demo", "secret"}
     assert names(cast.client(cast.teammate)) == {"demo", "secret"}
     assert names(cast.client(cast.outsider)) == {"demo"}
     assert names(cast.client(cast.outsider), "?search=secret") == set()
-    assert names(cast.client(cast.owner), "?search=secret") == {"secret"}
-    assert names(cast.client(cast.owner), "?category=tool&arch=arm64") == {"demo", "secret"}
-    assert names(cast.client(cast.owner), "?category=kubernetes") == set()
+    assert names(cast.client(cast.curator), "?search=secret") == {"secret"}
+    assert names(cast.client(cast.curator), "?category=tool&arch=arm64") == {"demo", "secret"}
+    assert names(cast.client(cast.curator), "?category=kubernetes") == set()
 
 
 def test_anonymous_users_see_nothing(catalog: ExtensionVersion) -> None:
@@ -96,7 +96,7 @@ def test_roles_inside_the_team(cast: Cast, catalog: ExtensionVersion) -> None:
     assert (
         builder.post(f"/api/versions/{catalog.pk}/reject", {"reason": "no"}, format="json").status_code == 403
     )
-    curator = cast.client(cast.owner)
+    curator = cast.client(cast.curator)
     assert (
         curator.post(f"/api/versions/{catalog.pk}/reject", {"reason": "broken"}, format="json").status_code
         == 200
@@ -104,7 +104,7 @@ def test_roles_inside_the_team(cast: Cast, catalog: ExtensionVersion) -> None:
 
 
 def test_team_names_cannot_shadow_the_global_catalog(cast: Cast, catalog: ExtensionVersion) -> None:
-    clash = cast.client(cast.owner).post(
+    clash = cast.client(cast.curator).post(
         "/api/extensions/", {"team": "blue", "recipe": DEMO_RECIPE}, format="json"
     )
     assert clash.status_code == 409
@@ -127,8 +127,8 @@ def test_private_names_are_unique_across_teams(cast: Cast, catalog: ExtensionVer
 def test_a_member_of_two_teams_says_which_team_a_new_extension_is_for(
     cast: Cast, catalog: ExtensionVersion
 ) -> None:
-    Membership.objects.create(team=cast.other_team, user=cast.owner, role=Role.CURATOR)
-    client = cast.client(cast.owner)
+    Membership.objects.create(team=cast.other_team, user=cast.curator, role=Role.CURATOR)
+    client = cast.client(cast.curator)
     assert client.get("/api/extensions/secret/?team=blue").json()["team"] == "blue"
     assert client.get("/api/extensions/secret/?team=red").status_code == 404
     no_team = client.post("/api/extensions/", {"recipe": SECRET.replace("secret", "other")}, format="json")

@@ -63,23 +63,23 @@ def test_the_proposer_cannot_approve_through_the_api_the_page_or_the_admin(
     cast: Cast, catalog: ExtensionVersion
 ) -> None:
     rule_on(cast)
-    assert catalog.proposed_by == cast.owner  # the owner filed the team's recipe
+    assert catalog.proposed_by == cast.curator  # the owner filed the team's recipe
 
-    api = cast.client(cast.owner).post(
+    api = cast.client(cast.curator).post(
         f"/api/versions/{catalog.pk}/approve", {"reason": "mine"}, format="json"
     )
     assert api.status_code == 403
     assert api.json()["code"] == "approval.same-person"
     assert "another curator must approve it" in api.json()["message"]
 
-    page_client = web_client(cast.owner)
+    page_client = web_client(cast.curator)
     review = page_client.get(f"/versions/{catalog.pk}/review/")
     assert "another curator must approve it" in review.content.decode()
     page = page_client.post(f"/versions/{catalog.pk}/review/", {"decision": "approve", "reason": "mine"})
     assert page.status_code == 403
     assert "another curator must approve it" in page.content.decode()
 
-    admin = web_client(cast.owner, admin_site=True).post(
+    admin = web_client(cast.curator, admin_site=True).post(
         CHANGELIST,
         {"action": "approve_versions", "_selected_action": [catalog.pk], "reason": "x"},
         follow=True,
@@ -125,7 +125,7 @@ def test_a_rejected_version_cannot_be_proposed_again_to_change_hands(
     again = cast.client(other).post("/api/extensions/secret/versions/", {"version": "v1.0.1"}, format="json")
     assert again.status_code == 409
     catalog.refresh_from_db()
-    assert catalog.status == VersionStatus.REJECTED and catalog.proposed_by == cast.owner
+    assert catalog.status == VersionStatus.REJECTED and catalog.proposed_by == cast.curator
 
 
 def test_another_curator_approves_and_the_audit_names_both(cast: Cast, catalog: ExtensionVersion) -> None:
@@ -139,13 +139,13 @@ def test_another_curator_approves_and_the_audit_names_both(cast: Cast, catalog: 
     assert response.status_code == 200, response.content
     assert response.json()["status"] == VersionStatus.PINNING
     record = approval_record(catalog)
-    assert record.actor == other and record.proposer == cast.owner
+    assert record.actor == other and record.proposer == cast.curator
     shown = [a for a in response.json()["approvals"] if a["action"] == "approved"]
     assert shown == [
         {
             "action": "approved",
             "actor": "second",
-            "proposer": "owner",
+            "proposer": "cora",
             "at": shown[0]["at"],
             "reason": "read it",
         }
@@ -156,10 +156,10 @@ def test_without_the_rule_a_curator_still_approves_their_own_proposal(
     cast: Cast, catalog: ExtensionVersion
 ) -> None:
     assert cast.team.two_person_approval is False  # teams start without the rule
-    response = cast.client(cast.owner).post(f"/api/versions/{catalog.pk}/approve", {}, format="json")
+    response = cast.client(cast.curator).post(f"/api/versions/{catalog.pk}/approve", {}, format="json")
     assert response.status_code == 200, response.content
     record = approval_record(catalog)
-    assert record.actor == cast.owner and record.proposer == cast.owner
+    assert record.actor == cast.curator and record.proposer == cast.curator
     # Roles are unchanged: a builder cannot approve, whatever the rule.
     rule_on(cast)
     other = ExtensionVersion.objects.get(extension__name="secret", version="v1.0.0")
@@ -169,13 +169,15 @@ def test_without_the_rule_a_curator_still_approves_their_own_proposal(
 
 def test_team_admins_switch_the_rule_by_api_and_page(cast: Cast, catalog: ExtensionVersion) -> None:
     boss = team_admin(cast)
-    assert cast.client(cast.owner).get("/api/teams/blue/").json() == {
+    assert cast.client(cast.curator).get("/api/teams/blue/").json() == {
         "slug": "blue",
         "name": "Blue",
         "two_person_approval": False,
         "private_artifacts": False,
     }
-    curator = cast.client(cast.owner).patch("/api/teams/blue/", {"two_person_approval": True}, format="json")
+    curator = cast.client(cast.curator).patch(
+        "/api/teams/blue/", {"two_person_approval": True}, format="json"
+    )
     assert curator.status_code == 403 and curator.json()["code"] == "forbidden"
     assert (
         cast.client(cast.outsider)
@@ -188,16 +190,16 @@ def test_team_admins_switch_the_rule_by_api_and_page(cast: Cast, catalog: Extens
 
     switched = cast.client(boss).patch("/api/teams/blue/", {"two_person_approval": True}, format="json")
     assert switched.status_code == 200 and switched.json()["two_person_approval"] is True
-    refused = cast.client(cast.owner).post(f"/api/versions/{catalog.pk}/approve", {}, format="json")
+    refused = cast.client(cast.curator).post(f"/api/versions/{catalog.pk}/approve", {}, format="json")
     assert refused.status_code == 403 and refused.json()["code"] == "approval.same-person"
 
-    assert web_client(cast.owner).post("/teams/blue/", {"team_settings": "1"}).status_code == 403
+    assert web_client(cast.curator).post("/teams/blue/", {"team_settings": "1"}).status_code == 403
     page = web_client(boss).post("/teams/blue/", {"team_settings": "1"}, follow=True)  # box unticked: off
     assert page.status_code == 200 and "Two people approve: off" in page.content.decode()
     cast.team.refresh_from_db()
     assert cast.team.two_person_approval is False
     assert (
-        cast.client(cast.owner).post(f"/api/versions/{catalog.pk}/approve", {}, format="json").status_code
+        cast.client(cast.curator).post(f"/api/versions/{catalog.pk}/approve", {}, format="json").status_code
         == 200
     )
 

@@ -35,8 +35,9 @@ from builds import services
 from builds.access import flavour_token
 from builds.adapters.store import get_artifact_store
 from builds.models import Artifact, ArtifactKind, Build, BuildState, WebhookDelivery
-from catalog.models import ExtensionVersion, Membership, Role, Team, VersionStatus
+from catalog.models import ExtensionVersion, VersionStatus
 from tests.builds.catalog_fixtures import make_extension
+from tests.factories import make_cast
 
 pytestmark = [pytest.mark.reliability, pytest.mark.django_db]
 
@@ -73,15 +74,17 @@ def make_world(settings: Any, tmp_path: Path) -> World:
     settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = False
     # Sign-in cells check wrong passwords; a slow hasher would only slow the matrix down.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    blue = Team.objects.create(name="Blue", slug="blue")
-    red = Team.objects.create(name="Red", slug="red")
-    users: dict[str, User | None] = {"anonymous": None}
-    for role in MEMBERS:
-        users[role] = User.objects.create(username=f"blue-{role}")
-        Membership.objects.create(team=blue, user=users[role], role=role)
-    users["outsider"] = User.objects.create(username="red-admin")
-    Membership.objects.create(team=red, user=users["outsider"], role=Role.ADMIN)
-    users["staff"] = User.objects.create(username="staff", is_staff=True)
+    cast = make_cast()
+    blue = cast.blue
+    users: dict[str, User | None] = {
+        "anonymous": None,
+        "viewer": cast.viewer,
+        "builder": cast.builder,
+        "curator": cast.curator,
+        "admin": cast.admin,
+        "outsider": cast.outsider,  # admin of team red
+        "staff": cast.staff,  # in no team
+    }
 
     make_extension("hello")
     private = make_extension(
@@ -259,7 +262,7 @@ ROUTES: dict[str, Route] = {
     "api/docs/": Route({}, {"GET": Call(everyone({200}))}),
     # Wrong credentials are a 400 for everyone (the throttle may answer 429): never a 5xx.
     "api/auth/token/": Route(
-        {}, {"POST": Call(everyone({400, 429}), {"username": "blue-admin", "password": "wrong"})}
+        {}, {"POST": Call(everyone({400, 429}), {"username": "alice", "password": "wrong"})}
     ),
     "api/extensions/": Route(
         {},
@@ -344,7 +347,7 @@ ROUTES: dict[str, Route] = {
         {},
         {
             "GET": Call(lambda role: {200} if role == "anonymous" else {302}),
-            "POST": Call(everyone({200, 302, 429}), {"username": "blue-admin", "password": "wrong"}),
+            "POST": Call(everyone({200, 302, 429}), {"username": "alice", "password": "wrong"}),
         },
     ),
     "signout/": Route({}, {"POST": Call(everyone({302}))}),
