@@ -26,13 +26,13 @@ from tests.builds.test_end_to_end import (  # noqa: F401 - fixtures
     Worker,
     api,
     bucket,
+    cast,
     compose,
     finished,
     portal_side,
     queue_name,
     s3,
     start_worker,
-    team_cast,
     upstream_server,
     wait_for,
     worker_env,
@@ -91,7 +91,7 @@ def _wait_reconnected(worker: Worker, since: int) -> None:
 
 
 def test_the_worker_survives_a_redis_restart_while_idle_and_builds_afterwards(
-    team_cast: Any,
+    cast: Any,
     restarted_worker: Worker,
     broker: RedisServer,
     portal_side: Any,
@@ -104,7 +104,7 @@ def test_the_worker_survives_a_redis_restart_while_idle_and_builds_afterwards(
     _assert_alive(restarted_worker)
 
     serve_extension(upstream_server, "after-restart")
-    client = api(team_cast.teammate)
+    client = api(cast.teammate)
     flavour = compose(client, "after restart", ["after-restart"])
     response = client.post(f"/api/flavours/{flavour['id']}/builds/")
     assert response.status_code == 202, response.content
@@ -113,14 +113,14 @@ def test_the_worker_survives_a_redis_restart_while_idle_and_builds_afterwards(
 
 
 def test_a_build_in_flight_survives_a_redis_restart(
-    team_cast: Any,
+    cast: Any,
     restarted_worker: Worker,
     broker: RedisServer,
     portal_side: Any,
     upstream_server: UpstreamServer,
 ) -> None:
     serve_extension(upstream_server, "through-restart", delay=8.0)
-    client = api(team_cast.teammate)
+    client = api(cast.teammate)
     flavour = compose(client, "through restart", ["through-restart"])
     build_id = client.post(f"/api/flavours/{flavour['id']}/builds/").json()["id"]
     wait_for(client, build_id, restarted_worker, lambda b: b["state"] == "fetching" and b["heartbeat_at"])
@@ -134,14 +134,14 @@ def test_a_build_in_flight_survives_a_redis_restart(
 
 
 def test_a_build_requested_while_redis_is_down_is_accepted_and_queued_again_by_the_reaper(
-    team_cast: Any,
+    cast: Any,
     restarted_worker: Worker,
     broker: RedisServer,
     portal_side: Any,
     upstream_server: UpstreamServer,
 ) -> None:
     serve_extension(upstream_server, "while-down")
-    client = api(team_cast.teammate)
+    client = api(cast.teammate)
     flavour = compose(client, "while down", ["while-down"])
     broker.stop()
     try:

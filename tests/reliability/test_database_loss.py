@@ -31,12 +31,12 @@ from tests.builds.test_end_to_end import (  # noqa: F401 - fixtures
     Worker,
     api,
     bucket,
+    cast,
     compose,
     finished,
     portal_side,
     queue_name,
     s3,
-    team_cast,
     upstream_server,
     wait_for,
     worker,
@@ -60,10 +60,10 @@ def terminate_other_backends() -> int:
 
 
 def test_a_build_survives_its_database_connections_being_dropped(
-    team_cast: Any, worker: Worker, portal_side: Any, upstream_server: UpstreamServer
+    cast: Any, worker: Worker, portal_side: Any, upstream_server: UpstreamServer
 ) -> None:
     serve_extension(upstream_server, "db-dropped", delay=10.0)
-    client = api(team_cast.teammate)
+    client = api(cast.teammate)
     flavour = compose(client, "db dropped", ["db-dropped"])
     build_id = client.post(f"/api/flavours/{flavour['id']}/builds/").json()["id"]
     wait_for(client, build_id, worker, lambda b: b["state"] == "fetching" and b["heartbeat_at"])
@@ -113,9 +113,9 @@ def gunicorn(worker_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
 
 
 def test_web_requests_after_the_database_dropped_their_connections_answer_200(
-    team_cast: Any, gunicorn: str
+    cast: Any, gunicorn: str
 ) -> None:
-    token = Token.objects.create(user=team_cast.teammate)
+    token = Token.objects.create(user=cast.teammate)
     headers = {"Authorization": f"Token {token.key}"}
 
     def statuses() -> list[int]:

@@ -26,13 +26,13 @@ from tests.builds.test_end_to_end import (  # noqa: F401 - fixtures
     _route_to,
     api,
     bucket,
+    cast,
     compose,
     finished,
     portal_side,
     queue_name,
     s3,
     start_worker,
-    team_cast,
     upstream_server,
     wait_for,
     worker_env,
@@ -77,7 +77,7 @@ def test_runportal_on_a_remote_broker_without_a_signing_key_refuses_to_start(tmp
 @end_to_end_marks[1]
 @pytest.mark.integration
 def test_two_workers_on_two_var_dirs_sign_with_the_one_shared_key(
-    team_cast: Any,
+    cast: Any,
     worker_env: dict[str, str],
     portal_side: Any,
     bucket: str,
@@ -88,7 +88,7 @@ def test_two_workers_on_two_var_dirs_sign_with_the_one_shared_key(
     with GpgSigner(key_file) as signer:
         keyring = signer.export_public_keyring()
     previous = app.conf.task_default_queue
-    client = api(team_cast.teammate)
+    client = api(cast.teammate)
     workers = []
     try:
         for machine in ("one", "two"):
