@@ -257,7 +257,7 @@ def test_curator_deprecates_an_approved_version(client, cast):
 
 
 def test_unknown_filter_value_is_a_form_error_and_lists_nothing(client, cast):
-    client.force_login(cast["owner"])
+    client.force_login(cast.curator)
     response = client.get("/catalog/", {"category": "nope"})
     assert response.status_code == 200
     assert _names(response) == set()
