@@ -1165,24 +1165,15 @@ def _flavour_files(
     flavour: Flavour, config: Any, images: list[_ReadyImage], public_url: Callable[[str], str]
 ) -> dict[str, bytes]:
     """config.bu, config.ign, the transfer files and the SBOM, as published for the flavour."""
-    from builds.pipeline.butane.render import render_butane, render_ignition
-    from builds.pipeline.sysupdate import render_transfer, transfer_file_name
+    from builds.pipeline.butane.render import render_butane, render_ignition, transfer_files
     from builds.publication import SBOM_FILE_NAME, SbomComponent, SbomSource, flavour_prefix, render_sbom
 
     files: dict[str, bytes] = {
         "config.bu": render_butane(config).encode("utf-8"),
         "config.ign": render_ignition(config).encode("utf-8"),
     }
-    if config.updates:
-        for extension_image in config.extensions:
-            name = transfer_file_name(extension_image.name, extension_image.minor_pin)
-            text = render_transfer(
-                extension_image.name,
-                extension_image.publish_url,
-                verify=config.signed,
-                minor_pin=extension_image.minor_pin,
-            )
-            files[name] = text.encode("utf-8")
+    for transfer in transfer_files(config):
+        files[transfer.file_name] = transfer.text.encode("utf-8")
     components = []
     for ready in images:
         digests = ready.build_image.extension_version.digests.filter(arch=flavour.arch).order_by("source_id")
