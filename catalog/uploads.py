@@ -136,7 +136,7 @@ def check_archive_contents(data: bytes, kind: str, file_name: str) -> None:
     """Unpack an upload strictly within its budgets and check the layout (run by a worker).
 
     Raises CatalogError with the refusal's code and sentence. The scratch directory is removed
-    whatever happens (short of SIGKILL: see ``builds.services.scratch_remove_stale``).
+    whatever happens (short of SIGKILL: see ``builds.recovery.scratch_remove_stale``).
     """
     with tempfile.TemporaryDirectory(prefix="bakehouse-upload-") as scratch:
         # Named after the user's file so the unpacker's messages speak of it.

@@ -551,10 +551,10 @@ def reap() -> None:
     """What beat's builds-reap-stale does every minute in production."""
     from django.db import DatabaseError, connection
 
-    from builds import services
+    from builds import recovery
 
     try:
-        services.builds_reap_stale()
+        recovery.builds_reap_stale()
     except DatabaseError:
         connection.close()
 
