@@ -289,9 +289,9 @@ class _BakeProgress:
             self._last_message = message
             self._last_write = now
             self.steps.log(f"[{self.label}] {stage}: {message}")
-            self.steps.progress(
-                "bake", STEPS["bake"][1] + int(BAKE_SHARE * (self.index + within) / self.count)
-            )
+            state = BuildState.FETCHING if stage == "fetch" else BuildState.BAKING
+            percent = STEPS["bake"][1] + int(BAKE_SHARE * (self.index + within) / self.count)
+            self.steps.progress("bake", percent, state=state)
 
 
 def _image_record(

@@ -26,7 +26,10 @@ def queue_task(task_name: str, *args: Any) -> None:
 
     def send() -> None:
         try:
-            # By name: a registered task applies its own options (and runs eagerly in unit tests).
+            if task_name not in current_app.tasks:
+                # A web process has not imported the task modules: discover them (as a worker
+                # does at start), so the task's own options apply (and eager mode in tests).
+                current_app.loader.import_default_modules()
             current_app.signature(task_name, args=args).delay()
         except (BrokerUnreachable, OSError) as exc:
             logger.warning("could not queue %s%r (%s); it is queued again later", task_name, args, exc)

@@ -42,7 +42,7 @@ STATE_ORDER = [
 # to a state (never backwards) and the progress bar to where the step starts; bake fills 5-75%.
 STEPS = {
     "plan": (BuildState.FETCHING, 2),
-    "bake": (BuildState.BAKING, 5),
+    "bake": (BuildState.FETCHING, 5),  # baking from the first stage past the download
     "verify": (BuildState.VERIFYING, 76),
     "sign": (BuildState.SIGNING, 82),
     "publish": (BuildState.PUBLISHING, 88),
@@ -127,9 +127,9 @@ class BuildSteps:
             raise
         BuildStep.objects.filter(pk=row.pk).update(finished_at=timezone.now(), outcome=row.outcome or "ok")
 
-    def progress(self, name: str, percent: int) -> None:
-        """Move the progress bar within step ``name`` (and refresh the heartbeat)."""
-        advance(self.build_id, STEPS[name][0], step=name, progress=percent)
+    def progress(self, name: str, percent: int, *, state: str | None = None) -> None:
+        """Move the progress bar (and the state, if given) within step ``name``; refresh the heartbeat."""
+        advance(self.build_id, state or STEPS[name][0], step=name, progress=percent)
 
     def check_cancel(self) -> None:
         check_cancel(self.build_id)
