@@ -30,7 +30,6 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from builds import queueing
 from builds.flavour_files import ReadyImage, flavour_config, flavour_files
 from builds.flavours import FlavourOptions
 from builds.images import cached_image, download_image, image_cache_key_for, sha512_file
@@ -46,6 +45,7 @@ from builds.models import (
 )
 from builds.pipeline.errors import PipelineError
 from builds.steps import BAKE_SHARE, STEPS, BuildCancelled, BuildSteps, Heartbeat, build_end
+from portal import queueing
 
 
 def build_start(*, build_id: Any) -> None:

@@ -15,8 +15,9 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from builds import director, queueing, steps
+from builds import director, steps
 from builds.models import ACTIVE_BUILD_STATES, Build, BuildImage, BuildState
+from portal import queueing
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 ``flavour_create``, ``build_request``, ``build_retry``, ``build_cancel``, ``webhook_create``. A
 build, once requested, is run by the director (``builds.director``) in Celery tasks; services queue
-those by name (``builds.queueing``) after the request's transaction commits, so a worker never sees
+those by name (``portal.queueing``) after the request's transaction commits, so a worker never sees
 an id whose row is not committed yet.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from builds import queueing, steps, webhooks
+from builds import steps, webhooks
 from builds.flavours import FlavourChoices, FlavourOptions, flavour_choices_resolve
 from builds.models import (
     ACTIVE_BUILD_STATES,
@@ -26,6 +26,7 @@ from builds.models import (
     Webhook,
 )
 from catalog.models import Delivery, ExtensionVersion, Team
+from portal import queueing
 
 logger = logging.getLogger(__name__)
 

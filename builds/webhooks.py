@@ -17,10 +17,10 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from builds import queueing
 from builds.models import Artifact, Build, Webhook, WebhookDelivery
 from builds.pipeline.egress import EgressRule, address_problem, pinned_session, send_pinned
 from builds.pipeline.errors import PipelineError
+from portal import queueing
 
 WEBHOOK_HINT = (
     "a private or local address: webhooks go to public hosts (operators may set "

@@ -231,17 +231,19 @@ def write_archive(path: Path, upload: UploadedArchive) -> Path:
 
 
 def _uploads(extension: Extension) -> list[tuple[str, str, str, bool]]:
-    """(version, kind, sha256, deprecated) of every uploaded version, oldest first."""
-    from catalog.models import UploadedArchive
+    """(version, kind, sha256, deprecated) of every uploaded version, oldest first.
 
+    Read through the extension's own relations, so this module never imports the models (which
+    import it for ``Extension.recipe``).
+    """
+    refused = "refused"  # UploadedArchive.State.REFUSED
     rows = (
-        UploadedArchive.objects.filter(version__extension=extension)
-        .exclude(state=UploadedArchive.State.REFUSED)
-        .order_by("version__proposed_at", "pk")
+        extension.versions.filter(upload__isnull=False)
+        .exclude(upload__state=refused)
+        .order_by("proposed_at", "upload__pk")
+        .values_list("version", "upload__kind", "upload__sha256", "deprecated")
     )
-    return [
-        (u.version.version, u.kind, u.sha256, u.version.deprecated) for u in rows.select_related("version")
-    ]
+    return [(version, kind, sha256, deprecated) for version, kind, sha256, deprecated in rows]
 
 
 def upload_recipe(extension: Extension) -> Recipe:

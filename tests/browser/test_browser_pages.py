@@ -32,7 +32,7 @@ def world(transactional_db):
 
 def queued_docker_build(world, name):
     """A build of Alice's docker flavour, left queued: no worker runs in these page tests."""
-    with mock.patch("builds.queueing.queue_task"):
+    with mock.patch("portal.queueing.queue_task"):
         flavour, _ = services.flavour_create(
             user=world["alice"], team=world["blue"], name=name, arch="x86-64",
             extensions=[{"name": "docker", "version": "28.0.4"}],
