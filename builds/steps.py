@@ -30,14 +30,9 @@ from builds.models import ACTIVE_BUILD_STATES, Build, BuildLogLine, BuildState, 
 
 logger = logging.getLogger(__name__)
 
-STATE_ORDER = [
-    BuildState.QUEUED,
-    BuildState.FETCHING,
-    BuildState.BAKING,
-    BuildState.VERIFYING,
-    BuildState.SIGNING,
-    BuildState.PUBLISHING,
-]
+# Order in which states advance (the active states are declared in that order); parallel bake
+# tasks only ever move a build forward.
+STATE_ORDER = list(ACTIVE_BUILD_STATES)
 # The steps of every build, in order: the names its page, API and log show. Each moves the build
 # to a state (never backwards) and the progress bar to where the step starts; bake fills 5-75%.
 STEPS = {

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from builds.pipeline import archive
 from builds.pipeline.checksums import SIGNATURE_FILE_NAME, SUMS_FILE_NAME, sha256_file
@@ -324,15 +323,11 @@ def bake_sysext(
     before = set(store.list())
     try:
         with tempfile.TemporaryDirectory(prefix="bh-bake-out-", dir=work_dir) as scratch:
-            baked, publication = _bake_and_publish(
-                store,
-                scratch,
+            baked = bake_image(
                 recipe,
                 version,
                 arch,
-                signer,
-                transfers,
-                before,
+                scratch,
                 fetcher=fetcher,
                 work_dir=work_dir,
                 image_format=image_format,
@@ -343,6 +338,7 @@ def bake_sysext(
                 timestamp=timestamp,
                 unpack_limits=unpack_limits,
             )
+            publication = _publish_into(store, baked, signer, transfers, before, progress)
     except BaseException:
         if created_out:
             _remove_if_empty(out)
@@ -363,27 +359,24 @@ def bake_sysext(
     )
 
 
-def _bake_and_publish(
+def _publish_into(
     store: DirectoryStore,
-    scratch: str,
-    recipe: Recipe,
-    version: str,
-    arch: str,
+    baked: BakedImage,
     signer: GpgSigner | None,
     transfers: dict[str, bytes],
     before: set[str],
-    **bake_options: Any,
-) -> tuple[BakedImage, ExtensionPublication]:
-    baked = bake_image(recipe, version, arch, scratch, **bake_options)
-    steps = _Steps(bake_options["progress"])
+    progress: Progress | None,
+) -> ExtensionPublication:
+    """Publish ``baked`` into the CLI's directory; on failure remove what this run wrote there."""
+    steps = _Steps(progress)
     try:
         with steps.step("publish", f"publishing into {store.root}") as detail:
             publication = publish_extension(
                 store,
                 signer,
                 store.lock,
-                recipe.name,
-                [ImageFile(version, arch, baked.image_path, baked.image_sha256)],
+                baked.name,
+                [ImageFile(baked.version, baked.arch, baked.image_path, baked.image_sha256)],
                 prefix="",
                 extra_files=transfers,
             )
@@ -395,7 +388,7 @@ def _bake_and_publish(
         if isinstance(exc, OSError):
             raise _file_trouble(exc) from exc
         raise
-    return baked, publication
+    return publication
 
 
 def _listed(store: DirectoryStore) -> set[str]:

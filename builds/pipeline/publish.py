@@ -415,6 +415,25 @@ def publish_flavour(
 # --- a served directory on this machine (the CLI) ----------------------------------------------
 
 
+@contextmanager
+def atomic_file(target: Path, tmp_dir: Path, *, prefix: str = "tmp") -> Iterator[IO[bytes]]:
+    """Write ``target`` through a temporary file in ``tmp_dir`` (same file system), synced and
+    renamed into place: a reader sees the old file or the new one, never a partial one."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=tmp_dir, prefix=prefix, delete=False)
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o644)
+        os.replace(handle.name, target)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
 @dataclass(frozen=True)
 class StoredFile:
     key: str
@@ -444,18 +463,8 @@ class DirectoryStore:
 
     def _write(self, key: str, fill: Callable[[IO[bytes]], None]) -> StoredFile:
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(dir=self.root, prefix=".bakehouse-", delete=False)
-        try:
-            with handle:
-                fill(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(handle.name, 0o644)
-            os.replace(handle.name, target)
-        except BaseException:
-            Path(handle.name).unlink(missing_ok=True)
-            raise
+        with atomic_file(target, self.root, prefix=".bakehouse-") as handle:
+            fill(handle)
         stored = self.stat(key)
         if stored is None:
             raise PipelineError(
