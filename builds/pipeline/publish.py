@@ -461,7 +461,7 @@ class DirectoryStore:
             check_file_name(part)
         return self.root.joinpath(*parts)
 
-    def _write(self, key: str, fill: Callable[[IO[bytes]], None]) -> StoredFile:
+    def _write(self, key: str, fill: Callable[[IO[bytes]], object]) -> StoredFile:
         target = self._path(key)
         with atomic_file(target, self.root, prefix=".bakehouse-") as handle:
             fill(handle)
@@ -503,7 +503,7 @@ class DirectoryStore:
     def list(self, prefix: str = "") -> list[str]:
         if not self.root.is_dir():
             return []
-        keys = []
+        keys: list[str] = []
         for directory, dirnames, filenames in os.walk(self.root):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             relative = Path(directory).relative_to(self.root)
