@@ -181,7 +181,7 @@ class Build(models.Model):
 
 
 class BuildStep(models.Model):
-    """A timed step of a build (fetch, bake NAME, verify, sign, publish...)."""
+    """A timed step of a build: plan, bake (one per image), verify, sign, publish, notify."""
 
     build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="steps")
     name = models.CharField(max_length=100)

@@ -1,15 +1,17 @@
-"""Celery tasks of the builds app: each loads ids and calls one service.
+"""Celery tasks of the builds app: each loads ids and calls one director, recovery or webhook function.
 
-Retry policy: a service lets retryable trouble propagate (a ``PipelineError`` with
-``retryable=True``, a lost database or store connection); the task retries it with exponential
-backoff and, once out of attempts, fails the build with ``build.infrastructure`` so no build is
-ever left hanging. User errors never reach here: the service has already failed the build.
-``acks_late`` (set globally) means a worker that dies mid-task gets its message redelivered.
+Retry policy: the director lets retryable trouble propagate (a ``PipelineError`` with
+``retryable=True``, a lost database or store connection); Celery retries it (``autoretry_for``,
+exponential backoff with jitter) and, on the last attempt, the task fails the build with the
+error's code so no build is ever left hanging. User errors never reach here: the director has
+already failed the build. ``acks_late`` means a worker that dies mid-task gets its message
+redelivered.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
@@ -17,7 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
 from django.db import DatabaseError
 
-from builds import services
+from builds import director, recovery, steps, webhooks
 from builds.pipeline.errors import PipelineError
 
 logger = logging.getLogger(__name__)
@@ -26,98 +28,143 @@ MAX_RETRIES = 4
 # Soft limits per task; the hard limit (settings) kills a task that ignores its soft limit.
 BAKE_SOFT_TIME_LIMIT = 45 * 60
 FINALIZE_SOFT_TIME_LIMIT = 30 * 60
+INFRASTRUCTURE = (PipelineError, DatabaseError, OSError, ConnectionError, TimeoutError)
 
 
 def _is_infrastructure(exc: BaseException) -> bool:
     if isinstance(exc, PipelineError):
         return exc.retryable
-    return isinstance(exc, DatabaseError | OSError | ConnectionError | TimeoutError)
+    return isinstance(exc, INFRASTRUCTURE)
 
 
-def _retry_or_fail(task: Task, build_id: str, exc: BaseException) -> None:
-    """Retry an infrastructure failure with backoff; after the last attempt, fail the build."""
-    # The failure may be a dropped database connection: replace it before recording anything,
-    # else the log line below fails too and the task dies without its retry.
-    services.database_reconnect_if_broken()
-    if isinstance(exc, SoftTimeLimitExceeded):
-        services.build_fail(
-            build_id=build_id,
-            code="build.time-limit",
-            message=f"A build step ran past its time limit ({task.soft_time_limit} s) and was stopped; "
-            "a hanging upstream or a very large image is the usual cause.",
-        )
-        return
-    if not _is_infrastructure(exc):
-        logger.exception("build %s: unexpected error", build_id)
-        services.build_fail(
-            build_id=build_id,
-            code="build.internal-error",
-            message=f"An unexpected error stopped the build ({type(exc).__name__}); see the worker log.",
-        )
-        return
-    code = exc.code if isinstance(exc, PipelineError) else "build.infrastructure"
-    message = exc.message if isinstance(exc, PipelineError) else str(exc) or type(exc).__name__
-    if task.request.retries >= MAX_RETRIES:
-        services.build_fail(
-            build_id=build_id,
-            code=code,
-            message=f"{message} (gave up after {MAX_RETRIES + 1} attempts; retry the build later)",
-        )
-        return
-    countdown = min(5 * 2**task.request.retries, 300)
-    services.build_log(
-        build_id=build_id, text=f"Infrastructure trouble ({code}: {message}); retrying in {countdown} s."
-    )
-    raise task.retry(exc=exc, countdown=countdown, max_retries=MAX_RETRIES)
+def _describe(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, PipelineError):
+        return exc.code, exc.message
+    return "build.infrastructure", str(exc) or type(exc).__name__
+
+
+class BuildTask(Task):
+    """A build task: infrastructure trouble is retried by Celery with backoff and jitter."""
+
+    acks_late = True
+    autoretry_for = INFRASTRUCTURE
+    max_retries = MAX_RETRIES
+    retry_backoff = 5
+    retry_backoff_max = 300
+    retry_jitter = True
+
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: Any = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: Any = None,
+        max_retries: Any = None,
+        **options: Any,
+    ) -> Any:
+        if exc is not None and self.request.args:
+            code, message = _describe(exc)
+            wait = f"in {int(countdown)} s" if countdown is not None else "later"
+            steps.build_log(
+                build_id=self.request.args[0],
+                text=f"Infrastructure trouble ({code}: {message}); retrying {wait}.",
+            )
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
+
+def _run(task: Task, build_id: str, work: Callable[[], None]) -> None:
+    """Run ``work``; end the build on a time limit, a bug or the last failed attempt, else let
+    Celery's ``autoretry_for`` retry the infrastructure trouble."""
+    try:
+        work()
+    except Exception as exc:
+        # The failure may be a dropped database connection: replace it before recording anything,
+        # else the log line below fails too and the task dies without its retry.
+        steps.database_reconnect_if_broken()
+        if isinstance(exc, SoftTimeLimitExceeded):
+            steps.build_fail(
+                build_id=build_id,
+                code="build.time-limit",
+                message=f"A build step ran past its time limit ({task.soft_time_limit} s) and was stopped; "
+                "a hanging upstream or a very large image is the usual cause.",
+            )
+            return
+        if not _is_infrastructure(exc):
+            logger.exception("build %s: unexpected error", build_id)
+            steps.build_fail(
+                build_id=build_id,
+                code="build.internal-error",
+                message=f"An unexpected error stopped the build ({type(exc).__name__}); see the worker log.",
+            )
+            return
+        if task.request.retries >= MAX_RETRIES:
+            code, message = _describe(exc)
+            steps.build_fail(
+                build_id=build_id,
+                code=code,
+                message=f"{message} (gave up after {MAX_RETRIES + 1} attempts; retry the build later)",
+            )
+            return
+        raise
 
 
 @worker_ready.connect
 def _recover_at_worker_start(**_: Any) -> None:
     """Before taking work: finish publications and remove scratch that killed workers left."""
     try:
-        services.worker_start_recover()
+        recovery.worker_start_recover()
     except Exception:  # the store or database may be down; the next publication recovers too
         logger.exception("recovery at worker start failed")
 
 
-@shared_task(bind=True, acks_late=True, max_retries=MAX_RETRIES, soft_time_limit=300)
+@shared_task(bind=True, base=BuildTask, soft_time_limit=300)
 def build_start(self: Task, build_id: str) -> None:
-    """Plan a build: reuse cached images, queue one bake task per missing image."""
-    try:
-        services.build_start(build_id=build_id)
-    except Exception as exc:
-        _retry_or_fail(self, build_id, exc)
+    """plan: reuse cached images, queue one bake task per missing image."""
+    _run(self, build_id, lambda: director.build_start(build_id=build_id))
 
 
-@shared_task(bind=True, acks_late=True, max_retries=MAX_RETRIES, soft_time_limit=BAKE_SOFT_TIME_LIMIT)
+@shared_task(bind=True, base=BuildTask, soft_time_limit=BAKE_SOFT_TIME_LIMIT)
 def build_bake_image(self: Task, build_id: str, build_image_id: int) -> None:
-    """Bake one extension image of a build (these run in parallel across workers)."""
-    try:
-        services.build_image_bake(build_id=build_id, build_image_id=build_image_id)
-    except Exception as exc:
-        _retry_or_fail(self, build_id, exc)
+    """bake: one extension image of a build (these run in parallel across workers)."""
+    _run(self, build_id, lambda: director.build_image_bake(build_id=build_id, build_image_id=build_image_id))
 
 
-@shared_task(bind=True, acks_late=True, max_retries=MAX_RETRIES, soft_time_limit=FINALIZE_SOFT_TIME_LIMIT)
+@shared_task(bind=True, base=BuildTask, soft_time_limit=FINALIZE_SOFT_TIME_LIMIT)
 def build_finalize(self: Task, build_id: str) -> None:
-    """Verify, sign, render Butane/Ignition and publish, once every image is ready."""
-    try:
-        services.build_finalize(build_id=build_id)
-    except Exception as exc:
-        _retry_or_fail(self, build_id, exc)
+    """verify, sign, publish, notify: once every image is ready."""
+    _run(self, build_id, lambda: director.build_finalize(build_id=build_id))
 
 
 @shared_task(acks_late=True, soft_time_limit=120)
 def builds_reap_stale() -> list[str]:
     """Periodic: fail builds whose heartbeat stopped (see CELERY_BEAT_SCHEDULE)."""
-    return services.builds_reap_stale()
+    return recovery.builds_reap_stale()
 
 
-@shared_task(bind=True, acks_late=True, max_retries=6, soft_time_limit=60)
-def webhook_deliver(self: Task, delivery_id: int) -> Any:
+class WebhookNotDelivered(Exception):
+    """The receiver did not take the event yet (a 5xx, a timeout): worth asking again later."""
+
+
+WEBHOOK_MAX_RETRIES = 6
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    soft_time_limit=60,
+    autoretry_for=(WebhookNotDelivered,),
+    max_retries=WEBHOOK_MAX_RETRIES,
+    retry_backoff=10,
+    retry_backoff_max=3600,
+    retry_jitter=True,
+)
+def webhook_deliver(self: Task, delivery_id: int) -> None:
     """Send one build event; retried with backoff, never holding up a build."""
-    if not services.webhook_deliver(delivery_id=delivery_id):
-        if self.request.retries < 6:
-            raise self.retry(countdown=min(10 * 2**self.request.retries, 3600))
+    if webhooks.webhook_deliver(delivery_id=delivery_id):
+        return
+    if self.request.retries >= WEBHOOK_MAX_RETRIES:
         logger.warning("webhook delivery %s abandoned after retries", delivery_id)
-    return None
+        return
+    raise WebhookNotDelivered(delivery_id)

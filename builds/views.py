@@ -44,6 +44,7 @@ from builds.forms import (
 from builds.models import Arch, Artifact, ArtifactKind, Build, BuildImage, BuildState, Flavour
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.vocabulary import DEFAULT_ARCH, DEFAULT_CHANNEL
+from builds.preview import PREVIEW_HASH_NOTE, PREVIEW_KEYRING_NOTE, ButanePreview, flavour_preview_butane
 from catalog import services as catalog_services
 from catalog.models import Delivery, ExtensionVersion, Role, Team
 from catalog.permissions import has_team_role
@@ -332,8 +333,8 @@ def compose_review(request: HttpRequest) -> HttpResponse:
         "butane": butane,
         "preview": preview,
         "butane_problem": butane_problem,
-        "preview_hash_note": services.PREVIEW_HASH_NOTE,
-        "preview_keyring_note": services.PREVIEW_KEYRING_NOTE,
+        "preview_hash_note": PREVIEW_HASH_NOTE,
+        "preview_keyring_note": PREVIEW_KEYRING_NOTE,
         "existing": existing,
         "problems": [
             (n, label, f"{reverse(name)}?{state.urlencode()}", problems[n])
@@ -397,7 +398,7 @@ def _latest_artifact_text(flavour: Flavour, kind: str) -> str:
 
 def flavour_butane_preview(
     choices: Any, existing: Flavour | None = None
-) -> tuple[str, services.ButanePreview | None, str]:
+) -> tuple[str, ButanePreview | None, str]:
     """The Butane a review shows, as (text, preview, problem).
 
     The published file when these choices were already built (preview None); otherwise a preview
@@ -407,7 +408,7 @@ def flavour_butane_preview(
     if published:
         return published, None, ""
     try:
-        preview = services.flavour_preview_butane(choices=choices)
+        preview = flavour_preview_butane(choices=choices)
     except PipelineError as refused:
         return "", None, refused.message
     return preview.text, preview, ""

@@ -39,6 +39,7 @@ from catalog.models import (
 )
 from catalog.permissions import require_team_role
 from catalog.selectors import version_sort_key
+from portal import queueing
 
 log = logging.getLogger(__name__)
 
@@ -464,10 +465,7 @@ def version_approve(*, version: ExtensionVersion, actor: Any, reason: str = "") 
             proposer_label=version_proposer_label(locked),
         )
 
-        from catalog.tasks import pin_version_digests
-
-        version_id = locked.pk
-        transaction.on_commit(lambda: pin_version_digests.delay(version_id))
+        queueing.queue_task("catalog.pin_version_digests", locked.pk)
     return locked
 
 
@@ -619,8 +617,6 @@ def uploads_requeue_unchecked(*, now: Any = None, after: float | None = None) ->
     Their task was lost (broker flushed, never sent while the broker was down); the check is
     idempotent, so a duplicate message of an upload that was merely waiting costs nothing.
     """
-    from catalog.tasks import check_upload
-
     after = after if after is not None else settings.CUSTOM_UPLOAD_REQUEUE_AFTER
     cutoff = (now or timezone.now()) - timedelta(seconds=after)
     stuck = list(
@@ -630,7 +626,7 @@ def uploads_requeue_unchecked(*, now: Any = None, after: float | None = None) ->
     )
     for upload_id in stuck:
         log.warning("upload %s is still unchecked; queueing its check again", upload_id)
-        check_upload.delay(upload_id)
+        queueing.queue_task("catalog.check_upload", upload_id)
     return stuck
 
 
@@ -752,8 +748,6 @@ def _refuse_local_files(recipe: Recipe) -> None:
 def _extension_add_upload(*, team: Team, actor: Any, archive: uploads.CustomArchive) -> Extension:
     """Keep the archive and queue its check; the new version is ``checking`` until a worker has
     unpacked it (``uploaded_archive_check``). Nothing is unpacked in the web request."""
-    from catalog.tasks import check_upload
-
     checked = uploads.validate_archive(archive)
     with transaction.atomic():
         extension = Extension.objects.filter(team=team, name=archive.name).first()
@@ -828,7 +822,7 @@ def _extension_add_upload(*, team: Team, actor: Any, archive: uploads.CustomArch
                     fetched_at=timezone.now(),
                 )
         upload_id = upload.pk
-        transaction.on_commit(lambda: check_upload.delay(upload_id))
+        queueing.queue_task("catalog.check_upload", upload_id)
     return extension
 
 

@@ -127,7 +127,7 @@ def check_archive_contents(data: bytes, kind: str, file_name: str) -> None:
     """Unpack an upload strictly within its budgets and check the layout (run by a worker).
 
     Raises CatalogError with the refusal's code and sentence. The scratch directory is removed
-    whatever happens (short of SIGKILL: see ``builds.services.scratch_remove_stale``).
+    whatever happens (short of SIGKILL: see ``builds.recovery.scratch_remove_stale``).
     """
     with tempfile.TemporaryDirectory(prefix="bakehouse-upload-") as scratch:
         # Named after the user's file so the unpacker's messages speak of it.
@@ -223,17 +223,19 @@ def write_archive(path: Path, upload: UploadedArchive) -> Path:
 
 
 def _uploads(extension: Extension) -> list[tuple[str, str, str, bool]]:
-    """(version, kind, sha256, deprecated) of every uploaded version, oldest first."""
-    from catalog.models import UploadedArchive
+    """(version, kind, sha256, deprecated) of every uploaded version, oldest first.
 
+    Read through the extension's own relations, so this module never imports the models (which
+    import it for ``Extension.recipe``).
+    """
+    refused = "refused"  # UploadedArchive.State.REFUSED
     rows = (
-        UploadedArchive.objects.filter(version__extension=extension)
-        .exclude(state=UploadedArchive.State.REFUSED)
-        .order_by("version__proposed_at", "pk")
+        extension.versions.filter(upload__isnull=False)
+        .exclude(upload__state=refused)
+        .order_by("proposed_at", "upload__pk")
+        .values_list("version", "upload__kind", "upload__sha256", "deprecated")
     )
-    return [
-        (u.version.version, u.kind, u.sha256, u.version.deprecated) for u in rows.select_related("version")
-    ]
+    return [(version, kind, sha256, deprecated) for version, kind, sha256, deprecated in rows]
 
 
 def upload_recipe(extension: Extension) -> Recipe:

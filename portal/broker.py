@@ -13,7 +13,7 @@ Celery already handle: the close goes on, the consumer reconnects, the late ackn
 logged and dropped. The message itself is not lost by that: it is still in Redis's unacked set
 (restored after ``visibility_timeout``) unless Redis itself lost it, and the build's state lives
 in the database either way; the reaper re-queues a build whose messages are gone
-(``builds.services.builds_reap_stale``).
+(``builds.recovery.builds_reap_stale``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ import json
 import mimetypes
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from builds.pipeline.errors import PipelineError
+from builds.pipeline.publish import atomic_file
 
 if TYPE_CHECKING:
     import boto3.session
@@ -257,19 +257,8 @@ class LocalArtifactStore(ArtifactStore):
 
     @contextmanager
     def _atomic_target(self, target: Path) -> Iterator[IO[bytes]]:
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(dir=self._tmp, delete=False)
-        try:
-            with handle:
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(handle.name, 0o644)
-            os.replace(handle.name, target)
-        except BaseException:
-            Path(handle.name).unlink(missing_ok=True)
-            raise
+        with atomic_file(target, self._tmp) as handle:
+            yield handle
 
     def _write_record(self, key: str, sha256: str, content_type: str) -> None:
         stat = self.path(key).stat()

@@ -1,9 +1,9 @@
-"""Bake one sysext: recipe -> fetch -> unpack -> assemble -> image -> audit -> SHA256SUMS ->
-sign -> sysupdate transfer file, published atomically into an output directory.
+"""Bake one sysext: recipe -> fetch -> unpack -> assemble -> image -> audit -> hash.
 
-Everything is built in scratch space; the output directory only receives the finished files at
-the very end (renamed in from a staging directory on the same file system), so a failure at any
-step leaves nothing new behind.
+``bake_image`` ends at a hashed, audited image in a directory of the caller's; publishing it
+(SHA256SUMS, signature, transfer files) is ``builds.pipeline.publish``'s job. ``bake_sysext`` is
+the command line's whole run: ``bake_image`` into scratch space, then ``publish_extension`` into
+the output directory, so a failure at any step leaves nothing new behind there.
 """
 
 from __future__ import annotations
@@ -15,42 +15,33 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from builds.pipeline import archive
-from builds.pipeline.checksums import (
-    SIGNATURE_FILE_NAME,
-    SUMS_FILE_NAME,
-    parse_sums,
-    sha256_file,
-    update_sums,
-    write_sums,
-)
+from builds.pipeline.checksums import SIGNATURE_FILE_NAME, SUMS_FILE_NAME, sha256_file
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.fetch import FetchedFile, Fetcher
 from builds.pipeline.image import DEFAULT_TIMESTAMP, ImageSpec, audit_image, build_image, tool_versions
+from builds.pipeline.publish import (
+    DirectoryStore,
+    ExtensionPublication,
+    ImageFile,
+    publish_extension,
+    read_published_sums,
+    refuse_unsigned_over_signed,
+)
 from builds.pipeline.recipe import Recipe, ResolvedSource
 from builds.pipeline.signing import GpgSigner
-from builds.pipeline.sysupdate import image_file_name, render_transfer, transfer_file_name
+from builds.pipeline.sysupdate import image_file_name, transfer_file
 from builds.pipeline.tree import TreeSummary, UnpackedSource, assemble_tree
 from builds.pipeline.verify import VerifyResult, verify_with_systemd_sysext
 
 # Bump when tree assembly changes in a way that changes image bytes: it is part of cache keys.
 PIPELINE_REVISION = "bakehouse-bake/1"
-STEPS = (
-    "fetch",
-    "unpack",
-    "assemble",
-    "image",
-    "audit",
-    "verify",
-    "checksums",
-    "sign",
-    "transfer",
-    "publish",
-)
+STEPS = ("fetch", "unpack", "assemble", "image", "audit", "verify", "checksums")
 _MINOR_RE = re.compile(r"^(v?\d+\.\d+)\.")
 
 Progress = Callable[[str, str, float], None]
@@ -76,29 +67,23 @@ class SourceRecord:
 
 
 @dataclass(frozen=True)
-class BakeResult:
-    """The published artifacts of one bake and how they were made."""
+class BakedImage:
+    """A baked, audited and hashed image, and how it was made."""
 
     name: str
     version: str
     arch: str
-    out_dir: Path
     image_path: Path
     image_sha256: str
     image_size: int
     image_format: str
     compression: str
-    files: tuple[str, ...]  # names written into out_dir
-    sums_path: Path
-    signature_path: Path | None
-    transfer_files: tuple[str, ...]
     sources: tuple[SourceRecord, ...]
     tool_versions: dict[str, str]
     cache_key: str
     tree: TreeSummary
     steps: tuple[StepTiming, ...]
     verification: VerifyResult | None = None
-    signer_fingerprint: str | None = None
 
     @property
     def image_name(self) -> str:
@@ -107,6 +92,18 @@ class BakeResult:
     @property
     def seconds(self) -> float:
         return sum(s.seconds for s in self.steps)
+
+
+@dataclass(frozen=True)
+class BakeResult(BakedImage):
+    """A bake published into an output directory by ``bake_sysext``."""
+
+    out_dir: Path = Path()
+    files: tuple[str, ...] = ()  # names written into out_dir
+    sums_path: Path = Path()
+    signature_path: Path | None = None
+    transfer_files: tuple[str, ...] = ()
+    signer_fingerprint: str | None = None
 
 
 def minor_pin(version: str) -> str:
@@ -166,12 +163,122 @@ class _Steps:
         if self._progress is not None:
             self._progress(step, message, max(0.0, min(1.0, fraction)))
 
-    def done(self, step: str, started: float, detail: str = "") -> None:
-        timing = StepTiming(step, time.monotonic() - started, detail)
+    @contextmanager
+    def step(self, name: str, message: str) -> Iterator[list[str]]:
+        """Time the block as step ``name``; what it appends to the yielded list is the detail."""
+        started = time.monotonic()
+        self.report(name, message, 0.0)
+        detail: list[str] = []
+        yield detail
+        timing = StepTiming(name, time.monotonic() - started, "".join(detail))
         self.timings.append(timing)
-        self.report(
-            step, f"{detail} ({timing.seconds:.2f}s)" if detail else f"done ({timing.seconds:.2f}s)", 1.0
-        )
+        shown = timing.detail or "done"
+        self.report(name, f"{shown} ({timing.seconds:.2f}s)", 1.0)
+
+
+def bake_image(
+    recipe: Recipe,
+    version: str,
+    arch: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    fetcher: Fetcher,
+    work_dir: str | os.PathLike[str] | None = None,
+    image_format: str = "squashfs",
+    compression: str | None = None,
+    pins: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    verify: bool = False,
+    timestamp: int = DEFAULT_TIMESTAMP,
+    unpack_limits: archive.UnpackLimits | None = None,
+) -> BakedImage:
+    """Bake ``recipe`` at ``version`` for ``arch`` into ``out_dir/<name>-<version>-<arch>.raw``.
+
+    ``progress(step, message, fraction)`` is called as steps run. With ``verify`` the image is
+    merged by systemd-sysext. ``unpack_limits`` caps each archive's members and unpacked bytes
+    (decompression bombs). Any failure raises ``PipelineError`` and leaves no image behind.
+    """
+    # Everything that can be refused without downloading is checked first.
+    sources = recipe.resolve(version, arch, pins)
+    spec = ImageSpec.create(image_format, compression)
+    image_name = image_file_name(recipe.name, version, arch)
+    tools = tool_versions()
+    target = Path(out_dir).absolute() / image_name
+    scratch = Path(tempfile.mkdtemp(prefix="bh-bake-", dir=work_dir))
+    steps = _Steps(progress)
+    try:
+        fetched = _fetch(sources, fetcher, steps)
+        unpacked = _unpack(sources, fetched, scratch, steps, unpack_limits)
+
+        with steps.step("assemble", "assembling the image tree") as detail:
+            tree = assemble_tree(recipe, arch, unpacked, scratch / "root")
+            detail.append(f"{tree.files} files, {tree.bytes} bytes")
+
+        tool = f"mksquashfs ({spec.compression})" if spec.format == "squashfs" else "mkfs.erofs"
+        with steps.step("image", tool) as detail:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image_path = build_image(scratch / "root", target, spec, timestamp=timestamp)
+            shutil.rmtree(scratch / "root", ignore_errors=True)  # free the space before the next steps
+            detail.append(f"{image_name}, {image_path.stat().st_size} bytes")
+
+        with steps.step("audit", "checking the image's file list") as detail:
+            detail.append(f"{audit_image(image_path, recipe.name)} entries")
+
+        verification = None
+        if verify:
+            with steps.step("verify", "merging with systemd-sysext") as detail:
+                verification = verify_with_systemd_sysext(image_path, recipe.name, arch)
+                detail.append(
+                    verification.status + (f": {verification.reason}" if verification.reason else "")
+                )
+
+        with steps.step("checksums", "hashing the image") as detail:
+            image_sha = sha256_file(image_path)
+            detail.append(image_sha)
+    except BaseException as exc:
+        target.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _file_trouble(exc) from exc
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    source_records = tuple(
+        SourceRecord(s.id, f.url, f.final_url, f.sha256, f.size, pinned=s.sha256 is not None)
+        for s, f in zip(sources, fetched, strict=True)
+    )
+    return BakedImage(
+        name=recipe.name,
+        version=version,
+        arch=arch,
+        image_path=image_path,
+        image_sha256=image_sha,
+        image_size=image_path.stat().st_size,
+        image_format=spec.format,
+        compression=spec.compression,
+        sources=source_records,
+        tool_versions=tools,
+        cache_key=image_cache_key(
+            recipe_digest=recipe.image_digest(version),
+            version=version,
+            arch=arch,
+            source_digests={r.id: r.sha256 for r in source_records},
+            image_format=spec.format,
+            compression=spec.compression,
+            tools=tools,
+            timestamp=timestamp,
+        ),
+        tree=tree,
+        steps=tuple(steps.timings),
+        verification=verification,
+    )
+
+
+def transfer_files(recipe: Recipe, version: str, publish_url: str, *, signed: bool) -> dict[str, bytes]:
+    """``NAME.conf``, and ``NAME-vX.Y.conf`` for a recipe that pins minor lines."""
+    pins: list[str | None] = [None, minor_pin(version)] if recipe.minor_pinning else [None]
+    made = [transfer_file(recipe.name, publish_url, verify=signed, minor_pin=pin) for pin in pins]
+    return {transfer.file_name: transfer.text.encode("utf-8") for transfer in made}
 
 
 def bake_sysext(
@@ -192,175 +299,112 @@ def bake_sysext(
     timestamp: int = DEFAULT_TIMESTAMP,
     unpack_limits: archive.UnpackLimits | None = None,
 ) -> BakeResult:
-    """Bake ``recipe`` at ``version`` for ``arch`` into ``out_dir``.
+    """Bake ``recipe`` at ``version`` for ``arch`` and publish it into the directory ``out_dir``.
 
     Writes ``<name>-<version>-<arch>.raw``, ``SHA256SUMS`` (merged with the lines of images
     already present in ``out_dir``), ``SHA256SUMS.gpg`` when a ``signer`` is given, and the
-    transfer file(s) when a ``publish_url`` is given. ``progress(step, message, fraction)`` is
-    called as steps run. With ``verify`` the image is merged by systemd-sysext before anything
-    is published. ``unpack_limits`` caps each archive's members and unpacked bytes (decompression
-    bombs). Any failure raises ``PipelineError`` and leaves ``out_dir`` as it was.
+    transfer file(s) when a ``publish_url`` is given (``publish_extension`` with a
+    ``DirectoryStore``). Any failure raises ``PipelineError`` and leaves ``out_dir`` as it was.
     """
-    # Everything that can be refused without downloading is checked first.
-    sources = recipe.resolve(version, arch, pins)
-    spec = ImageSpec.create(image_format, compression)
-    image_name = image_file_name(recipe.name, version, arch)
-    transfers = _render_transfers(recipe, version, publish_url, signed=signer is not None)
-    tools = tool_versions()
-
     out = Path(out_dir).absolute()
-    if signer is None and (out / SIGNATURE_FILE_NAME).exists():
-        # A new SHA256SUMS without a new signature would leave the old one stale: nodes that
-        # verify would refuse every image in the directory.
-        raise PipelineError(
-            "bake.signature-required",
-            f"{out} holds a signed publication ({SIGNATURE_FILE_NAME}); sign this bake too "
-            "(--sign-key) or bake into another directory",
-        )
+    store = DirectoryStore(out, public_base_url=publish_url or "")
+    if signer is None:
+        refuse_unsigned_over_signed(store, "")  # before downloading anything
+    transfers = transfer_files(recipe, version, publish_url, signed=signer is not None) if publish_url else {}
     created_out = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        # Staging lives in out_dir so that publishing is a rename on one file system.
-        staging = Path(tempfile.mkdtemp(prefix=".bakehouse-staging-", dir=out))
     except OSError as exc:
-        if created_out:
-            _remove_if_empty(out)
         raise PipelineError(
             "bake.output-unwritable",
             f"cannot write into the output directory {out}: {exc.strerror}; "
             "choose a directory you can write to",
         ) from exc
-    scratch = Path(tempfile.mkdtemp(prefix="bh-bake-", dir=work_dir))
-    steps = _Steps(progress)
+    before = set(store.list())
     try:
-        fetched = _fetch(sources, fetcher, steps)
-        unpacked = _unpack(sources, fetched, scratch, steps, unpack_limits)
-
-        started = time.monotonic()
-        steps.report("assemble", "assembling the image tree", 0.0)
-        tree = assemble_tree(recipe, arch, unpacked, scratch / "root")
-        steps.done("assemble", started, f"{tree.files} files, {tree.bytes} bytes")
-
-        started = time.monotonic()
-        steps.report(
-            "image", f"mksquashfs ({spec.compression})" if spec.format == "squashfs" else "mkfs.erofs", 0.0
-        )
-        image_path = build_image(scratch / "root", staging / image_name, spec, timestamp=timestamp)
-        shutil.rmtree(scratch / "root", ignore_errors=True)  # free the space before the next steps
-        steps.done("image", started, f"{image_name}, {image_path.stat().st_size} bytes")
-
-        started = time.monotonic()
-        steps.report("audit", "checking the image's file list", 0.0)
-        entries = audit_image(image_path, recipe.name)
-        steps.done("audit", started, f"{entries} entries")
-
-        verification = None
-        if verify:
-            started = time.monotonic()
-            steps.report("verify", "merging with systemd-sysext", 0.0)
-            verification = verify_with_systemd_sysext(image_path, recipe.name, arch)
-            steps.done(
-                "verify",
-                started,
-                verification.status + (f": {verification.reason}" if verification.reason else ""),
+        with tempfile.TemporaryDirectory(prefix="bh-bake-out-", dir=work_dir) as scratch:
+            baked = bake_image(
+                recipe,
+                version,
+                arch,
+                scratch,
+                fetcher=fetcher,
+                work_dir=work_dir,
+                image_format=image_format,
+                compression=compression,
+                pins=pins,
+                progress=progress,
+                verify=verify,
+                timestamp=timestamp,
+                unpack_limits=unpack_limits,
             )
-
-        started = time.monotonic()
-        steps.report("checksums", "hashing the image", 0.0)
-        image_sha = sha256_file(image_path)
-        sums = update_sums(_existing_sums(out, replacing=image_name), {image_name: image_sha})
-        write_sums(staging / SUMS_FILE_NAME, sums)
-        steps.done("checksums", started, f"{image_sha} (SHA256SUMS lists {len(sums)})")
-
-        signature = None
-        if signer is not None:
-            started = time.monotonic()
-            steps.report("sign", "signing SHA256SUMS", 0.0)
-            signature = signer.sign_detached(staging / SUMS_FILE_NAME, staging / SIGNATURE_FILE_NAME)
-            steps.done("sign", started, f"{SIGNATURE_FILE_NAME} by {signer.fingerprint}")
-
-        if transfers:
-            started = time.monotonic()
-            for file_name, text in transfers.items():
-                (staging / file_name).write_text(text, encoding="utf-8")
-            steps.done("transfer", started, ", ".join(transfers))
-
-        names = [image_name, SUMS_FILE_NAME]
-        if signature is not None:
-            names.append(SIGNATURE_FILE_NAME)
-        names.extend(transfers)
-        started = time.monotonic()
-        _publish(staging, names, out)
-        steps.done("publish", started, f"{len(names)} files into {out}")
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+            publication = _publish_into(store, baked, signer, transfers, before, progress)
+    except BaseException:
         if created_out:
             _remove_if_empty(out)
-        if isinstance(exc, OSError):
-            raise _file_trouble(exc) from exc
         raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(staging, ignore_errors=True)
-
-    source_records = tuple(
-        SourceRecord(s.id, f.url, f.final_url, f.sha256, f.size, pinned=s.sha256 is not None)
-        for s, f in zip(sources, fetched, strict=True)
-    )
+    names = [baked.image_name, SUMS_FILE_NAME]
+    if publication.signature is not None:
+        names.append(SIGNATURE_FILE_NAME)
+    names.extend(transfers)
+    image = {name: getattr(baked, name) for name in BakedImage.__dataclass_fields__}
     return BakeResult(
-        name=recipe.name,
-        version=version,
-        arch=arch,
+        **{**image, "image_path": out / baked.image_name},
         out_dir=out,
-        image_path=out / image_name,
-        image_sha256=image_sha,
-        image_size=(out / image_name).stat().st_size,
-        image_format=spec.format,
-        compression=spec.compression,
         files=tuple(names),
         sums_path=out / SUMS_FILE_NAME,
-        signature_path=out / SIGNATURE_FILE_NAME if signature is not None else None,
+        signature_path=out / SIGNATURE_FILE_NAME if publication.signature is not None else None,
         transfer_files=tuple(transfers),
-        sources=source_records,
-        tool_versions=tools,
-        cache_key=image_cache_key(
-            recipe_digest=recipe.image_digest(version),
-            version=version,
-            arch=arch,
-            source_digests={r.id: r.sha256 for r in source_records},
-            image_format=spec.format,
-            compression=spec.compression,
-            tools=tools,
-            timestamp=timestamp,
-        ),
-        tree=tree,
-        steps=tuple(steps.timings),
-        verification=verification,
         signer_fingerprint=signer.fingerprint if signer is not None else None,
     )
 
 
-def _render_transfers(
-    recipe: Recipe, version: str, publish_url: str | None, *, signed: bool
-) -> dict[str, str]:
-    if publish_url is None:
-        return {}
-    transfers = {transfer_file_name(recipe.name): render_transfer(recipe.name, publish_url, verify=signed)}
-    if recipe.minor_pinning:
-        pin = minor_pin(version)
-        transfers[transfer_file_name(recipe.name, pin)] = render_transfer(
-            recipe.name, publish_url, verify=signed, minor_pin=pin
-        )
-    return transfers
+def _publish_into(
+    store: DirectoryStore,
+    baked: BakedImage,
+    signer: GpgSigner | None,
+    transfers: dict[str, bytes],
+    before: set[str],
+    progress: Progress | None,
+) -> ExtensionPublication:
+    """Publish ``baked`` into the CLI's directory; on failure remove what this run wrote there."""
+    steps = _Steps(progress)
+    try:
+        with steps.step("publish", f"publishing into {store.root}") as detail:
+            publication = publish_extension(
+                store,
+                signer,
+                store.lock,
+                baked.name,
+                [ImageFile(baked.version, baked.arch, baked.image_path, baked.image_sha256)],
+                prefix="",
+                extra_files=transfers,
+            )
+            detail.append(f"{len(publication.objects)} files into {store.root}")
+    except BaseException as exc:
+        # Unlisted files this run wrote are invisible to nodes, but not to people: remove them.
+        for key in set(store.list()) - before - _listed(store):
+            store.delete(key)
+        if isinstance(exc, OSError):
+            raise _file_trouble(exc) from exc
+        raise
+    return publication
+
+
+def _listed(store: DirectoryStore) -> set[str]:
+    try:
+        return set(read_published_sums(store, ""))
+    except PipelineError:
+        return set()
 
 
 def _fetch(sources: list[ResolvedSource], fetcher: Fetcher, steps: _Steps) -> list[FetchedFile]:
-    started = time.monotonic()
-    fetched = []
-    for index, source in enumerate(sources):
-        steps.report("fetch", f"{source.url}", index / len(sources))
-        fetched.append(fetcher.fetch(source.url, sha256=source.sha256, label=source.label))
-    steps.done("fetch", started, ", ".join(f"{f.sha256[:12]} {f.size} bytes" for f in fetched))
+    fetched: list[FetchedFile] = []
+    with steps.step("fetch", sources[0].url if sources else "") as detail:
+        for index, source in enumerate(sources):
+            steps.report("fetch", f"{source.url}", index / len(sources))
+            fetched.append(fetcher.fetch(source.url, sha256=source.sha256, label=source.label))
+        detail.append(", ".join(f"{f.sha256[:12]} {f.size} bytes" for f in fetched))
     return fetched
 
 
@@ -371,8 +415,21 @@ def _unpack(
     steps: _Steps,
     limits: archive.UnpackLimits | None = None,
 ) -> list[UnpackedSource]:
-    started = time.monotonic()
-    unpacked = []
+    unpacked: list[UnpackedSource] = []
+    with steps.step("unpack", f"{len(sources)} source(s)") as detail:
+        _unpack_each(sources, fetched, scratch, steps, limits, unpacked)
+        detail.append(f"{len(unpacked)} source(s)")
+    return unpacked
+
+
+def _unpack_each(
+    sources: list[ResolvedSource],
+    fetched: list[FetchedFile],
+    scratch: Path,
+    steps: _Steps,
+    limits: archive.UnpackLimits | None,
+    unpacked: list[UnpackedSource],
+) -> None:
     for index, (source, download) in enumerate(zip(sources, fetched, strict=True)):
         if source.archive == "file":
             # The cached download is installed by copying; the cache itself is never modified.
@@ -390,45 +447,6 @@ def _unpack(
                 exc.code, f"{source.label}: {exc.message}", retryable=exc.retryable, output=exc.output
             ) from exc
         unpacked.append(UnpackedSource(source, dest, movable=True))
-    steps.done("unpack", started, f"{len(unpacked)} source(s)")
-    return unpacked
-
-
-def _existing_sums(out: Path, *, replacing: str) -> dict[str, str]:
-    """Lines of the current SHA256SUMS in ``out`` whose files are still there."""
-    path = out / SUMS_FILE_NAME
-    if not path.exists():
-        return {}
-    try:
-        entries = parse_sums(path.read_bytes(), source=str(path))
-    except PipelineError as exc:
-        raise PipelineError(
-            "bake.invalid-sums", f"the existing {path} is not a valid SHA256SUMS: {exc.message}"
-        ) from exc
-    return {name: digest for name, digest in entries.items() if name != replacing and (out / name).is_file()}
-
-
-def _publish(staging: Path, names: list[str], out: Path) -> None:
-    """Rename the staged files into ``out``; on any error put back what was there before."""
-    backups: list[tuple[Path, Path]] = []
-    placed: list[Path] = []
-    backup_dir = staging / ".previous"
-    backup_dir.mkdir()
-    try:
-        for name in names:
-            target = out / name
-            if target.exists() or target.is_symlink():
-                backup = backup_dir / name
-                os.replace(target, backup)
-                backups.append((backup, target))
-            os.replace(staging / name, target)
-            placed.append(target)
-    except OSError as exc:
-        for target in placed:
-            target.unlink(missing_ok=True)
-        for backup, target in backups:
-            os.replace(backup, target)
-        raise PipelineError("bake.publish-failed", f"could not write {out}: {exc.strerror}") from exc
 
 
 def _file_trouble(exc: OSError) -> PipelineError:

@@ -7,6 +7,7 @@ extension, ``NAME-@v-%a.raw`` patterns, ``.conf`` suffix (read by every systemd 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 
 from builds.pipeline.errors import PipelineError
@@ -126,6 +127,28 @@ def render_transfer(
         f"Path=/opt/extensions/{name}\n"
         f"CurrentSymlink=/etc/extensions/{name}.raw\n"
         f"InstancesMax={instances_max}\n"
+    )
+
+
+@dataclass(frozen=True)
+class TransferFile:
+    """One transfer file: its name when published, where it lives on a node, and its text."""
+
+    file_name: str
+    node_path: str
+    text: str
+
+
+def transfer_file(name: str, publish_url: str, *, verify: bool, minor_pin: str | None = None) -> TransferFile:
+    """The transfer file of ``name`` following ``publish_url`` (pinned to ``minor_pin``'s line).
+
+    The one place a transfer file is made: the CLI publishes it next to the images, the portal
+    with a flavour's files, and the Butane config inlines it.
+    """
+    return TransferFile(
+        file_name=transfer_file_name(name, minor_pin),
+        node_path=transfer_file_path(name, minor_pin),
+        text=render_transfer(name, publish_url, verify=verify, minor_pin=minor_pin),
     )
 
 

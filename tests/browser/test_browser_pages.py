@@ -9,6 +9,7 @@ from unittest import mock
 import pytest
 
 from builds import services
+from builds import steps as build_steps
 from catalog.models import ExtensionVersion, VersionStatus
 from tests.browser.conftest import sign_in
 from tests.builds.catalog_fixtures import make_extension
@@ -27,7 +28,7 @@ def world(transactional_db, cast):
 
 def queued_docker_build(world, name):
     """A build of Alice's docker flavour, left queued: no worker runs in these page tests."""
-    with mock.patch("builds.services._queue"):
+    with mock.patch("portal.queueing.queue_task"):
         flavour, _ = services.flavour_create(
             user=world["alice"], team=world["blue"], name=name, arch="x86-64",
             extensions=[{"name": "docker", "version": "28.0.4"}],
@@ -191,8 +192,8 @@ def test_build_page_live_and_at_phone_width(page, snap, world):
     assert page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth") <= 0
 
     # What a worker reports shows up without a reload: progress, step and log.
-    services._advance(build.pk, "baking", step="docker 28.0.4: image", progress=40)
-    services.build_log(build_id=build.pk, text="docker 28.0.4: baking the image")
+    build_steps.advance(build.pk, "baking", step="docker 28.0.4: image", progress=40)
+    build_steps.build_log(build_id=build.pk, text="docker 28.0.4: baking the image")
     expect(page.locator("#progress-text")).to_have_text("40 %")
     expect(page.locator("#current-step")).to_contain_text("docker 28.0.4: image")
     expect(page.locator("#log")).to_contain_text("baking the image")

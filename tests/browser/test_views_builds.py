@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def no_broker():
     """Builds are requested for real, but their tasks are not sent (the e2e test runs a worker)."""
-    with mock.patch("builds.services._queue"):
+    with mock.patch("portal.queueing.queue_task"):
         yield
 
 

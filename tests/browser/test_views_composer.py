@@ -133,7 +133,7 @@ def test_review_shows_the_id_and_build_stores_the_flavour(client, world, django_
 
     from unittest import mock
 
-    with mock.patch("builds.services._queue"):  # no broker in this test: the browser test runs a worker
+    with mock.patch("portal.queueing.queue_task"):  # no broker in this test: the browser test runs a worker
         response = client.post("/compose/build/", params)
     flavour = Flavour.objects.get(pk=flavour_id)
     build = Build.objects.get(flavour=flavour)
@@ -152,7 +152,7 @@ def test_the_chosen_channel_is_kept_by_the_flavour_and_reopened_by_its_edit_link
 
     from unittest import mock
 
-    with mock.patch("builds.services._queue"):  # no broker in this test
+    with mock.patch("portal.queueing.queue_task"):  # no broker in this test
         client.post("/compose/build/", params)
     flavour = Flavour.objects.get(pk=review.context["flavour_id"])
     assert flavour.options["channel"] == "beta"
@@ -248,16 +248,16 @@ def test_review_shows_the_real_sha512_of_an_image_already_baked(client, world):
     import hashlib
     from unittest import mock
 
-    from builds import services
+    from builds import director
     from builds.models import ImageArtifact
 
     client.force_login(world["builder"])
     params = {**BASE, "x_docker": "28.0.4", "x_docker-compose": "v2.34.0"}
-    with mock.patch("builds.services._queue"):  # no broker here: the bake is recorded as it would be
+    with mock.patch("portal.queueing.queue_task"):  # no broker here: the bake is recorded as it would be
         client.post("/compose/build/", params)
     build = Build.objects.get()
     docker_image = build.images.get(extension_version__extension__name="docker")
-    plan = services._image_plan(build, docker_image)  # the key the bake task stores its image under
+    plan = director.image_plan(build, docker_image)  # the key the bake task stores its image under
     sha512 = hashlib.sha512(b"the docker image bytes").hexdigest()
     ImageArtifact.objects.create(
         cache_key=plan.cache_key,

@@ -16,7 +16,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from builds import services
+from builds import recovery, services
 from builds.adapters.store import get_artifact_store
 from builds.models import Build, BuildImage, BuildState, ImageArtifact
 from catalog.models import UpstreamDigest
@@ -73,7 +73,7 @@ def test_build_publishes_signed_images_and_configs(
     assert build["verification"] == "verified" or (
         build["verification"] == "skipped" and build["verification_reason"]
     )
-    assert {s["name"] for s in build["steps"]} >= {"plan", "verify", "sign", "publish"}
+    assert [s["name"] for s in build["steps"]] == ["plan", "bake", "verify", "sign", "publish", "notify"]
 
     store = get_artifact_store()
     keyring = store.get_bytes(f"flavours/{flavour['id']}/import-pubring.gpg")
@@ -143,10 +143,10 @@ def test_reaper_fails_a_build_whose_heartbeat_stopped(cast: Cast, db: Any, setti
     long_ago = timezone.now() - timedelta(minutes=10)
     # Waiting for a free worker is not death: no task of the build is running.
     Build.objects.filter(pk=build.pk).update(state=BuildState.BAKING, heartbeat_at=long_ago, tasks_running=0)
-    assert services.builds_reap_stale(timeout=60) == []
+    assert recovery.builds_reap_stale(timeout=60) == []
     # A task said it was running, then stopped beating: its worker died.
     Build.objects.filter(pk=build.pk).update(tasks_running=1)
-    assert services.builds_reap_stale(timeout=60) == [str(build.pk)]
+    assert recovery.builds_reap_stale(timeout=60) == [str(build.pk)]
     build.refresh_from_db()
     assert build.state == BuildState.FAILED
     assert build.error_code == "build.worker-lost"
@@ -157,13 +157,13 @@ def test_reaper_fails_a_build_whose_heartbeat_stopped(cast: Cast, db: Any, setti
     Build.objects.filter(pk=other.pk).update(
         state=BuildState.BAKING, heartbeat_at=timezone.now(), tasks_running=2
     )
-    assert services.builds_reap_stale(timeout=60) == []
+    assert recovery.builds_reap_stale(timeout=60) == []
     assert BuildImage.objects.filter(build=other).count() == 1
 
     # Nothing running and nothing happening for longer than the queue timeout: the message is lost.
     settings.BUILD_QUEUE_TIMEOUT = 300
     Build.objects.filter(pk=other.pk).update(state=BuildState.QUEUED, heartbeat_at=None, tasks_running=0)
     Build.objects.filter(pk=other.pk).update(created_at=long_ago)
-    assert services.builds_reap_stale(timeout=60) == [str(other.pk)]
+    assert recovery.builds_reap_stale(timeout=60) == [str(other.pk)]
     other.refresh_from_db()
     assert other.error_code == "build.queue-timeout"

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from django.db import IntegrityError, connection, transaction
 
-from builds import services
+from builds import services, webhooks
+from builds import steps as build_steps
 from builds.models import Build, BuildState, ImageArtifact, Webhook, WebhookDelivery
 from catalog.models import ExtensionVersion
 from tests.builds.catalog_fixtures import Cast, hello_flavour, make_cast, make_extension
@@ -142,11 +143,11 @@ def test_a_build_that_ends_sends_a_signed_event_to_its_team_only(
     hook = services.webhook_create(team=cast.blue, user=cast.owner, url=receiver.url)
     services.webhook_create(team=cast.red, user=cast.outsider, url=receiver.url + "/red")
     build, _ = services.build_request(flavour=flavour, user=cast.teammate)
-    services.build_fail(build_id=build.pk, code="fetch.sha256-mismatch", message="hello: wrong pin.")
+    build_steps.build_fail(build_id=build.pk, code="fetch.sha256-mismatch", message="hello: wrong pin.")
 
     (delivery,) = WebhookDelivery.objects.all()
     assert delivery.webhook == hook and delivery.event == "build.failed"
-    assert services.webhook_deliver(delivery_id=delivery.pk) is True
+    assert webhooks.webhook_deliver(delivery_id=delivery.pk) is True
     ((headers, body),) = receiver.requests
     expected = "sha256=" + hmac.new(hook.secret.encode(), body, hashlib.sha256).hexdigest()
     assert headers["X-Bakehouse-Signature"] == expected
@@ -167,9 +168,9 @@ def test_server_trouble_is_retried_and_a_refusal_is_not(
     flavour = hello_flavour(cast)
     services.webhook_create(team=cast.blue, user=cast.owner, url=receiver.url)
     build, _ = services.build_request(flavour=flavour, user=cast.teammate)
-    services.build_fail(build_id=build.pk, code="x.y", message="z")
+    build_steps.build_fail(build_id=build.pk, code="x.y", message="z")
     delivery = WebhookDelivery.objects.get()
-    assert services.webhook_deliver(delivery_id=delivery.pk) is (not retry)
+    assert webhooks.webhook_deliver(delivery_id=delivery.pk) is (not retry)
     delivery.refresh_from_db()
     assert delivery.delivered_at is None
     assert delivery.last_error == f"HTTP {status}"
@@ -181,9 +182,9 @@ def test_an_unreachable_webhook_is_retried(cast: Cast, settings: Any) -> None:
     flavour = hello_flavour(cast)
     services.webhook_create(team=cast.blue, user=cast.owner, url="http://127.0.0.1:9/nobody-listens")
     build, _ = services.build_request(flavour=flavour, user=cast.teammate)
-    services.build_fail(build_id=build.pk, code="x.y", message="z")
+    build_steps.build_fail(build_id=build.pk, code="x.y", message="z")
     delivery = WebhookDelivery.objects.get()
-    assert services.webhook_deliver(delivery_id=delivery.pk) is False
+    assert webhooks.webhook_deliver(delivery_id=delivery.pk) is False
     delivery.refresh_from_db()
     assert delivery.last_error and delivery.attempts == 1
 
@@ -207,9 +208,9 @@ def test_webhooks_to_internal_addresses_are_refused(cast: Cast, settings: Any, u
     flavour = hello_flavour(cast)
     Webhook.objects.create(team=cast.blue, url=url, secret="s" * 32)
     build, _ = services.build_request(flavour=flavour, user=cast.teammate)
-    services.build_fail(build_id=build.pk, code="x.y", message="z")
+    build_steps.build_fail(build_id=build.pk, code="x.y", message="z")
     delivery = WebhookDelivery.objects.get()
-    assert services.webhook_deliver(delivery_id=delivery.pk) is True
+    assert webhooks.webhook_deliver(delivery_id=delivery.pk) is True
     delivery.refresh_from_db()
     assert delivery.delivered_at is None and "private or local" in delivery.last_error
 
@@ -259,9 +260,9 @@ def test_a_stored_webhook_whose_name_resolves_to_loopback_is_never_contacted(
         assert _api(cast.owner).post("/api/webhooks/", {"url": url}, format="json").status_code == 400
         Webhook.objects.create(team=cast.blue, url=url, secret="s" * 32)
         build, _ = services.build_request(flavour=hello_flavour(cast), user=cast.teammate)
-        services.build_fail(build_id=build.pk, code="x.y", message="z")
+        build_steps.build_fail(build_id=build.pk, code="x.y", message="z")
         delivery = WebhookDelivery.objects.get()
-        assert services.webhook_deliver(delivery_id=delivery.pk) is True  # abandoned, not retried
+        assert webhooks.webhook_deliver(delivery_id=delivery.pk) is True  # abandoned, not retried
         delivery.refresh_from_db()
         assert delivery.delivered_at is None
         assert delivery.last_error.startswith("webhook.refused-address: ")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
-from builds import services, tasks
+from builds import director, services, tasks
 from builds.models import Build, BuildState
 from builds.pipeline.errors import PipelineError
 from tests.builds.catalog_fixtures import Cast, hello_flavour
@@ -38,19 +38,22 @@ def test_infrastructure_trouble_is_retried_while_attempts_remain(
     build: Build, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trouble = PipelineError("store.unavailable", "S3 answered 503.", retryable=True)
-    monkeypatch.setattr(services, "build_image_bake", _failing_bake(trouble))
+    monkeypatch.setattr(director, "build_image_bake", _failing_bake(trouble))
     with pytest.raises(Retry):
         _run(build, retries=0)
     build.refresh_from_db()
     assert build.state == BuildState.QUEUED
-    assert build.log_lines.filter(text__contains="retrying in 5 s").exists()
+    # Celery's exponential backoff with full jitter: the first wait is at most retry_backoff (5 s).
+    (line,) = build.log_lines.filter(text__contains="retrying in").values_list("text", flat=True)
+    assert "store.unavailable: S3 answered 503." in line
+    assert int(line.rsplit("retrying in ", 1)[1].split(" ")[0]) <= 5
 
 
 def test_the_last_attempt_fails_the_build_with_the_error_code(
     build: Build, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trouble = PipelineError("store.unavailable", "S3 answered 503.", retryable=True)
-    monkeypatch.setattr(services, "build_image_bake", _failing_bake(trouble))
+    monkeypatch.setattr(director, "build_image_bake", _failing_bake(trouble))
     _run(build, retries=tasks.MAX_RETRIES)
     build.refresh_from_db()
     assert build.state == BuildState.FAILED
@@ -65,7 +68,7 @@ def test_the_last_attempt_fails_the_build_with_the_error_code(
 def test_time_limits_and_bugs_fail_the_build_at_once(
     build: Build, monkeypatch: pytest.MonkeyPatch, error: BaseException, code: str
 ) -> None:
-    monkeypatch.setattr(services, "build_image_bake", _failing_bake(error))
+    monkeypatch.setattr(director, "build_image_bake", _failing_bake(error))
     _run(build, retries=0)
     build.refresh_from_db()
     assert build.state == BuildState.FAILED

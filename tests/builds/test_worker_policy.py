@@ -49,7 +49,7 @@ def test_a_user_error_fails_the_build_at_once_without_a_retry(
             "hello.tar.gz does not match the sha256 pinned at approval; the upstream file changed.",
         )
 
-    monkeypatch.setattr("builds.pipeline.bake.bake_sysext", mismatching_upstream)
+    monkeypatch.setattr("builds.pipeline.bake.bake_image", mismatching_upstream)
     image = BuildImage.objects.get(build=build)
 
     # throw=True: a Retry (or any other exception) would surface here.

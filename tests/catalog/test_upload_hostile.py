@@ -23,7 +23,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.utils import timezone
 
-from builds.services import scratch_remove_stale
+from builds.recovery import scratch_remove_stale
 from catalog.models import Extension, UploadedArchive
 from catalog.services import uploaded_archive_check, uploads_requeue_unchecked
 from portal.celery import app

@@ -107,8 +107,8 @@ def test_full_bake_publishes_signed_verifiable_artifacts(
     assert source.sha256 == hashlib.sha256(archive).hexdigest()
     assert result.tool_versions["mksquashfs"]
     assert steps[:5] == ["fetch", "unpack", "assemble", "image", "audit"]
-    assert steps[-4:] == ["checksums", "sign", "transfer", "publish"]
-    assert [s.step for s in result.steps] == steps
+    assert steps[-3:] == ["verify", "checksums", "publish"]
+    assert [s.step for s in result.steps] == steps[:-1]  # the image's steps; publishing is the CLI's
     assert result.verification is not None
     if host_arch() == "x86-64":
         assert result.verification.status in {"verified", "skipped"}
@@ -264,10 +264,14 @@ def test_a_full_disk_fails_with_a_retryable_code_and_keeps_the_previous_publicat
     bake(make_recipe(), out, fetcher, signer=signer, publish_url=PUBLISH)
     before = snapshot(out)
 
-    def disk_full(path: Path, sums: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    write = bake_module.DirectoryStore._write
 
-    monkeypatch.setattr(bake_module, "write_sums", disk_full)
+    def disk_full(store: object, key: str, fill: object) -> object:
+        if key.endswith("SHA256SUMS"):
+            raise OSError(errno.ENOSPC, "No space left on device", key)
+        return write(store, key, fill)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bake_module.DirectoryStore, "_write", disk_full)
     with pytest.raises(PipelineError) as error:
         bake(make_recipe(), out, fetcher, arch="x86-64", signer=signer, publish_url=PUBLISH)
     assert error.value.code == "bake.file-error"

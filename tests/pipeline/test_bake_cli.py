@@ -50,7 +50,7 @@ def test_bake_prints_steps_and_writes_signed_files(
     )
     printed = capsys.readouterr().out
     assert code == 0, printed
-    for step in ("fetch", "unpack", "assemble", "image", "audit", "checksums", "sign", "transfer", "publish"):
+    for step in ("fetch", "unpack", "assemble", "image", "audit", "checksums", "publish"):
         assert f"  {step} " in printed
     assert "s)" in printed  # each step shows its time
     assert sorted(p.name for p in out.iterdir()) == [

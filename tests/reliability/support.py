@@ -551,10 +551,10 @@ def reap() -> None:
     """What beat's builds-reap-stale does every minute in production."""
     from django.db import DatabaseError, connection
 
-    from builds import services
+    from builds import recovery
 
     try:
-        services.builds_reap_stale()
+        recovery.builds_reap_stale()
     except DatabaseError:
         connection.close()
 
@@ -587,9 +587,14 @@ def finished(body: dict[str, Any]) -> bool:
     return body["state"] in FINAL_STATES
 
 
-def step_running(suffix: str) -> Callable[[dict[str, Any]], bool]:
+def step_running(name: str, *, state: str | None = None) -> Callable[[dict[str, Any]], bool]:
+    """Step ``name`` is running (and the build is in ``state``: a bake is "fetching" while it
+    downloads, "baking" from then on)."""
+
     def check(body: dict[str, Any]) -> bool:
-        return any(s["name"].endswith(suffix) and not s.get("finished_at") for s in body.get("steps", []))
+        if state is not None and body.get("state") != state:
+            return False
+        return any(s["name"] == name and not s.get("finished_at") for s in body.get("steps", []))
 
     return check
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from builds import services
+from builds import recovery
 from builds.models import Build, BuildState
 from portal.celery import app
 from tests.builds.build_support import serve_extension
@@ -153,10 +153,10 @@ def test_a_build_requested_while_redis_is_down_is_accepted_and_queued_again_by_t
     build_id = response.json()["id"]
     assert Build.objects.get(pk=build_id).state == BuildState.QUEUED
     # Nothing will come for it; once it has waited BUILD_REQUEUE_AFTER the reaper queues it again.
-    assert services.builds_reap_stale() == []
+    assert recovery.builds_reap_stale() == []
     assert Build.objects.get(pk=build_id).requeued_at is None
-    later = timezone.now() + timedelta(seconds=services.requeue_after() + 1)
-    assert services.builds_reap_stale(now=later) == []
+    later = timezone.now() + timedelta(seconds=recovery.requeue_after() + 1)
+    assert recovery.builds_reap_stale(now=later) == []
     assert Build.objects.get(pk=build_id).requeued_at == later
     body = wait_for(client, build_id, restarted_worker, finished)
     assert body["state"] == "succeeded", (body, restarted_worker.tail())

@@ -23,7 +23,7 @@ from django.db import connection
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from builds import services
+from builds import recovery
 from builds.models import Build
 from tests.builds.build_support import serve_extension
 from tests.builds.test_end_to_end import (  # noqa: F401 - fixtures
@@ -76,7 +76,7 @@ def test_a_build_survives_its_database_connections_being_dropped(
     build = Build.objects.get(pk=build_id)
     assert build.is_active
     assert build.heartbeat_at is not None and build.heartbeat_at > dropped_at, worker.tail()
-    assert build_id not in services.builds_reap_stale(timeout=4)
+    assert build_id not in recovery.builds_reap_stale(timeout=4)
 
     # The bake's own connection died too: its next write fails, the task retries and succeeds.
     body = wait_for(client, build_id, worker, finished)

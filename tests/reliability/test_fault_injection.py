@@ -74,10 +74,10 @@ def later_build_succeeds(rig: Rig, cast: Cast, name: str, workers: list[Any]) ->
 # --- (a) a worker killed at each step ---------------------------------------------------------------
 
 KILL_STEPS = {
-    # step: (the running step that marks the moment, worker tool delays, upstream delay)
-    "download": (": fetch", {}, 5.0),
-    "image": (": image", {"mksquashfs": 5}, 0.0),
-    "sign": ("sign", {"gpg": 2}, 0.0),
+    # step: (the running step and build state that mark the moment, worker tool delays, upstream delay)
+    "download": (("bake", "fetching"), {}, 5.0),
+    "image": (("bake", "baking"), {"mksquashfs": 5}, 0.0),
+    "sign": (("sign", None), {"gpg": 2}, 0.0),
 }
 
 
@@ -111,7 +111,7 @@ def test_worker_killed_at_each_step_loses_no_build_and_publishes_nothing_half(
         wait_for_build(
             client,
             build_id,
-            step_running(marker),
+            step_running(marker[0], state=marker[1]),
             timeout=STEP_WAIT,
             what=f"step {marker!r}",
             workers=[doomed],
@@ -161,7 +161,12 @@ def test_redis_restart_mid_build_keeps_the_worker_and_the_build(rig: Rig, cast: 
         client = api_client(cast.teammate)
         build_id = request_build(client, compose(client, "redis mid", ["redis-mid"]))
         wait_for_build(
-            client, build_id, step_running(": fetch"), timeout=STEP_WAIT, what="fetch", workers=[worker]
+            client,
+            build_id,
+            step_running("bake", state="fetching"),
+            timeout=STEP_WAIT,
+            what="fetch",
+            workers=[worker],
         )
         rig.redis.restart(downtime=2.0)
         ends_succeeded(client, build_id, [worker])
@@ -179,7 +184,12 @@ def test_redis_paused_mid_build_keeps_the_worker_and_the_build(rig: Rig, cast: C
         client = api_client(cast.teammate)
         build_id = request_build(client, compose(client, "redis pause", ["redis-pause"]))
         wait_for_build(
-            client, build_id, step_running(": fetch"), timeout=STEP_WAIT, what="fetch", workers=[worker]
+            client,
+            build_id,
+            step_running("bake", state="fetching"),
+            timeout=STEP_WAIT,
+            what="fetch",
+            workers=[worker],
         )
         pid = worker.process.pid
         rig.redis.pause()
@@ -251,7 +261,12 @@ def test_database_connections_terminated_mid_build(rig: Rig, cast: Cast) -> None
         flavour_id = compose(client, "db term", ["db-term"])
         build_id = request_build(client, flavour_id)
         wait_for_build(
-            client, build_id, step_running(": fetch"), timeout=STEP_WAIT, what="fetch", workers=[worker]
+            client,
+            build_id,
+            step_running("bake", state="fetching"),
+            timeout=STEP_WAIT,
+            what="fetch",
+            workers=[worker],
         )
         assert terminate_test_database_backends() >= 1
         # The web side (real gunicorn processes answering right after a termination) is

@@ -253,6 +253,17 @@ def _file(path: str, mode: int, contents: dict[str, Any], *, overwrite: bool | N
     return entry
 
 
+def transfer_files(flavour: FlavourConfig) -> list[sysupdate.TransferFile]:
+    """The flavour's transfer files (none without updates): inlined in its Butane, and published
+    with its files for nodes provisioned otherwise."""
+    if not flavour.updates:
+        return []
+    return [
+        sysupdate.transfer_file(ext.name, ext.publish_url, verify=flavour.signed, minor_pin=ext.minor_pin)
+        for ext in flavour.extensions
+    ]
+
+
 def _generated(flavour: FlavourConfig) -> dict[str, Any]:
     files: list[dict[str, Any]] = []
     links: list[dict[str, Any]] = []
@@ -264,13 +275,8 @@ def _generated(flavour: FlavourConfig) -> dict[str, Any]:
     for name in sorted(set(flavour.mask_bundled)):
         links.append({"path": bundled_mask_path(name), "target": "/dev/null", "overwrite": True})
     if flavour.updates and flavour.extensions:
-        for ext in flavour.extensions:
-            transfer = sysupdate.render_transfer(
-                ext.name, ext.publish_url, verify=flavour.signed, minor_pin=ext.minor_pin
-            )
-            files.append(
-                _file(sysupdate.transfer_file_path(ext.name, ext.minor_pin), 0o644, {"inline": transfer})
-            )
+        for transfer in transfer_files(flavour):
+            files.append(_file(transfer.node_path, 0o644, {"inline": transfer.text}))
         files.append(_file(NOOP_TRANSFER_PATH, 0o644, {"inline": NOOP_TRANSFER}))
         units.append({"name": SYSUPDATE_TIMER, "enabled": True})
         units.append(
