@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from builds.pipeline import vocabulary
+from builds.pipeline import error_codes, vocabulary
 
 # Architectures in systemd's spelling, as used in image file names (``%a``): X86_64, ARM64.
 # django-stubs types only the one-string form of the functional API.
@@ -178,6 +178,12 @@ class Build(models.Model):
     @property
     def is_active(self) -> bool:
         return self.state in ACTIVE_BUILD_STATES
+
+    @property
+    def error_kind(self) -> str:
+        """Whose move a failure is (user, upstream, infrastructure; the code registry's word)."""
+        known = error_codes.lookup(self.error_code) if self.error_code else None
+        return str(known.kind) if known else ""
 
 
 class BuildStep(models.Model):

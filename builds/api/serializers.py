@@ -226,6 +226,12 @@ class BuildSerializer(serializers.ModelSerializer):
     log_url = serializers.SerializerMethodField()
     queue_position = serializers.SerializerMethodField()
     created_by = serializers.CharField(source="created_by.username", default=None)
+    error_kind = serializers.ChoiceField(
+        choices=["", "user", "upstream", "infrastructure"],
+        read_only=True,
+        help_text="Whose move a failure is: the request (user), a server we download from (upstream), "
+        "or this installation (infrastructure: an operator has to act; then retry).",
+    )
     steps = BuildStepSerializer(many=True, read_only=True)
     images = BuildImageSerializer(many=True, read_only=True)
     artifacts = ArtifactSerializer(many=True, read_only=True)
@@ -234,7 +240,7 @@ class BuildSerializer(serializers.ModelSerializer):
         model = Build
         fields = [
             "id", "url", "flavour", "flavour_url", "state", "progress", "current_step", "queue_position",
-            "error_code", "error_message", "verification", "verification_reason", "cancel_requested",
+            "error_code", "error_message", "error_kind", "verification", "verification_reason", "cancel_requested",
             "attempt", "retry_of", "created_by", "created_at", "started_at", "finished_at", "heartbeat_at",
             "steps", "images", "artifacts", "log_url",
         ]  # fmt: skip

@@ -42,6 +42,10 @@
     const error = $("build-error");
     error.hidden = !build.error_code;
     error.textContent = build.error_code ? `${build.error_code}: ${build.error_message}` : "";
+    const whose = $("build-error-whose");
+    const note = whose.dataset[build.error_kind] || "";
+    whose.hidden = !note;
+    whose.textContent = note;
     $("verification").textContent =
       (VERIFICATION[build.verification] || build.verification) +
       (build.verification_reason ? ` (${build.verification_reason})` : "");

@@ -178,3 +178,28 @@ def test_editing_through_the_wizard_makes_the_next_revision(client, world):
     assert response["Location"].startswith("/builds/")
     page = client.get(f"/flavours/{revised.pk}/").content.decode()
     assert f"/flavours/{world['flavour'].pk}/" in page  # the older revision stays one click away
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "says"),
+    [
+        ("tool.missing", "infrastructure", "fault of this Bakehouse installation, not of your flavour"),
+        ("fetch.http-error", "upstream", "A server Bakehouse downloads from misbehaved"),
+        ("flavour.stale", "user", None),
+    ],
+)
+def test_a_failed_build_says_whose_move_it_is(client, world, code, kind, says):
+    Build.objects.filter(pk=world["build"].pk).update(
+        state=BuildState.FAILED, error_code=code, error_message="what went wrong"
+    )
+    client.force_login(world["viewer"])
+    assert client.get(f"/api/builds/{world['build'].pk}/").json()["error_kind"] == kind
+    html = client.get(f"/builds/{world['build'].pk}/").content.decode()
+    assert f"{code}: what went wrong" in html
+    whose = html[
+        html.index('id="build-error-whose"') : html.index("</p>", html.index('id="build-error-whose"'))
+    ]
+    if says:
+        assert says in whose.split(">", 1)[1] and " hidden" not in whose.split(">", 1)[0]
+    else:
+        assert whose.split(">", 1)[1] == "" and " hidden" in whose.split(">", 1)[0]
