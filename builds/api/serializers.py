@@ -240,7 +240,8 @@ class BuildSerializer(serializers.ModelSerializer):
         model = Build
         fields = [
             "id", "url", "flavour", "flavour_url", "state", "progress", "current_step", "queue_position",
-            "error_code", "error_message", "error_kind", "verification", "verification_reason", "cancel_requested",
+            "error_code", "error_message", "error_kind", "verification", "verification_reason",
+            "cancel_requested",
             "attempt", "retry_of", "created_by", "created_at", "started_at", "finished_at", "heartbeat_at",
             "steps", "images", "artifacts", "log_url",
         ]  # fmt: skip
