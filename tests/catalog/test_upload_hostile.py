@@ -217,7 +217,9 @@ def test_concurrent_adds_of_one_new_name_get_one_success_and_409s(cast: Cast, ki
 
 
 @pytest.mark.django_db
-def test_an_upload_whose_check_was_lost_is_checked_again(cast: Cast, scratch_root: Path) -> None:
+def test_an_upload_whose_check_was_lost_is_checked_again(
+    cast: Cast, scratch_root: Path, django_capture_on_commit_callbacks
+) -> None:
     response = post(cast, make_tar(GOOD_TREE))  # the queued check is lost: nothing runs it
     assert response.status_code == 202, response.content
     upload = UploadedArchive.objects.get()
@@ -227,7 +229,8 @@ def test_an_upload_whose_check_was_lost_is_checked_again(cast: Cast, scratch_roo
     app.conf.task_always_eager = True  # the re-queued task runs here, as a worker would run it
     try:
         later = timezone.now() + timedelta(seconds=901)
-        assert uploads_requeue_unchecked(now=later, after=900) == [upload.pk]
+        with django_capture_on_commit_callbacks(execute=True):  # tasks are sent after commit
+            assert uploads_requeue_unchecked(now=later, after=900) == [upload.pk]
     finally:
         app.conf.task_always_eager = previous
     upload.refresh_from_db()

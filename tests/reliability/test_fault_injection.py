@@ -209,17 +209,19 @@ def test_redis_paused_mid_build_keeps_the_worker_and_the_build(rig: Rig, cast: C
 
 def test_s3_down_during_publish_retries_and_publishes_nothing_half(rig: Rig, cast: Cast) -> None:
     assert rig.s3 is not None
-    worker = rig.start_worker("s3-down", gpg=2)  # signing takes a few seconds: S3 goes down then
+    # The publisher signs each SHA256SUMS (gpg takes a few seconds here), then uploads: S3 goes
+    # down as the publish step starts, so the uploads after signing meet it.
+    worker = rig.start_worker("s3-down", gpg=2)
     try:
         serve_extension(rig.upstream, "s3-down")
         client = api_client(cast.teammate)
         build_id = request_build(client, compose(client, "s3 down", ["s3-down"]))
         wait_for_build(
-            client, build_id, step_running("sign"), timeout=STEP_WAIT, what="sign", workers=[worker]
+            client, build_id, step_running("publish"), timeout=STEP_WAIT, what="publish", workers=[worker]
         )
         rig.s3.stop()
         try:
-            time.sleep(6.0)  # publishing meets a store that refuses connections
+            time.sleep(10.0)  # longer than boto3's own retries: the task itself must retry
         finally:
             rig.s3.start()
         while_down = rig.published_problem()
