@@ -154,20 +154,26 @@ def test_redis_restart_while_idle_keeps_the_worker(rig: Rig, cast: Cast) -> None
         worker.stop()
 
 
+def build_caught_fetching(rig: Rig, cast: Cast, worker: Any, name: str, delay: float) -> tuple[Any, str]:
+    """A build of one extension whose upstream answers ``delay`` s late, caught while downloading."""
+    serve_extension(rig.upstream, name, delay=delay)
+    client = api_client(cast.teammate)
+    build_id = request_build(client, compose(client, name.replace("-", " "), [name]))
+    wait_for_build(
+        client,
+        build_id,
+        step_running("bake", state="fetching"),
+        timeout=STEP_WAIT,
+        what="fetch",
+        workers=[worker],
+    )
+    return client, build_id
+
+
 def test_redis_restart_mid_build_keeps_the_worker_and_the_build(rig: Rig, cast: Cast) -> None:
     worker = rig.start_worker("redis-mid")
     try:
-        serve_extension(rig.upstream, "redis-mid", delay=5.0)
-        client = api_client(cast.teammate)
-        build_id = request_build(client, compose(client, "redis mid", ["redis-mid"]))
-        wait_for_build(
-            client,
-            build_id,
-            step_running("bake", state="fetching"),
-            timeout=STEP_WAIT,
-            what="fetch",
-            workers=[worker],
-        )
+        client, build_id = build_caught_fetching(rig, cast, worker, "redis-mid", delay=5.0)
         rig.redis.restart(downtime=2.0)
         ends_succeeded(client, build_id, [worker])
         assert worker.process.poll() is None, f"the worker exited when Redis restarted:\n{worker.tail()}"
@@ -180,17 +186,7 @@ def test_redis_restart_mid_build_keeps_the_worker_and_the_build(rig: Rig, cast: 
 def test_redis_paused_mid_build_keeps_the_worker_and_the_build(rig: Rig, cast: Cast) -> None:
     worker = rig.start_worker("redis-pause")
     try:
-        serve_extension(rig.upstream, "redis-pause", delay=4.0)
-        client = api_client(cast.teammate)
-        build_id = request_build(client, compose(client, "redis pause", ["redis-pause"]))
-        wait_for_build(
-            client,
-            build_id,
-            step_running("bake", state="fetching"),
-            timeout=STEP_WAIT,
-            what="fetch",
-            workers=[worker],
-        )
+        client, build_id = build_caught_fetching(rig, cast, worker, "redis-pause", delay=4.0)
         pid = worker.process.pid
         rig.redis.pause()
         try:
@@ -258,18 +254,7 @@ def terminate_test_database_backends() -> int:
 def test_database_connections_terminated_mid_build(rig: Rig, cast: Cast) -> None:
     worker = rig.start_worker("db-terminate")
     try:
-        serve_extension(rig.upstream, "db-term", delay=5.0)
-        client = api_client(cast.teammate)
-        flavour_id = compose(client, "db term", ["db-term"])
-        build_id = request_build(client, flavour_id)
-        wait_for_build(
-            client,
-            build_id,
-            step_running("bake", state="fetching"),
-            timeout=STEP_WAIT,
-            what="fetch",
-            workers=[worker],
-        )
+        client, build_id = build_caught_fetching(rig, cast, worker, "db-term", delay=5.0)
         assert terminate_test_database_backends() >= 1
         # The web side (real gunicorn processes answering right after a termination) is
         # test_database_loss.py's: Django's test client skips the per-request connection check.
