@@ -126,6 +126,9 @@ class Extension(models.Model):
     category = models.CharField(max_length=32, choices=Category.choices, default=Category.TOOL)
     delivery = models.CharField(max_length=32, choices=Delivery.choices, default=Delivery.BAKE)
     arches = models.JSONField(default=list, help_text="Supported systemd arches, e.g. ['x86-64', 'arm64'].")
+    keywords = models.JSONField(
+        default=list, blank=True, help_text="Search words from the recipe's 'keywords', e.g. ['wasm', 'wasi']."
+    )
     recipe_text = models.TextField(help_text="The recipe YAML, verbatim.")
     recipe_digest = models.CharField(max_length=64, help_text="sha256 of the canonical recipe content.")
     requires = models.JSONField(default=list, help_text="List of any-of groups: [['containerd', 'docker']].")
@@ -160,6 +163,12 @@ class Extension(models.Model):
         """Whether a flavour may include it at all (source-build-only extensions may not)."""
         return self.delivery != Delivery.SOURCE_BUILD_REQUIRED
 
+    def newest_versions(self) -> list[ExtensionVersion]:
+        """Its versions, newest version number first (v1.10.0 before v1.9.2); uses the prefetch."""
+        from catalog.selectors import version_sort_key
+
+        return sorted(self.versions.all(), key=lambda v: (version_sort_key(v.version), v.pk), reverse=True)
+
     def recipe(self) -> Recipe:
         """The pipeline's view of this extension, parsed from ``recipe_text``.
 
@@ -177,6 +186,10 @@ class Extension(models.Model):
 class VersionStatus(models.TextChoices):
     """Life cycle of a version: proposed -> pinning -> approved, or -> rejected.
 
+    Pinning that fails (an upstream 404, a changed file, a lost task) leaves the version in
+    ``pin-failed`` with ``pinning_error`` saying why: never back in "proposed", which would read
+    as a fresh proposal. A curator approves it again (or rejects it) from there.
+
     An uploaded version starts as ``checking`` while a worker unpacks its archive, then becomes
     proposed, or rejected when the archive is refused (``UploadedArchive`` says why).
     """
@@ -184,6 +197,7 @@ class VersionStatus(models.TextChoices):
     CHECKING = "checking", "Checking upload"
     PROPOSED = "proposed", "Proposed"
     PINNING = "pinning", "Pinning digests"
+    PIN_FAILED = "pin-failed", "Pinning failed"
     APPROVED = "approved", "Approved"
     REJECTED = "rejected", "Rejected"
 
@@ -193,13 +207,17 @@ class VersionStatus(models.TextChoices):
         return STATUS_BADGES[self.value]
 
 
+# Each colour pairs with the status's text in the badge (colour alone is not enough to read).
 STATUS_BADGES = {
     "checking": "yellow",
     "proposed": "blue",
     "pinning": "yellow",
+    "pin-failed": "red",
     "approved": "green",
-    "rejected": "red",
+    "rejected": "grey",
 }
+# A curator may decide (approve or reject) a version in these states.
+DECIDABLE_STATUSES: tuple[str, ...] = ("proposed", "pin-failed")
 
 
 class ExtensionVersion(models.Model):
@@ -242,6 +260,18 @@ class ExtensionVersion(models.Model):
     @property
     def status_badge(self) -> str:
         return VersionStatus(self.status).badge
+
+    @property
+    def decidable(self) -> bool:
+        """Whether a curator may approve or reject it now (proposed, or its pinning failed)."""
+        return self.status in DECIDABLE_STATUSES
+
+    @property
+    def status_text(self) -> str:
+        """The status as pages and the API spell it; "pinning failed: <reason>" says why."""
+        if self.status == VersionStatus.PIN_FAILED:
+            return f"pinning failed: {self.pinning_error}" if self.pinning_error else "pinning failed"
+        return VersionStatus(self.status).label.lower()
 
     @property
     def usable_for_new_flavours(self) -> bool:

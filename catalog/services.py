@@ -25,6 +25,7 @@ from builds.pipeline.recipe import Recipe, load_recipe, parse_recipe, var_proble
 from catalog import discovery, uploads
 from catalog.errors import CatalogConflict, CatalogError, CatalogForbidden, CatalogNotFound
 from catalog.models import (
+    DECIDABLE_STATUSES,
     ApprovalAction,
     ApprovalRecord,
     Extension,
@@ -61,6 +62,7 @@ def _extension_fields(recipe: Recipe, text: str) -> dict[str, Any]:
         "category": recipe.category,
         "delivery": recipe.delivery,
         "arches": list(recipe.arches),
+        "keywords": list(recipe.keywords),
         "recipe_text": text,
         "recipe_digest": recipe.digest,
         "requires": [list(group) for group in recipe.requires],
@@ -117,7 +119,7 @@ def _check_not_proposer(version: ExtensionVersion, actor: Any) -> None:
 
     The proposer is ``proposed_by``, set by every way a person files a version (API, page, a
     team's recipe, an upload; the admin site cannot add versions) and never changed afterwards:
-    a version that failed pinning goes back to ``proposed`` with its proposer, and a rejected
+    a version whose pinning failed keeps its proposer (``pin-failed``), and a rejected
     version cannot be proposed again. Versions without a proposer were filed by the system
     (built-in recipes, discovery) or by an account since deleted; either way not by ``actor``.
     """
@@ -321,8 +323,8 @@ def _sync_one(recipe: Recipe, text: str) -> str:
             changed = True
         if changed:
             version.save(update_fields=["vars", "deprecated"])
-        if pins is not None and version.status in (VersionStatus.PROPOSED, VersionStatus.APPROVED):
-            if version.status == VersionStatus.PROPOSED:
+        if pins is not None and version.status in (*DECIDABLE_STATUSES, VersionStatus.APPROVED):
+            if version.status in DECIDABLE_STATUSES:
                 _approve_with_recipe_pins(version, recipe, pins)
                 changed = True
             elif _store_recipe_pins(version, recipe, pins):
@@ -424,7 +426,7 @@ def _check_version_fits_recipe(version: ExtensionVersion) -> None:
     except KeyError as exc:
         raise CatalogError(
             "version.invalid",
-            f"The recipe's URLs need the variable {exc.args[0]!r}; give it in 'vars'.",
+            f"The recipe's URLs need the variable {exc.args[0]!r}; give it as a template variable ('vars' in the API).",
         ) from exc
 
 
@@ -444,10 +446,11 @@ def version_approve(*, version: ExtensionVersion, actor: Any, reason: str = "") 
             .select_related("extension__team", "proposed_by")
             .get(pk=version.pk)
         )
-        if locked.status != VersionStatus.PROPOSED:
+        if locked.status not in DECIDABLE_STATUSES:
             raise CatalogConflict(
                 "version.not-proposed",
-                f"{version} is {locked.status}; only proposed versions can be approved.",
+                f"{version} is {locked.status}; only proposed versions (or ones whose pinning failed) "
+                "can be approved.",
             )
         _check_not_proposer(locked, actor)
         locked.status = VersionStatus.PINNING
@@ -473,13 +476,14 @@ def version_reject(*, version: ExtensionVersion, actor: Any, reason: str) -> Ext
     """A curator rejects a proposed version, saying why."""
     require_team_role(actor, version.extension.team, Role.CURATOR, action="reject a version")
     if not reason or not reason.strip():
-        raise CatalogError("reason.required", "Say why the version is rejected (reason).")
+        raise CatalogError("reason.required", "Give a reason to reject the version.")
     with transaction.atomic():
         locked = ExtensionVersion.objects.select_for_update().get(pk=version.pk)
-        if locked.status != VersionStatus.PROPOSED:
+        if locked.status not in DECIDABLE_STATUSES:
             raise CatalogConflict(
                 "version.not-proposed",
-                f"{version} is {locked.status}; only proposed versions can be rejected.",
+                f"{version} is {locked.status}; only proposed versions (or ones whose pinning failed) "
+                "can be rejected.",
             )
         locked.status = VersionStatus.REJECTED
         locked.decided_by = actor
@@ -538,8 +542,8 @@ def version_pin_digests(*, version_id: int, last_attempt: bool = True) -> Extens
     is raised while ``last_attempt`` is False, the version staying in ``pinning`` with the error
     noted, so the task retries it: a passing upstream hiccup never undoes a curator's approval.
     A permanent error (a 404, a changed file, a bad recipe), or transient trouble on the last
-    attempt, sends the version back to ``proposed`` with the error recorded, so a curator can
-    approve again. Pins already known (from the recipe or an upload) are enforced, not replaced.
+    attempt, leaves the version ``pin-failed`` with the error recorded, so a curator sees why
+    and can approve again. Pins already known (from the recipe or an upload) are enforced, not replaced.
     """
     version = ExtensionVersion.objects.select_related("extension").filter(pk=version_id).first()
     if version is None or version.status != VersionStatus.PINNING:
@@ -595,8 +599,8 @@ def version_pin_digests(*, version_id: int, last_attempt: bool = True) -> Extens
 
 
 def versions_reap_stuck_pinning(*, now: Any = None, timeout: float | None = None) -> list[int]:
-    """Return versions stuck in ``pinning`` (their task lost: broker flushed, worker killed) to
-    ``proposed`` with the error recorded, so a curator sees why and can approve again."""
+    """Mark versions stuck in ``pinning`` (their task lost: broker flushed, worker killed)
+    ``pin-failed`` with the error recorded, so a curator sees why and can approve again."""
     timeout = timeout if timeout is not None else settings.CATALOG_PINNING_TIMEOUT
     cutoff = (now or timezone.now()) - timedelta(seconds=timeout)
     stuck = ExtensionVersion.objects.filter(status=VersionStatus.PINNING, decided_at__lt=cutoff)
@@ -644,7 +648,7 @@ def _pinning_failed(version: ExtensionVersion, error: str) -> None:
         locked = ExtensionVersion.objects.select_for_update().get(pk=version.pk)
         if locked.status != VersionStatus.PINNING:
             return
-        locked.status = VersionStatus.PROPOSED
+        locked.status = VersionStatus.PIN_FAILED
         locked.pinning_error = error
         locked.save(update_fields=["status", "pinning_error"])
         _record(locked, ApprovalAction.PIN_FAILED, label=PINNING_LABEL, reason=error)

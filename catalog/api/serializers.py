@@ -74,6 +74,11 @@ class ExtensionVersionSerializer(serializers.ModelSerializer):
     proposed_by = serializers.SerializerMethodField()
     decided_by = serializers.SerializerMethodField()
     usable_for_new_flavours = serializers.BooleanField(read_only=True)
+    status_text = serializers.CharField(
+        read_only=True,
+        help_text='The status as people read it; after a failed pinning "pinning failed: <code>: <reason>" '
+        "(status pin-failed: a curator approves again or rejects).",
+    )
     digests = UpstreamDigestSerializer(many=True, read_only=True)
     approvals = ApprovalRecordSerializer(many=True, read_only=True)
 
@@ -85,6 +90,7 @@ class ExtensionVersionSerializer(serializers.ModelSerializer):
             "team",
             "version",
             "status",
+            "status_text",
             "deprecated",
             "usable_for_new_flavours",
             "vars",
@@ -135,6 +141,7 @@ class ExtensionListSerializer(serializers.ModelSerializer):
             "delivery",
             "selectable",
             "arches",
+            "keywords",
             "approved_versions",
         ]
 
@@ -142,13 +149,15 @@ class ExtensionListSerializer(serializers.ModelSerializer):
         return extension.team.slug if extension.team is not None else None
 
     def get_approved_versions(self, extension: Extension) -> list[str]:
-        """Versions offered for new flavours (approved, not deprecated)."""
-        return [v.version for v in extension.versions.all() if v.usable_for_new_flavours]
+        """Versions offered for new flavours (approved, not deprecated), newest first."""
+        return [v.version for v in extension.newest_versions() if v.usable_for_new_flavours]
 
 
 class ExtensionDetailSerializer(ExtensionListSerializer):
     relations = serializers.SerializerMethodField()
-    versions = ExtensionVersionSerializer(many=True, read_only=True)
+    versions = ExtensionVersionSerializer(
+        many=True, read_only=True, source="newest_versions", help_text="Newest version first."
+    )
 
     class Meta(ExtensionListSerializer.Meta):
         fields = [

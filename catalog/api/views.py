@@ -51,7 +51,7 @@ def _with_versions(qs: Any) -> Any:
 
 
 class ExtensionListView(mixins.ListModelMixin, CatalogAPIView):
-    """GET: the extensions you can see (``?search=&category=&arch=&team=``). POST: add a custom one."""
+    """GET: the extensions you can see (``?search=&status=&category=&arch=&team=``). POST: add a custom one."""
 
     # ListModelMixin only tells the OpenAPI generator that GET is a paginated list; the filter
     # backend documents ExtensionFilterSet's parameters and answers a wrong value with a 400.

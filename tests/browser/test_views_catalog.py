@@ -136,7 +136,7 @@ def test_reject_without_a_reason_shows_the_error_next_to_the_field(client, team_
     response = client.post(url, {"decision": "reject", "reason": ""})
     html = response.content.decode()
     assert response.status_code == 200
-    assert 'id="id_reason_error"' in html and "Say why the version is rejected" in html
+    assert 'id="id_reason_error"' in html and "Give a reason to reject the version" in html
     assert 'aria-invalid="true"' in html
     team_ext["proposed"].refresh_from_db()
     assert team_ext["proposed"].status == VersionStatus.PROPOSED
