@@ -127,7 +127,7 @@ class Extension(models.Model):
     delivery = models.CharField(max_length=32, choices=Delivery.choices, default=Delivery.BAKE)
     arches = models.JSONField(default=list, help_text="Supported systemd arches, e.g. ['x86-64', 'arm64'].")
     keywords = models.JSONField(
-        default=list, blank=True, help_text="Search words from the recipe's 'keywords', e.g. ['wasm', 'wasi']."
+        default=list, blank=True, help_text="Search words from the recipe's 'keywords', e.g. ['wasm']."
     )
     recipe_text = models.TextField(help_text="The recipe YAML, verbatim.")
     recipe_digest = models.CharField(max_length=64, help_text="sha256 of the canonical recipe content.")

@@ -203,6 +203,90 @@ def team_member_set(*, team_slug: str, team_name: str = "", username: str, role:
     return membership
 
 
+def _check_role(role: str) -> None:
+    if role not in Role.values:
+        raise CatalogError("team.invalid-role", f"Role {role!r} is not one of {', '.join(Role.values)}.")
+
+
+def _locked_membership(team: Team, username: str) -> Membership:
+    membership = (
+        Membership.objects.select_for_update()
+        .select_related("user", "team")
+        .filter(team=team, user__username=username)
+        .first()
+    )
+    if membership is None:
+        raise CatalogNotFound("team.not-member", f"{username!r} is not a member of team {team.slug}.")
+    return membership
+
+
+def _check_not_last_admin(membership: Membership, *, leaving: bool) -> None:
+    """Refuse to leave a team without an admin (no one could manage its members any more)."""
+    if membership.role != Role.ADMIN:
+        return
+    # Lock every admin row: two admins demoting each other at once must not both succeed.
+    admins = list(
+        Membership.objects.select_for_update()
+        .filter(team=membership.team, role=Role.ADMIN)
+        .values_list("pk", flat=True)
+    )
+    if admins == [membership.pk]:
+        what = "remove" if leaving else "change the role of"
+        raise CatalogConflict(
+            "team.last-admin",
+            f"{membership.user.get_username()} is the last admin of team {membership.team.slug}: "
+            f"make another member admin before you {what} them.",
+        )
+
+
+def team_member_add(*, team: Team, actor: Any, username: str, role: str = Role.VIEWER) -> Membership:
+    """A team admin adds an existing account to the team with ``role``."""
+    require_team_role(actor, team, Role.ADMIN, action="add team members")
+    _check_role(role)
+    username = username.strip()
+    user = get_user_model().objects.filter(username=username).first() if username else None
+    if user is None:
+        raise CatalogError(
+            "team.unknown-user",
+            f"No account is called {username!r}. Check the spelling, or ask an administrator to "
+            "create the account first.",
+        )
+    try:
+        with transaction.atomic():
+            membership = Membership.objects.create(team=team, user=user, role=role)
+    except IntegrityError:
+        raise CatalogConflict(
+            "team.already-member", f"{username} is already a member of team {team.slug}."
+        ) from None
+    log.info("team %s: %s added as %s by %s", team.slug, username, role, actor.get_username())
+    return membership
+
+
+def team_member_change_role(*, team: Team, actor: Any, username: str, role: str) -> Membership:
+    """A team admin gives a member another role; the last admin keeps theirs."""
+    require_team_role(actor, team, Role.ADMIN, action="change team members' roles")
+    _check_role(role)
+    with transaction.atomic():
+        membership = _locked_membership(team, username)
+        if membership.role == role:
+            return membership
+        _check_not_last_admin(membership, leaving=False)
+        membership.role = role
+        membership.save(update_fields=["role"])
+    log.info("team %s: %s is now %s (by %s)", team.slug, username, role, actor.get_username())
+    return membership
+
+
+def team_member_remove(*, team: Team, actor: Any, username: str) -> None:
+    """A team admin removes a member (themselves included, unless they are the last admin)."""
+    require_team_role(actor, team, Role.ADMIN, action="remove team members")
+    with transaction.atomic():
+        membership = _locked_membership(team, username)
+        _check_not_last_admin(membership, leaving=True)
+        membership.delete()
+    log.info("team %s: %s removed by %s", team.slug, username, actor.get_username())
+
+
 TEAM_SETTINGS = ("two_person_approval", "private_artifacts")
 
 
@@ -426,7 +510,8 @@ def _check_version_fits_recipe(version: ExtensionVersion) -> None:
     except KeyError as exc:
         raise CatalogError(
             "version.invalid",
-            f"The recipe's URLs need the variable {exc.args[0]!r}; give it as a template variable ('vars' in the API).",
+            f"The recipe's URLs need the variable {exc.args[0]!r}; give it as a template variable "
+            "('vars' in the API).",
         ) from exc
 
 

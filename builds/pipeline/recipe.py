@@ -484,7 +484,7 @@ class _RecipeParser:
         for i, item in enumerate(self.sequence(value, "keywords")):
             word = self.string(item, f"keywords[{i}]").strip().lower()
             if not _KEYWORD_RE.match(word):
-                self.fail(f"keywords[{i}]", f"{word!r} must be one word of letters, digits or '-' (at most 32)")
+                self.fail(f"keywords[{i}]", f"{word!r} must be one word: letters, digits or '-' (at most 32)")
             if word not in words:
                 words.append(word)
         return tuple(words)

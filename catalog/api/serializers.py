@@ -9,7 +9,16 @@ from rest_framework import serializers
 
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.vocabulary import ARCHES
-from catalog.models import ApprovalRecord, Category, Extension, ExtensionVersion, Team, UpstreamDigest
+from catalog.models import (
+    ApprovalRecord,
+    Category,
+    Extension,
+    ExtensionVersion,
+    Membership,
+    Role,
+    Team,
+    UpstreamDigest,
+)
 
 
 def _username(user: Any) -> str | None:
@@ -57,6 +66,31 @@ class TeamSerializer(serializers.ModelSerializer):
         model = Team
         fields = ["slug", "name", "two_person_approval", "private_artifacts"]
         read_only_fields = ["slug", "name"]
+
+
+class TeamMemberSerializer(serializers.ModelSerializer):
+    """A member of a team and their role; every member sees the list, admins change it."""
+
+    username = serializers.CharField(source="user.username", read_only=True)
+    since = serializers.DateTimeField(source="created_at", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["username", "role", "since"]
+
+
+class TeamMemberAddSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150, help_text="An existing account's username.")
+    role = serializers.ChoiceField(
+        choices=Role.choices,
+        default=Role.VIEWER,
+        help_text="viewer reads, builder composes and builds, curator approves versions, admin manages "
+        "the team and its members.",
+    )
+
+
+class TeamMemberRoleSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)
 
 
 class SourceUrlSerializer(serializers.Serializer):

@@ -3,7 +3,7 @@
 (() => {
   const status = document.getElementById("version-status");
   if (!status || status.dataset.active !== "true") return;
-  const BADGES = { approved: ["green", "approved"], "pin-failed": ["red", "pinning failed"], pinning: ["yellow", "pinning digests"] };
+  const BADGES = { approved: ["green", "Approved"], "pin-failed": ["red", "Pinning failed"], pinning: ["yellow", "Pinning digests"] };
 
   function render(version) {
     const badge = document.querySelector("#version-badge .badge");

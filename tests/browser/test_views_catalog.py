@@ -76,8 +76,8 @@ def test_list_cards_show_every_version_with_its_status(client, cast):
     ExtensionVersion.objects.create(extension=compose, version="v2.34.0", status=VersionStatus.PROPOSED)
     client.force_login(cast.curator)
     html = client.get("/catalog/").content.decode()
-    assert ">v2.34.0 proposed</span>" in html
-    assert ">28.0.4 approved</span>" in html
+    assert ">v2.34.0 · Proposed</span>" in html
+    assert ">28.0.4 · Approved</span>" in html
     assert html.count(">none yet<") == 2  # wasmtime and blue-agent have no version at all
 
 
