@@ -32,7 +32,7 @@ def first_run_steps(user: Any) -> list[ChecklistStep]:
     approved = versions_for_user(user).filter(status=VersionStatus.APPROVED, deprecated=False).exists()
     flavours = flavours_visible_to(user=user)
     succeeded = builds_visible_to(user=user).filter(state=BuildState.SUCCEEDED).exists()
-    can_curate = is_global_curator(user) or any(has_team_role(user, t, Role.CURATOR) for t in teams)
+    curates_teams = any(has_team_role(user, t, Role.CURATOR) for t in teams)
     can_build = any(has_team_role(user, t, Role.BUILDER) for t in teams)
 
     if first_team is not None:
@@ -62,12 +62,18 @@ def first_run_steps(user: Any) -> list[ChecklistStep]:
             "An administrator adds you to a team (admin site, or manage.py team_member SLUG "
             f"{user.get_username()}); until then you can browse the catalog.",
         )
-    approve_how = (
-        "Approve a version on its catalog page: the worker fetches and pins every upstream file."
-        if can_curate
-        else "Built-in versions start as proposed. Django staff approve the global catalog and team "
-        "curators their team's extensions; ask one of them."
-    )
+    if is_global_curator(user):
+        approve_how = "Approve a version on its catalog page: the worker fetches and pins every upstream file."
+    elif curates_teams:
+        approve_how = (
+            "You approve your team's own extensions on their catalog pages; Django staff approve the "
+            "built-in catalog (docker, kubernetes, the Wasm runtimes...): ask one of them."
+        )
+    else:
+        approve_how = (
+            "Built-in versions start as proposed. Django staff approve the built-in catalog and team "
+            "curators their team's own extensions; ask one of them."
+        )
     steps = [
         team_step,
         ChecklistStep(

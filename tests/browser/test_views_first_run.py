@@ -68,7 +68,9 @@ def test_checklist_tells_staff_where_to_create_a_team_and_curators_to_approve(
     assert "Approve a version on its catalog page" in html
     client.force_login(cast.viewer)
     html = client.get("/").content.decode()
-    assert "Django staff approve the global catalog" in html
+    assert "Django staff approve the built-in catalog and team curators" in html
+    client.force_login(cast.curator)
+    assert "You approve your team&#x27;s own extensions" in client.get("/").content.decode()
 
 
 @pytest.fixture
