@@ -63,7 +63,7 @@ def first_run_steps(user: Any) -> list[ChecklistStep]:
             f"{user.get_username()}); until then you can browse the catalog.",
         )
     if is_global_curator(user):
-        approve_how = "Approve a version on its catalog page: the worker fetches and pins every upstream file."
+        approve_how = "Approve a version on its catalog page: the worker fetches and pins each upstream file."
     elif curates_teams:
         approve_how = (
             "You approve your team's own extensions on their catalog pages; Django staff approve the "
