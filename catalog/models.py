@@ -9,6 +9,7 @@ files' sha256 pinned) and not ``deprecated``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,19 @@ from builds.pipeline import vocabulary
 
 if TYPE_CHECKING:
     from builds.pipeline.recipe import Recipe
+
+
+_NUMBER = re.compile(r"(\d+)")
+
+
+def version_sort_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order for version strings ("v1.10.0" after "v1.9.2"; "rc" parts sort as text)."""
+    key: list[tuple[int, int | str]] = []
+    for part in _NUMBER.split(version.lstrip("vV")):
+        if not part:
+            continue
+        key.append((1, int(part)) if part.isdigit() else (0, part))
+    return tuple(key)
 
 
 class Role(models.TextChoices):
@@ -165,8 +179,6 @@ class Extension(models.Model):
 
     def newest_versions(self) -> list[ExtensionVersion]:
         """Its versions, newest version number first (v1.10.0 before v1.9.2); uses the prefetch."""
-        from catalog.selectors import version_sort_key
-
         return sorted(self.versions.all(), key=lambda v: (version_sort_key(v.version), v.pk), reverse=True)
 
     def recipe(self) -> Recipe:
