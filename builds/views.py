@@ -275,34 +275,40 @@ def compose_extensions(request: HttpRequest) -> HttpResponse:
 
 
 def _unapproved_extensions(user: Any, extensions: list[Extension]) -> list[dict[str, Any]]:
-    """Extensions the composer cannot offer only because no version is approved yet: where to
-    approve one (curators, staff for the global catalog), or who can."""
+    """Extensions the composer cannot offer only because no version is approved yet, grouped by
+    who approves them (Django staff for the global catalog, a team's curators for its own), with
+    a link to the review of the newest undecided version for those who can."""
     from catalog.views import extension_url
 
-    rows = []
+    groups: dict[Team | None, dict[str, Any]] = {}
     for extension in extensions:
+        team = extension.team
+        group = groups.get(team)
+        if group is None:
+            group = groups[team] = {
+                "approvers": "Django staff (the global catalog's curators)"
+                if team is None
+                else f"The curators of team {team.name}",
+                "can_approve": has_team_role(user, team, Role.CURATOR),
+                "rows": [],
+            }
         versions = extension.newest_versions()
         decidable = next((v for v in versions if v.decidable), None)
-        can_approve = has_team_role(user, extension.team, Role.CURATOR)
-        approvers = (
-            "Django staff (the global catalog's curators)"
-            if extension.team is None
-            else f"the curators of team {extension.team.name}"
-        )
+        current = decidable or (versions[0] if versions else None)
         link = extension_url(extension)
-        if can_approve and decidable is not None:
+        if group["can_approve"] and decidable is not None:
             link = reverse("catalog:version-review", args=[decidable.pk])
-        rows.append(
+        group["rows"].append(
             {
                 "extension": extension,
-                "statuses": ", ".join(f"{v.version} {v.status_text}" for v in versions) or "no versions yet",
-                "can_approve": can_approve,
-                "approvers": approvers,
-                "link": link,
+                "status": f"{current.version} {current.status_text}"
+                if current
+                else "no version proposed yet",
                 "version": decidable,
+                "link": link,
             }
         )
-    return rows
+    return sorted(groups.values(), key=lambda g: (not g["can_approve"], g["approvers"]))
 
 
 @login_required

@@ -67,9 +67,8 @@ def test_the_first_hour(page, snap, chromium, live_server, fresh_install):
     page.get_by_label("x86-64").check()
     page.get_by_role("button", name="Next: extensions").click()
     waiting = page.locator("#unapproved")
-    expect(waiting.locator("li[data-extension=docker]")).to_contain_text(
-        "Django staff (the global catalog's curators) can approve it"
-    )
+    expect(waiting).to_contain_text("Django staff (the global catalog's curators) can approve these")
+    expect(waiting.locator("li[data-extension=docker]")).to_contain_text("28.0.4 proposed")
     expect(waiting.locator("li[data-extension=docker-compose]")).to_be_visible()
     snap(page, "2-composer-waiting-for-approval")
 

@@ -85,30 +85,43 @@ def composer(cast: Cast) -> Cast:
 STEP2 = {"team": "blue", "name": "edge", "arch": "x86-64", "channel": "stable"}
 
 
+def _groups(client: Any) -> dict[str, dict[str, Any]]:
+    groups = client.get("/compose/extensions/", STEP2).context["unapproved"]
+    return {g["approvers"]: {**g, "names": {r["extension"].name: r for r in g["rows"]}} for g in groups}
+
+
+STAFF = "Django staff (the global catalog's curators)"
+BLUE = "The curators of team Blue"
+
+
 def test_composer_lists_unapproved_extensions_with_who_approves(client: Any, composer: Cast) -> None:
     client.force_login(composer.builder)
-    response = client.get("/compose/extensions/", STEP2)
-    unapproved = {row["extension"].name: row for row in response.context["unapproved"]}
-    assert set(unapproved) == {"docker", "kubernetes", "bluetool"}
-    html = response.content.decode()
-    assert "Waiting for approval (3)" in html
-    assert "Django staff (the global catalog&#x27;s curators) can approve it" in html
-    assert "the curators of team Blue can approve it" in html
-    assert 'kubernetes</strong> <span class="muted">(v1.33.1 pinning failed' in html
+    groups = _groups(client)
+    assert set(groups[STAFF]["names"]) == {"docker", "kubernetes"}
+    assert set(groups[BLUE]["names"]) == {"bluetool"}
+    assert not groups[STAFF]["can_approve"] and not groups[BLUE]["can_approve"]
+    html = client.get("/compose/extensions/", STEP2).content.decode()
+    assert "Waiting for approval" in html
+    assert "Django staff (the global catalog&#x27;s curators) can approve these; ask them:" in html
+    assert "The curators of team Blue can approve these; ask them:" in html
+    assert "v1.33.1 pinning failed" in html  # never "proposed"
+    assert "28.0.4 proposed" in html  # the newest undecided version
 
 
 def test_composer_links_curators_to_the_review_page(client: Any, composer: Cast) -> None:
     client.force_login(composer.curator)  # curator of blue: approves bluetool, not the globals
-    rows = {r["extension"].name: r for r in client.get("/compose/extensions/", STEP2).context["unapproved"]}
+    groups = _groups(client)
     bluetool = ExtensionVersion.objects.get(extension__name="bluetool")
-    assert rows["bluetool"]["can_approve"] and rows["bluetool"]["link"] == f"/versions/{bluetool.pk}/review/"
-    assert not rows["docker"]["can_approve"]
+    assert groups[BLUE]["can_approve"]
+    assert groups[BLUE]["names"]["bluetool"]["link"] == f"/versions/{bluetool.pk}/review/"
+    assert not groups[STAFF]["can_approve"]
+    assert groups[STAFF]["names"]["docker"]["link"] == "/catalog/docker/"
     composer.curator.is_staff = True
     composer.curator.save()
-    rows = {r["extension"].name: r for r in client.get("/compose/extensions/", STEP2).context["unapproved"]}
     newest = ExtensionVersion.objects.get(extension__name="docker", version="28.0.4")
-    assert rows["docker"]["can_approve"] and rows["docker"]["link"] == f"/versions/{newest.pk}/review/"
-    assert "review 28.0.4 and approve it" in client.get("/compose/extensions/", STEP2).content.decode()
+    assert _groups(client)[STAFF]["names"]["docker"]["link"] == f"/versions/{newest.pk}/review/"
+    html = client.get("/compose/extensions/", STEP2).content.decode()
+    assert "You can approve these" in html and "Review docker 28.0.4" in html
 
 
 def test_composer_errors_use_page_words(client: Any, composer: Cast) -> None:
