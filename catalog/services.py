@@ -220,16 +220,19 @@ def _locked_membership(team: Team, username: str) -> Membership:
     return membership
 
 
-def _check_not_last_admin(membership: Membership, *, leaving: bool) -> None:
-    """Refuse to leave a team without an admin (no one could manage its members any more)."""
-    if membership.role != Role.ADMIN:
-        return
-    # Lock every admin row: two admins demoting each other at once must not both succeed.
-    admins = list(
+def _lock_admins(team: Team) -> list[int]:
+    """Lock the team's admin rows, always in one order, before any member row is touched: two
+    admins demoting each other at once then queue up instead of both succeeding (or deadlocking)."""
+    return list(
         Membership.objects.select_for_update()
-        .filter(team=membership.team, role=Role.ADMIN)
+        .filter(team=team, role=Role.ADMIN)
+        .order_by("pk")
         .values_list("pk", flat=True)
     )
+
+
+def _check_not_last_admin(membership: Membership, admins: list[int], *, leaving: bool) -> None:
+    """Refuse to leave a team without an admin (no one could manage its members any more)."""
     if admins == [membership.pk]:
         what = "remove" if leaving else "change the role of"
         raise CatalogConflict(
@@ -267,10 +270,13 @@ def team_member_change_role(*, team: Team, actor: Any, username: str, role: str)
     require_team_role(actor, team, Role.ADMIN, action="change team members' roles")
     _check_role(role)
     with transaction.atomic():
+        admins = _lock_admins(team)
+        # Again under the lock: another admin may have demoted the actor meanwhile.
+        require_team_role(actor, team, Role.ADMIN, action="change team members' roles")
         membership = _locked_membership(team, username)
         if membership.role == role:
             return membership
-        _check_not_last_admin(membership, leaving=False)
+        _check_not_last_admin(membership, admins, leaving=False)
         membership.role = role
         membership.save(update_fields=["role"])
     log.info("team %s: %s is now %s (by %s)", team.slug, username, role, actor.get_username())
@@ -281,8 +287,10 @@ def team_member_remove(*, team: Team, actor: Any, username: str) -> None:
     """A team admin removes a member (themselves included, unless they are the last admin)."""
     require_team_role(actor, team, Role.ADMIN, action="remove team members")
     with transaction.atomic():
+        admins = _lock_admins(team)
+        require_team_role(actor, team, Role.ADMIN, action="remove team members")
         membership = _locked_membership(team, username)
-        _check_not_last_admin(membership, leaving=True)
+        _check_not_last_admin(membership, admins, leaving=True)
         membership.delete()
     log.info("team %s: %s removed by %s", team.slug, username, actor.get_username())
 
