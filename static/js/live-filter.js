@@ -1,5 +1,6 @@
 // Filter as you type: a form marked data-live-filter="ID" fetches its own GET URL as the user
-// types and swaps the element ID from the answer. Without JavaScript the form submits as usual.
+// types and swaps the element ID from the answer (and the text of data-live-count's element).
+// Without JavaScript the form submits as usual.
 (() => {
   const form = document.querySelector("form[data-live-filter]");
   if (!form) return;
@@ -20,6 +21,11 @@
       const fresh = page.getElementById(targetId);
       const current = document.getElementById(targetId);
       if (fresh && current) current.replaceWith(fresh);
+      // The count stays in place (a live region), so screen readers announce the new number.
+      const countId = form.dataset.liveCount;
+      const count = countId && document.getElementById(countId);
+      const freshCount = countId && page.getElementById(countId);
+      if (count && freshCount) count.textContent = freshCount.textContent;
       window.history.replaceState(null, "", url);
     } catch (error) {
       if (error.name !== "AbortError") throw error;

@@ -82,6 +82,8 @@ def test_the_first_hour(page, snap, chromium, live_server, fresh_install):
         cards = staff.get_by_role("list", name="Extensions")
         expect(cards.get_by_role("link", name="wasmtime")).to_have_count(0)
         expect(cards.get_by_role("link", name="docker-compose")).to_be_visible()
+        expect(staff.locator("#catalog-count")).to_have_text("1 extension")
+        assert "search=compose" in staff.url  # the filtered list is a link to share
         snap(staff, "3-catalog-filtered-as-typed")
         cards.get_by_role("link", name="docker-compose").click()
         staff.get_by_role("link", name="Review v2.34.0", exact=True).click()
