@@ -182,6 +182,10 @@ _CODES: tuple[ErrorCode, ...] = (
     _user("image.unsupported-format", "The image format is not squashfs or erofs."),
     _user("image.unsupported-compression", "The compression is not supported for this format."),
     _user("image.unknown-format", "The file is not a squashfs or erofs image."),
+    _user(
+        "image.wrong-architecture",
+        "An ELF file in the image is built for another machine than the image's architecture.",
+    ),
     _infra("image.mksquashfs-failed", "mksquashfs failed on the worker."),
     _infra("image.mkfs-erofs-failed", "mkfs.erofs failed on the worker."),
     _infra("image.tool-version", "The image tool's version cannot be read."),
