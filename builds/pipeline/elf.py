@@ -75,16 +75,15 @@ def parse_elf_header(head: bytes) -> ElfHeader | None:
     return ElfHeader(machine=machine, bits=32 if ei_class == 1 else 64, little_endian=little)
 
 
-def check_tree_architecture(root: Path, arch: str) -> int:
-    """Refuse an image tree holding an ELF file for another machine than ``arch``'s.
+def foreign_elf_files(root: Path, arch: str) -> tuple[int, list[str]]:
+    """How many ELF files the tree under ``root`` holds, and those not for ``arch``'s machine.
 
-    Returns how many ELF files were checked. Symlinks are not followed (their targets in the tree
-    are checked themselves). Raises ``image.wrong-architecture`` naming the file(s) and both
-    machines.
+    Each foreign file is described as ``PATH is an ELF file for MACHINE``. Symlinks are not
+    followed (their targets in the tree are checked themselves).
     """
-    expected, expected_name = ELF_MACHINES[arch]
+    expected, _name = ELF_MACHINES[arch]
     checked = 0
-    wrong: list[str] = []
+    foreign: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for filename in sorted(filenames):
@@ -95,15 +94,31 @@ def check_tree_architecture(root: Path, arch: str) -> int:
             if header is None:
                 continue
             checked += 1
-            if header.machine == expected or header.machine in _ANY_ARCH_MACHINES:
-                continue
-            wrong.append(f"{path.relative_to(root).as_posix()} is a {header.machine_name} ELF file")
-    if wrong:
-        more = f" (and {len(wrong) - _SHOWN_PROBLEMS} more)" if len(wrong) > _SHOWN_PROBLEMS else ""
+            if header.machine != expected and header.machine not in _ANY_ARCH_MACHINES:
+                foreign.append(
+                    f"{path.relative_to(root).as_posix()} is an ELF file for {header.machine_name}"
+                )
+    return checked, foreign
+
+
+def describe_foreign(foreign: list[str]) -> str:
+    """The first few foreign files, and how many more there are."""
+    more = f" (and {len(foreign) - _SHOWN_PROBLEMS} more)" if len(foreign) > _SHOWN_PROBLEMS else ""
+    return "; ".join(foreign[:_SHOWN_PROBLEMS]) + more
+
+
+def check_tree_architecture(root: Path, arch: str) -> int:
+    """Refuse an image tree holding an ELF file for another machine than ``arch``'s.
+
+    Returns how many ELF files were checked. Raises ``image.wrong-architecture`` naming the
+    file(s) and both machines.
+    """
+    checked, foreign = foreign_elf_files(root, arch)
+    if foreign:
         raise PipelineError(
             "image.wrong-architecture",
-            f"{'; '.join(wrong[:_SHOWN_PROBLEMS])}{more}, but this is the {arch} image: its ELF files "
-            f"must be built for {expected_name}. Check that the recipe's {arch} source is the "
+            f"{describe_foreign(foreign)}, but this is the {arch} image: its ELF files must be "
+            f"built for {ELF_MACHINES[arch][1]}. Check that the recipe's {arch} source is the "
             f"{arch} download.",
         )
     return checked

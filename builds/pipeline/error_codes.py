@@ -131,6 +131,7 @@ _CODES: tuple[ErrorCode, ...] = (
     _user("upload.forbidden-path", "The upload ships a path a sysext may not."),
     _user("upload.special-file", "The upload contains a device, FIFO or socket."),
     _user("upload.empty", "The upload contains no files."),
+    _user("upload.wrong-architecture", "The upload's ELF files do not suit every arch it is declared for."),
     _user("upload.kind-changed", "A new version must be uploaded in the same form as the first."),
     # --- fetching upstream files ----------------------------------------------------------------
     _user("fetch.invalid-url", "A source URL is not a valid http(s) URL."),

@@ -459,7 +459,7 @@ def test_an_x86_64_binary_in_an_arm64_download_fails_the_build_with_its_code(
     build = wait_for(builder, response.json()["id"], worker, finished)
     assert build["state"] == "failed", (build, worker.tail())
     assert build["error_code"] == "image.wrong-architecture"
-    assert "usr/bin/mixedup is a x86-64 ELF file" in build["error_message"]
+    assert "usr/bin/mixedup is an ELF file for x86-64" in build["error_message"]
     assert "the arm64 image" in build["error_message"] and "aarch64" in build["error_message"]
     assert "Contents" not in portal_side.list_objects_v2(Bucket=bucket, Prefix="extensions/mixedup/")
     assert "Contents" not in portal_side.list_objects_v2(Bucket=bucket, Prefix=f"flavours/{flavour['id']}/")

@@ -109,7 +109,7 @@ def test_an_executable_for_the_other_machine_fails_the_bake(
     assert error.value.code == "image.wrong-architecture"
     message = error.value.message
     machine = {"x86-64": "x86-64", "arm64": "aarch64"}
-    assert f"usr/bin/hello is a {machine[other]} ELF file" in message
+    assert f"usr/bin/hello is an ELF file for {machine[other]}" in message
     assert f"the {arch} image" in message and f"built for {machine[arch]}" in message
     assert "hello-script" not in message
     assert not out.exists() or not any(out.iterdir())  # nothing published
