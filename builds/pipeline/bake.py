@@ -1,5 +1,8 @@
 """Bake one sysext: recipe -> fetch -> unpack -> assemble -> image -> audit -> hash.
 
+Assembling ends with the architecture check (``builds.pipeline.elf``): every ELF file of the tree
+must be built for the image's arch.
+
 ``bake_image`` ends at a hashed, audited image in a directory of the caller's; publishing it
 (SHA256SUMS, signature, transfer files) is ``builds.pipeline.publish``'s job. ``bake_sysext`` is
 the command line's whole run: ``bake_image`` into scratch space, then ``publish_extension`` into
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from builds.pipeline import archive
 from builds.pipeline.checksums import SIGNATURE_FILE_NAME, SUMS_FILE_NAME, sha256_file
+from builds.pipeline.elf import check_tree_architecture
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.fetch import FetchedFile, Fetcher
 from builds.pipeline.image import DEFAULT_TIMESTAMP, ImageSpec, audit_image, build_image, tool_versions
@@ -212,7 +216,8 @@ def bake_image(
 
         with steps.step("assemble", "assembling the image tree") as detail:
             tree = assemble_tree(recipe, arch, unpacked, scratch / "root")
-            detail.append(f"{tree.files} files, {tree.bytes} bytes")
+            elf_files = check_tree_architecture(scratch / "root", arch)
+            detail.append(f"{tree.files} files, {tree.bytes} bytes, {elf_files} ELF files for {arch}")
 
         tool = f"mksquashfs ({spec.compression})" if spec.format == "squashfs" else "mkfs.erofs"
         with steps.step("image", tool) as detail:

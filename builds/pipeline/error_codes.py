@@ -131,6 +131,7 @@ _CODES: tuple[ErrorCode, ...] = (
     _user("upload.forbidden-path", "The upload ships a path a sysext may not."),
     _user("upload.special-file", "The upload contains a device, FIFO or socket."),
     _user("upload.empty", "The upload contains no files."),
+    _user("upload.wrong-architecture", "The upload's ELF files do not suit every arch it is declared for."),
     _user("upload.kind-changed", "A new version must be uploaded in the same form as the first."),
     # --- fetching upstream files ----------------------------------------------------------------
     _user("fetch.invalid-url", "A source URL is not a valid http(s) URL."),
@@ -182,6 +183,10 @@ _CODES: tuple[ErrorCode, ...] = (
     _user("image.unsupported-format", "The image format is not squashfs or erofs."),
     _user("image.unsupported-compression", "The compression is not supported for this format."),
     _user("image.unknown-format", "The file is not a squashfs or erofs image."),
+    _user(
+        "image.wrong-architecture",
+        "An ELF file in the image is built for another machine than the image's architecture.",
+    ),
     _infra("image.mksquashfs-failed", "mksquashfs failed on the worker."),
     _infra("image.mkfs-erofs-failed", "mkfs.erofs failed on the worker."),
     _infra("image.tool-version", "The image tool's version cannot be read."),
