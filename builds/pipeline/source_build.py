@@ -62,6 +62,7 @@ MAX_LINE_CHARS = 2000
 MAX_LOGGED_BYTES = 2 * 1024 * 1024  # beyond this, output still counts for the tail but is not logged
 FLUSH_SECONDS = 0.5
 FLUSH_LINES = 40
+FLUSH_BYTES = 8000  # one build log line holds at most 10000 characters
 _XCPU_EXITS = frozenset({-signal.SIGXCPU, 128 + signal.SIGXCPU})
 _KILLED_EXITS = frozenset({-signal.SIGKILL, 128 + signal.SIGKILL})
 # What toolchains print when an allocation fails under RLIMIT_AS.
@@ -352,6 +353,7 @@ class _OutputStream:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.count = 0
         self._pending: list[str] = []
+        self._pending_bytes = 0
         self._logged = 0
         self._last_flush = time.monotonic()
         self._truncated = False
@@ -366,11 +368,17 @@ class _OutputStream:
         elif not self._truncated:
             self._truncated = True
             self._pending.append(f"[more output than {MAX_LOGGED_BYTES} bytes: the rest is not logged]")
-        if len(self._pending) >= FLUSH_LINES or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+        self._pending_bytes += len(line) + 1
+        if (
+            len(self._pending) >= FLUSH_LINES
+            or self._pending_bytes >= FLUSH_BYTES
+            or time.monotonic() - self._last_flush >= FLUSH_SECONDS
+        ):
             self.flush()
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
+        self._pending_bytes = 0
         if self._pending and self.output is not None:
             text, self._pending = "\n".join(self._pending), []
             self.output(text)
