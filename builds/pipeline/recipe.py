@@ -137,6 +137,23 @@ class BuildSpec:
     install: tuple[InstallRule, ...]
     limits: BuildLimits = BuildLimits()
 
+    def as_document(self) -> dict[str, Any]:
+        """What a curator reviews before approving (review page, version API): the toolchain, the
+        commands, what is installed from the output, the limits."""
+        return {
+            "toolchain": dict(self.toolchain),
+            "commands": list(self.commands),
+            "install": [
+                {"from": r.source or "", "to": r.to, "mode": f"{r.mode:04o}" if r.mode is not None else ""}
+                for r in self.install
+            ],
+            "limits": {
+                "seconds": self.limits.seconds,
+                "cpu_seconds": self.limits.cpu_seconds,
+                "memory_mb": self.limits.memory_mb,
+            },
+        }
+
 
 @dataclass(frozen=True)
 class SourceTemplate:
