@@ -11,8 +11,9 @@ sandbox tool, with:
   with ``dpkg-query`` before anything is downloaded), the unpacked sources read-only at
   ``/build/src`` (further sources at ``/build/deps/<id>``), a scratch ``/build/work`` and the
   output ``/build/out``; nothing else of the worker (no ``/etc``, ``/var``, ``/home``, keys);
-- limits: wall-clock seconds (the sandbox is killed), CPU seconds (``RLIMIT_CPU``) and address
-  space per process (``RLIMIT_AS``), set by ``prlimit`` inside the sandbox, no core dumps;
+- limits: wall-clock seconds (the sandbox is killed), CPU seconds (``RLIMIT_CPU``), address
+  space per process (``RLIMIT_AS``) and file size (``RLIMIT_FSIZE``), set by ``prlimit`` inside
+  the sandbox, no core dumps;
 - fixed paths, ``SOURCE_DATE_EPOCH``, ``TZ=UTC`` and ``LC_ALL=C``, so that the same sources and
   toolchain compile to the same bytes (the image step then fixes every mtime and owner).
 
@@ -57,6 +58,7 @@ _SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # Files of /etc that compilers and the dynamic linker read; nothing else of /etc is visible.
 _ETC_ENTRIES = ("alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d")
 
+MAX_FILE_BYTES = 8 * 1024**3  # RLIMIT_FSIZE: no single file of a build may grow past this
 TAIL_LINES = 20  # lines of output a failure's message quotes
 MAX_LINE_CHARS = 2000
 MAX_LOGGED_BYTES = 2 * 1024 * 1024  # beyond this, output still counts for the tail but is not logged
@@ -261,6 +263,7 @@ def compile_source(
         f"--as={limits.memory_mb * 1024 * 1024}",
         # SIGXCPU at the soft limit; SIGKILL 5 s later for a build that ignores it.
         f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + 5}",
+        f"--fsize={MAX_FILE_BYTES}",
         "--core=0",
         "--", SANDBOX_SHELL, "-c", build_script(spec.commands),
     ]  # fmt: skip
