@@ -74,6 +74,9 @@ _OUT_OF_MEMORY = re.compile(
     re.IGNORECASE,
 )
 
+# Control characters (NUL above all: PostgreSQL text refuses it) never reach the log or a message.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
 Output = Callable[[str], None]
 
 
@@ -362,7 +365,7 @@ class _OutputStream:
         self._truncated = False
 
     def add(self, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")[:MAX_LINE_CHARS]
+        line = _CONTROL.sub("\ufffd", raw.decode("utf-8", "replace").rstrip("\r\n"))[:MAX_LINE_CHARS]
         self.tail.append(line)
         self.count += 1
         if self._logged < MAX_LOGGED_BYTES:

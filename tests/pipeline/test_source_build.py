@@ -131,6 +131,20 @@ def test_a_failing_compile_fails_with_its_code_and_last_lines(fetcher: Fetcher, 
     assert not (tmp_path / "out").exists()
 
 
+def test_control_characters_of_the_output_never_reach_the_log(fetcher: Fetcher, tmp_path: Path) -> None:
+    logged: list[str] = []
+    with pytest.raises(PipelineError) as caught:
+        bake(
+            built_recipe(commands=["printf 'nul\\000 esc\\033[2J end\\n'; exit 1"]),
+            tmp_path / "out",
+            fetcher,
+            build_log=logged.append,
+        )
+    text = "\n".join(logged) + caught.value.message
+    assert "nul\ufffd esc\ufffd[2J end" in text
+    assert "\x00" not in text and "\x1b" not in text
+
+
 def test_a_build_past_its_time_limit_is_stopped_and_publishes_nothing(
     fetcher: Fetcher, tmp_path: Path
 ) -> None:
