@@ -107,6 +107,7 @@ def build_image_bake(*, build_id: Any, build_image_id: int) -> None:
         done = BuildImage.objects.filter(build_id=build_id, state=BuildImage.State.DONE).count()
         count = BuildImage.objects.filter(build_id=build_id).count()
         options = FlavourOptions.from_document(build.flavour.options)
+        progress = _BakeProgress(steps, f"{plan.name} {plan.version}", done, count)
         with (
             steps.step("bake"),
             Heartbeat(build_id),
@@ -123,7 +124,9 @@ def build_image_bake(*, build_id: Any, build_image_id: int) -> None:
                     image_format=options.image_format,
                     compression=options.compression,
                     pins=plan.pins,
-                    progress=_BakeProgress(steps, f"{plan.name} {plan.version}", done, count),
+                    progress=progress,
+                    build_log=progress.output,  # a recipe built from source: the compiler's output
+                    stage=steps.step,  # ... and its own "compile" step
                 )
             cache_key = plan.cache_key or baked.cache_key
             stored = get_artifact_store().put_file(f"images/{cache_key}/{baked.image_name}", baked.image_path)
@@ -278,9 +281,7 @@ class _BakeProgress:
         from builds.pipeline.bake import STEPS as STAGES
 
         now = time.monotonic()
-        if now - self._last_cancel_check > 1.0:
-            self._last_cancel_check = now
-            self.steps.check_cancel()
+        self._check_cancel(now)
         position = STAGES.index(stage) if stage in STAGES else len(STAGES) - 1
         within = (position + fraction) / len(STAGES)
         if message != self._last_message and (
@@ -291,7 +292,17 @@ class _BakeProgress:
             self.steps.log(f"[{self.label}] {stage}: {message}")
             state = BuildState.FETCHING if stage == "fetch" else BuildState.BAKING
             percent = STEPS["bake"][1] + int(BAKE_SHARE * (self.index + within) / self.count)
-            self.steps.progress("bake", percent, state=state)
+            self.steps.progress("compile" if stage == "compile" else "bake", percent, state=state)
+
+    def output(self, text: str) -> None:
+        """A source build's output, a few lines at a time: into the log; a cancel stops the build."""
+        self.steps.log(f"[{self.label}] {text}")
+        self._check_cancel(time.monotonic())
+
+    def _check_cancel(self, now: float) -> None:
+        if now - self._last_cancel_check > 1.0:
+            self._last_cancel_check = now
+            self.steps.check_cancel()
 
 
 def _image_record(

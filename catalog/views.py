@@ -153,8 +153,9 @@ def version_review(request: HttpRequest, pk: int) -> HttpResponse:
     own_proposal = services.two_person_rule(extension.team) and version.proposed_by_id == request.user.pk
     try:
         source_urls, source_urls_error = version.source_urls(), ""
+        source_build = version.source_build()
     except PipelineError as exc:
-        source_urls, source_urls_error = [], f"{exc.code}: {exc.message}"
+        source_urls, source_urls_error, source_build = [], f"{exc.code}: {exc.message}", None
     context = {
         "version": version,
         "extension": extension,
@@ -163,6 +164,7 @@ def version_review(request: HttpRequest, pk: int) -> HttpResponse:
         "own_proposal": own_proposal,
         "source_urls": source_urls,
         "source_urls_error": source_urls_error,
+        "source_build": source_build,
     }
     return render(request, "catalog/version_review.html", context)
 

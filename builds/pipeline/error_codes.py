@@ -239,6 +239,14 @@ _CODES: tuple[ErrorCode, ...] = (
     _infra("bake.output-unwritable", "The output directory cannot be written."),
     _infra("bake.file-error", "Reading or writing a file of the bake failed."),
     _infra("bake.publish-failed", "Moving the baked files into place failed."),
+    # --- source builds (pipeline/source_build.py) ------------------------------------------------
+    _user("source.compile-failed", "A command of the recipe's build section failed (see the last lines)."),
+    _user("source.timeout", "The source build ran past its time or CPU limit and was stopped."),
+    _user("source.out-of-memory", "The source build ran out of its memory limit."),
+    _infra(
+        "source.toolchain-mismatch", "The worker lacks a pinned toolchain package, or has another version."
+    ),
+    _infra("source.sandbox-unavailable", "The worker cannot create the build sandbox (user namespaces)."),
     # --- publication and the artifact store -----------------------------------------------------
     _infra("publish.invalid-flavour", "The flavour ID to publish is not a digest (a bug)."),
     _infra("publish.nothing", "There is no image to publish (a bug)."),
