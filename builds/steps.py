@@ -40,6 +40,7 @@ STEPS = {
     "bake": (BuildState.FETCHING, 5),  # baking from the first stage past the download
     "verify": (BuildState.VERIFYING, 76),
     "sign": (BuildState.SIGNING, 82),
+    "prebake": (BuildState.BAKING, 84),  # only for flavours that ask for a pre-baked image
     "publish": (BuildState.PUBLISHING, 88),
     "notify": (BuildState.PUBLISHING, 98),
 }
