@@ -11,7 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # archives, systemd-sysext to verify images (needs a privileged worker; otherwise "skipped").
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        squashfs-tools erofs-utils gnupg zstd xz-utils systemd util-linux ca-certificates \
+        squashfs-tools erofs-utils gnupg zstd xz-utils fdisk e2fsprogs bzip2 systemd util-linux ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

@@ -194,6 +194,7 @@ def test_embedded_config_is_what_ignition_still_has_to_do(
         assert partition_bytes(disk, label) == partition_bytes(release.disk, label)
 
 
+@pytest.mark.reliability
 def test_refused_when_the_signature_is_not_flatcars(
     release: FlatcarRelease,
     keyring: bytes,
@@ -219,6 +220,7 @@ def test_refused_when_the_signature_is_not_flatcars(
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.reliability
 def test_refused_when_the_digest_is_not_the_pinned_one(
     release: FlatcarRelease,
     keyring: bytes,
@@ -238,6 +240,7 @@ def test_refused_when_the_digest_is_not_the_pinned_one(
     assert "error: prebake.digest-mismatch" in capsys.readouterr().err
 
 
+@pytest.mark.reliability
 def test_refused_when_a_flatcar_partition_is_missing(
     keyring: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -289,6 +292,7 @@ def test_a_remote_file_of_the_users_fragment_stays_with_ignition(tmp_path: Path)
     assert [f["path"] for f in plan.remainder["storage"]["files"]] == ["/etc/remote.conf", "/etc/owned"]
 
 
+@pytest.mark.reliability
 def test_unsafe_paths_are_refused(tmp_path: Path) -> None:
     for path in ("/etc/../x", "etc/x", "/etc/a b"):
         config = {"storage": {"files": [{"path": path, "contents": {"source": "data:,x"}}]}}
