@@ -598,13 +598,17 @@ def prebake_image(
         progress("compress", "compressing with zstd", 0.0)
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(f".{out.name}.partial")
-        run_command(
-            ["zstd", "-q", "-f", "-T0", "-3", str(raw), "-o", str(partial)],
-            error_code="prebake.compress-failed",
-            what="zstd",
-            timeout=3600,
-        )
-        os.replace(partial, out)
+        try:
+            run_command(
+                ["zstd", "-q", "-f", "-T0", "-3", str(raw), "-o", str(partial)],
+                error_code="prebake.compress-failed",
+                what="zstd",
+                timeout=3600,
+            )
+            os.replace(partial, out)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
     digest = sha256_file(out)
     progress("compress", f"{out.name} sha256 {digest}", 1.0)
     return PrebakeResult(

@@ -307,3 +307,23 @@ def test_upstream_url_and_file_name() -> None:
         "https://beta.release.flatcar-linux.net/arm64-usr/4790.1.0/flatcar_production_image.bin.bz2"
     )
     assert prebaked_image_name("edge nodes/eu") == "flatcar_production_image-edge-nodes-eu.bin.zst"
+
+
+def test_embedding_into_a_btrfs_oem_is_refused_with_its_reason(
+    keyring: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    disk = make_flatcar_disk(tmp_path / "btrfs" / "flatcar_production_image.bin")
+    oem = next(p for p in read_table(disk)["partitions"] if p["name"] == "OEM")
+    with open(disk, "r+b") as handle:  # newer Flatcar images format OEM as btrfs: its magic, no ext4's
+        handle.seek(oem["start"] * 512 + 1080)
+        handle.write(b"\0\0")
+        handle.seek(oem["start"] * 512 + 65536 + 64)
+        handle.write(b"_BHRfS_M")
+    newer = make_flatcar_release(tmp_path / "btrfs", disk=disk)
+    flavour = flavour_dir(tmp_path / "flavour", keyring)
+    args = [str(newer.compressed), "--flavour-dir", str(flavour), "--out", str(tmp_path / "out"),
+            "--signing-key", str(newer.public_key)]  # fmt: skip
+    assert main([*args, "--embed-config"]) == 1
+    err = capsys.readouterr().err
+    assert "error: prebake.oem-unsupported" in err and "btrfs" in err
+    assert main(args) == 0  # without embedding, the same image pre-bakes
