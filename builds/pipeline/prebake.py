@@ -27,6 +27,7 @@ Everything streams through files and subprocesses: an image is ~500 MB compresse
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import posixpath
@@ -355,6 +356,15 @@ def _checked_path(path: Any) -> str:
     return path
 
 
+def _mode(entry: Mapping[str, Any], default: int) -> int:
+    mode = entry.get("mode", default)
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
+        raise PipelineError(
+            "prebake.invalid-config", f"{entry.get('path')}: mode {mode!r} is not a file mode"
+        )
+    return mode
+
+
 def _owned_by_root(entry: Mapping[str, Any]) -> bool:
     for key in ("user", "group"):
         owner = entry.get(key) or {}
@@ -382,8 +392,28 @@ def _contents(contents: Mapping[str, Any], images: Mapping[str, Path]) -> tuple[
         return None, data
     name = posixpath.basename(source.split("?", 1)[0])
     if name in images and not contents.get("compression"):
+        _check_verification(contents, images[name])
         return images[name], None
     return None, None
+
+
+def _check_verification(contents: Mapping[str, Any], image: Path) -> None:
+    """Refuse an image whose bytes are not the ones the config's ``verification.hash`` names:
+    Ignition would have refused them too."""
+    expected = (contents.get("verification") or {}).get("hash")
+    if not expected:
+        return
+    algorithm, _sep, digest = str(expected).partition("-")
+    if algorithm not in ("sha256", "sha512"):
+        raise PipelineError("prebake.invalid-config", f"unsupported verification hash {expected!r}")
+    with open(image, "rb") as handle:
+        actual = hashlib.file_digest(handle, algorithm).hexdigest()
+    if actual != digest.lower():
+        raise PipelineError(
+            "prebake.image-mismatch",
+            f"{image.name} is not the image the config names ({algorithm} {digest[:16]}..., "
+            f"got {actual[:16]}...); use the images published with this config",
+        )
 
 
 def plan_from_ignition(config: Mapping[str, Any], images: Mapping[str, Path]) -> PrebakePlan:
@@ -400,15 +430,14 @@ def plan_from_ignition(config: Mapping[str, Any], images: Mapping[str, Path]) ->
         if (source is None and data is None) or entry.get("append") or not _owned_by_root(entry):
             kept_files.append(entry)
             continue
-        mode = int(entry.get("mode", 0o644))
-        plan.placements.append(Placement(path, "file", mode & 0o7777, source=source, data=data))
+        plan.placements.append(Placement(path, "file", _mode(entry, 0o644), source=source, data=data))
     kept_dirs: list[Any] = []
     for entry in storage.get("directories") or []:
         path = _checked_path(entry.get("path"))
         if not _owned_by_root(entry):
             kept_dirs.append(entry)
             continue
-        plan.placements.append(Placement(path, "dir", int(entry.get("mode", 0o755)) & 0o7777))
+        plan.placements.append(Placement(path, "dir", _mode(entry, 0o755)))
     kept_links: list[Any] = []
     for entry in storage.get("links") or []:
         path = _checked_path(entry.get("path"))

@@ -293,12 +293,36 @@ def test_a_remote_file_of_the_users_fragment_stays_with_ignition(tmp_path: Path)
 
 
 @pytest.mark.reliability
-def test_unsafe_paths_are_refused(tmp_path: Path) -> None:
-    for path in ("/etc/../x", "etc/x", "/etc/a b"):
-        config = {"storage": {"files": [{"path": path, "contents": {"source": "data:,x"}}]}}
+def test_unsafe_paths_and_modes_are_refused(tmp_path: Path) -> None:
+    for path, mode in (
+        ("/etc/../x", 420),
+        ("etc/x", 420),
+        ("/etc/a b", 420),
+        ("/etc/x", "420"),
+        ("/etc/x", -1),
+    ):
+        config = {"storage": {"files": [{"path": path, "mode": mode, "contents": {"source": "data:,x"}}]}}
         with pytest.raises(Exception) as refused:
             plan_from_ignition(config, {})
         assert getattr(refused.value, "code", None) == "prebake.invalid-config", path
+
+
+def test_an_image_other_than_the_one_the_config_names_is_refused(tmp_path: Path) -> None:
+    image = tmp_path / "a-1-x86-64.raw"
+    image.write_bytes(b"the published bytes")
+    wanted = hashlib.sha512(b"the published bytes").hexdigest()
+    entry = {"path": "/opt/extensions/a/a-1-x86-64.raw", "mode": 420}
+    good = {
+        **entry,
+        "contents": {"source": "https://h/a-1-x86-64.raw", "verification": {"hash": f"sha512-{wanted}"}},
+    }
+    assert (
+        plan_from_ignition({"storage": {"files": [good]}}, {image.name: image}).placements[0].source == image
+    )
+    image.write_bytes(b"other bytes")
+    with pytest.raises(Exception) as refused:
+        plan_from_ignition({"storage": {"files": [good]}}, {image.name: image})
+    assert getattr(refused.value, "code", None) == "prebake.image-mismatch"
 
 
 def test_upstream_url_and_file_name() -> None:
