@@ -1,13 +1,14 @@
 """The build director: one build, top to bottom, as the steps users see.
 
-    plan -> bake -> verify -> sign -> publish -> notify
+    plan -> bake -> verify -> sign -> [prebake] -> publish -> notify
 
 Three tasks run it (``builds.tasks``), because images bake in parallel on several workers:
 
 - ``build_start``: **plan** — reuse each image already stored, queue one bake per missing image;
 - ``build_image_bake``: **bake** — one image, through the pure pipeline (``bake_image``), stored;
 - ``build_finalize``, once every image is ready: **verify** each image with systemd-sysext,
-  **sign** (the key's keyring goes into the flavour's Butane and Ignition), **publish** images
+  **sign** (the key's keyring goes into the flavour's Butane and Ignition), **prebake** a Flatcar
+  disk image when the flavour asks for one (``builds.prebaked``), **publish** images
   and flavour files through the one publisher, **notify** (the build ends, webhooks go out).
 
 Each step is ``with steps.step(NAME):`` (``builds.steps.BuildSteps``): timing, state, progress
@@ -148,6 +149,7 @@ def build_finalize(*, build_id: Any) -> None:
     from builds.access import artifact_url_for
     from builds.adapters.signing_key import get_signer
     from builds.adapters.store import get_artifact_store
+    from builds.prebaked import flavour_prebake
     from builds.publication import ImageFile, publish_extension, publish_flavour
 
     build = _load_build(build_id)
@@ -173,6 +175,11 @@ def build_finalize(*, build_id: Any) -> None:
                 config = flavour_config(flavour, ready, keyring=keyring, public_url=node_url)
                 files = flavour_files(flavour, config, ready, node_url)
 
+            prebaked: dict[str, Path] = {}
+            if FlavourOptions.from_document(flavour.options).prebake:
+                with steps.step("prebake"):
+                    prebaked = flavour_prebake(steps, flavour, files, ready, Path(scratch))
+
             # Entering publish is the last point where stopping leaves nothing new behind.
             with steps.step("publish"):
                 store = get_artifact_store()
@@ -182,9 +189,10 @@ def build_finalize(*, build_id: Any) -> None:
                     for file_name, stored in publication.images.items():
                         _record_artifact(build, ArtifactKind.IMAGE, file_name, stored)
                     steps.log(f"Published {item.image.file_name} and re-signed {publication.url}SHA256SUMS.")
-                flavour_publication = publish_flavour(store, signer, flavour.pk, files)
+                flavour_publication = publish_flavour(store, signer, flavour.pk, files, file_paths=prebaked)
                 for file_name, stored in flavour_publication.files.items():
-                    kind = _KIND_BY_NAME.get(file_name, ArtifactKind.TRANSFER)
+                    kind = ArtifactKind.DISK_IMAGE if file_name in prebaked else _KIND_BY_NAME.get(file_name)
+                    kind = kind or ArtifactKind.TRANSFER
                     _record_artifact(build, kind, file_name, stored)
                 steps.log(f"Published the flavour's files at {flavour_publication.url}.")
 

@@ -41,6 +41,7 @@ STEPS = {
     "compile": (BuildState.BAKING, 5),  # within bake, for recipes built from source
     "verify": (BuildState.VERIFYING, 76),
     "sign": (BuildState.SIGNING, 82),
+    "prebake": (BuildState.BAKING, 84),  # only for flavours that ask for a pre-baked image
     "publish": (BuildState.PUBLISHING, 88),
     "notify": (BuildState.PUBLISHING, 98),
 }

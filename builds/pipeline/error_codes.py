@@ -247,6 +247,27 @@ _CODES: tuple[ErrorCode, ...] = (
         "source.toolchain-mismatch", "The worker lacks a pinned toolchain package, or has another version."
     ),
     _infra("source.sandbox-unavailable", "The worker cannot create the build sandbox (user namespaces)."),
+    # --- pre-baked Flatcar disk images (builds.pipeline.prebake) ---------------------------------
+    _user("prebake.invalid-version", "The Flatcar version is not a release number (4593.2.0)."),
+    _user("prebake.invalid-arch", "Flatcar publishes no disk image for this architecture."),
+    _upstream("prebake.digest-mismatch", "The Flatcar image differs from its pinned sha256."),
+    _upstream(
+        "prebake.signature-mismatch", "The Flatcar image's signature does not verify with Flatcar's key."
+    ),
+    _upstream("prebake.unpack-failed", "The Flatcar image is not a bzip2-compressed disk image."),
+    _upstream(
+        "prebake.missing-partition", "The image lacks a partition of a Flatcar disk (not a Flatcar image)."
+    ),
+    _upstream("prebake.not-ext4", "The image's ROOT partition holds no ext4 file system."),
+    _user("prebake.no-space", "The extensions do not fit on the image's ROOT partition."),
+    _user("prebake.invalid-config", "The flavour's config names something that cannot be baked."),
+    _user("prebake.image-mismatch", "A sysext image is not the one the flavour's config names."),
+    _user("prebake.oem-unsupported", "The config cannot be embedded into this image's OEM file system."),
+    _infra("prebake.signing-key-missing", "Flatcar's image signing key is missing or unreadable."),
+    _infra("prebake.partition-size", "A rewritten partition changed size (a bug)."),
+    _infra("prebake.write-failed", "debugfs could not write the files into the image."),
+    _infra("prebake.compress-failed", "Compressing the pre-baked image failed."),
+    _infra("prebake.timeout", "A pre-bake tool ran past its time limit.", retryable=True),
     # --- publication and the artifact store -----------------------------------------------------
     _infra("publish.invalid-flavour", "The flavour ID to publish is not a digest (a bug)."),
     _infra("publish.nothing", "There is no image to publish (a bug)."),
