@@ -366,13 +366,14 @@ class OptionChangeSerializer(serializers.Serializer):
 
 
 class ButaneDiffSerializer(serializers.Serializer):
-    base_source = serializers.ChoiceField(
-        choices=["published", "preview", ""],
+    base_source = serializers.CharField(
         source="old_butane.source",
-        help_text="published: the base's latest successful build's config.bu; preview: not built yet, "
-        "the composer's preview; empty: none could be rendered.",
+        help_text="Where the base's Butane came from: 'published' (its latest successful build's "
+        "config.bu), 'preview' (not built yet: the composer's preview) or '' (none could be rendered).",
     )
-    flavour_source = serializers.ChoiceField(choices=["published", "preview", ""], source="new_butane.source")
+    flavour_source = serializers.CharField(
+        source="new_butane.source", help_text="The same for the flavour's Butane."
+    )
     diff = serializers.SerializerMethodField(
         help_text="Unified diff from the base's config.bu to the flavour's."
     )
