@@ -221,7 +221,7 @@ class ArtifactSerializer(serializers.ModelSerializer):
         from builds.access import artifact_url_for
 
         # One URL rule per flavour per response (a private flavour's token is read once).
-        cache = self.context.setdefault("_node_urls", {})
+        cache: dict[str, Any] = self.__dict__.setdefault("_node_urls", {})
         if obj.flavour_id not in cache:
             cache[obj.flavour_id] = artifact_url_for(obj.flavour)
         return published_file(obj, cache[obj.flavour_id])
