@@ -52,7 +52,7 @@ class PublishedDirectory:
 
     prefix: str
     files: list[PublishedFile] = field(default_factory=list)  # the listed files, shown first
-    transfers: list[PublishedFile] = field(default_factory=list)  # sysupdate transfer files
+    transfers: list[PublishedFile] = field(default_factory=list)  # sysupdate transfer files (*.conf)
     sums: PublishedFile | None = None
     signature: PublishedFile | None = None
 
@@ -98,8 +98,8 @@ def published_directories(
             directory.sums = item
         elif name == SIGNATURE_FILE_NAME:
             directory.signature = item
-        elif artifact.kind == ArtifactKind.TRANSFER:
-            directory.transfers.append(item)
+        elif artifact.kind == ArtifactKind.TRANSFER and name.endswith(".conf"):
+            directory.transfers.append(item)  # many and for nodes only: the page folds them
         else:
             directory.files.append(item)
     for directory in directories.values():

@@ -7,11 +7,7 @@ must pass the same check. Public and private (token URLs) flavours alike.
 from __future__ import annotations
 
 import hashlib
-import html
-import os
 import shutil
-import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,10 +16,12 @@ import pytest
 from django.test import Client
 from rest_framework.test import APIClient
 
-from builds.published import VERIFY_COMMAND
+from builds.models import Artifact, ArtifactKind
+from builds.published import VERIFY_COMMAND, published_directories
 from tests.builds.build_support import serve_extension
 from tests.builds.catalog_fixtures import Cast
 from tests.builds.test_build_flow import eager  # noqa: F401 - the fixture
+from tests.builds.verify_support import download_all, gnupg_home, page_downloads, verify_downloads
 from tests.upstream import UpstreamServer
 
 pytestmark = [
@@ -34,90 +32,15 @@ pytestmark = [
 ]
 
 
-class _Links(HTMLParser):
-    """The hrefs inside the page's downloads section, and the verify command it shows."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.depth = 0  # > 0 inside <section id="downloads-section">
-        self.links: list[str] = []
-        self.in_command = False
-        self.command = ""
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = dict(attrs)
-        if tag == "section" and (self.depth or values.get("id") == "downloads-section"):
-            self.depth += 1
-        if self.depth and tag == "a" and values.get("href"):
-            self.links.append(str(values["href"]))
-        if tag == "pre" and values.get("id") == "verify-command":
-            self.in_command = True
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "section" and self.depth:
-            self.depth -= 1
-        if tag == "pre":
-            self.in_command = False
-
-    def handle_data(self, data: str) -> None:
-        if self.in_command:
-            self.command += data
-
-
-def _download_all(client: Client, urls: set[str], into: Path) -> dict[str, Path]:
-    """Each URL fetched through the portal into ``into``/KEY (a directory per served directory)."""
-    saved: dict[str, Path] = {}
-    for url in sorted(urls):
+def _client_get(client: Client) -> Any:
+    def get(url: str) -> bytes:
         path = urlsplit(url).path
-        assert path.startswith("/artifacts/"), url
+        assert path.startswith("/artifacts/"), url  # served by the portal
         response = client.get(path)
         assert response.status_code == 200, (url, response.status_code)
-        key = path.removeprefix("/artifacts/")
-        if key.startswith("private/"):
-            key = key.split("/", 2)[2]  # private/TOKEN/KEY
-        target = into / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(b"".join(response.streaming_content))
-        saved[url] = target
-    return saved
+        return b"".join(response.streaming_content)
 
-
-def _verify(saved: dict[str, Path], command: str, home: Path) -> set[Path]:
-    """Run ``command`` (the page's: gpg --verify, then sha256sum -c) in every directory holding a
-    downloaded SHA256SUMS; return every file it vouched for (the listed files that checked OK,
-    each verified SHA256SUMS and its signature)."""
-    keyrings = [p for p in saved.values() if p.name == "import-pubring.gpg"]
-    assert len(keyrings) == 1, keyrings
-    covered: set[Path] = set()
-    for sums in sorted(p for p in saved.values() if p.name == "SHA256SUMS"):
-        directory = sums.parent
-        assert (directory / "SHA256SUMS.gpg").is_file(), f"no signature linked for {sums}"
-        if not (directory / "import-pubring.gpg").exists():
-            shutil.copy(keyrings[0], directory / "import-pubring.gpg")
-        result = subprocess.run(
-            ["bash", "-c", command],
-            cwd=directory,
-            env={**os.environ, "GNUPGHOME": str(home), "LC_ALL": "C"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, (directory, result.stdout, result.stderr)
-        assert "Good signature" in result.stderr, result.stderr
-        covered |= {sums, directory / "SHA256SUMS.gpg"}
-        for line in result.stdout.splitlines():
-            name, _, outcome = line.rpartition(": ")
-            assert outcome == "OK", line
-            covered.add(directory / name)
-    return covered
-
-
-@pytest.fixture
-def gnupg_home(tmp_path: Path) -> Path:
-    home = tmp_path / "gnupg"
-    home.mkdir(mode=0o700)
-    return home
+    return get
 
 
 def _flavour_and_build(
@@ -148,7 +71,6 @@ def test_every_file_the_flavour_page_links_verifies_with_gpg_and_sha256sum(
     eager: None,  # noqa: F811
     django_capture_on_commit_callbacks: Any,
     tmp_path: Path,
-    gnupg_home: Path,
     private: bool,
 ) -> None:
     serve_extension(upstream, "hello")
@@ -161,10 +83,8 @@ def test_every_file_the_flavour_page_links_verifies_with_gpg_and_sha256sum(
     member.force_login(cast.teammate)
     page = member.get(f"/flavours/{flavour['id']}/")
     assert page.status_code == 200
-    parser = _Links()
-    parser.feed(page.content.decode())
-    links = {html.unescape(link) for link in parser.links}
-    assert parser.command and html.unescape(parser.command).strip() == VERIFY_COMMAND
+    links, command = page_downloads(page.content.decode())
+    assert command == VERIFY_COMMAND
     # The page links both images, and each extension's signed listing next to them.
     names = {link.rsplit("/", 1)[1] for link in links}
     assert {"hello-v1.0.0-x86-64.raw", "world-v1.0.0-x86-64.raw", "config.ign", "config.bu"} <= names
@@ -174,10 +94,11 @@ def test_every_file_the_flavour_page_links_verifies_with_gpg_and_sha256sum(
     if private:  # nodes' token URLs
         token = flavour["artifacts_url"].split("/private/")[1].split("/")[0]
         assert all(f"/artifacts/private/{token}/" in link for link in links), links
-    downloader = Client()  # anonymous, as a node: public URLs, or the token is the credential
+    get = _client_get(Client())  # anonymous, as a node: public URLs, or the token is the credential
 
-    saved = _download_all(downloader, links, tmp_path / "page")
-    covered = _verify(saved, html.unescape(parser.command).strip(), gnupg_home)
+    home = gnupg_home(tmp_path)
+    saved = download_all(get, links, tmp_path / "page")
+    covered = verify_downloads(saved, command, home)
     unverified = sorted(str(p) for p in saved.values() if p not in covered)
     assert not unverified, f"linked files no signed SHA256SUMS vouches for: {unverified}"
 
@@ -189,11 +110,48 @@ def test_every_file_the_flavour_page_links_verifies_with_gpg_and_sha256sum(
         if a["name"] not in ("SHA256SUMS", "SHA256SUMS.gpg"):
             assert a["sha256sums_url"] and a["signature_url"], a
             api_urls |= {a["sha256sums_url"], a["signature_url"]}
-    saved = _download_all(downloader, api_urls, tmp_path / "api")
-    covered = _verify(saved, VERIFY_COMMAND, gnupg_home)
+    saved = download_all(get, api_urls, tmp_path / "api")
+    covered = verify_downloads(saved, VERIFY_COMMAND, home)
     for a in artifacts:
         path = saved[a["public_url"]]
         assert path in covered, a["key"]
         if a["name"] not in ("SHA256SUMS", "SHA256SUMS.gpg"):
             assert hashlib.sha256(path.read_bytes()).hexdigest() == a["sha256"], a["key"]
             assert a["size"] == path.stat().st_size
+
+
+def test_a_new_kind_of_published_file_is_listed_with_the_listing_that_signs_it() -> None:
+    """The downloads come from what was published: a file of a kind the page does not know (a
+    pre-baked disk image, say) shows among the flavour's files, vouched for by its SHA256SUMS."""
+    prefix = "flavours/" + "a" * 64 + "/"
+    rows = [
+        Artifact(kind=ArtifactKind.TRANSFER, name=name, key=prefix + name, sha256="0" * 64, size=1)
+        for name in ("hello.conf", "flatcar_production_image-edge.bin.zst")
+    ]
+    rows += [
+        Artifact(
+            kind=ArtifactKind.SHA256SUMS, name="SHA256SUMS", key=prefix + "SHA256SUMS", sha256="1", size=1
+        ),
+        Artifact(
+            kind=ArtifactKind.IGNITION, name="config.ign", key=prefix + "config.ign", sha256="2", size=1
+        ),
+        Artifact(kind=ArtifactKind.IMAGE, name="x.raw", key="extensions/x/x.raw", sha256="3", size=1),
+    ]
+    directories = published_directories(rows, lambda key: "https://n.example/" + key)
+    assert [d.prefix for d in directories] == [prefix, "extensions/x/"]
+    flavour_dir, extension_dir = directories
+    assert [f.artifact.name for f in flavour_dir.files] == [
+        "config.ign",
+        "flatcar_production_image-edge.bin.zst",
+    ]
+    assert [f.artifact.name for f in flavour_dir.transfers] == ["hello.conf"]
+    disk = flavour_dir.files[1]
+    assert disk.url == f"https://n.example/{prefix}flatcar_production_image-edge.bin.zst"
+    assert (disk.sums_url, disk.signature_url) == (
+        f"https://n.example/{prefix}SHA256SUMS",
+        f"https://n.example/{prefix}SHA256SUMS.gpg",
+    )
+    assert flavour_dir.sums is not None and flavour_dir.sums.sums_url is None
+    assert flavour_dir.sums.signature_url == f"https://n.example/{prefix}SHA256SUMS.gpg"
+    # An extension image is vouched for by its extension's listing, even one not recorded as a row.
+    assert extension_dir.files[0].sums_url == "https://n.example/extensions/x/SHA256SUMS"
