@@ -72,7 +72,7 @@ def test_flavour_page_downloads_configs_and_compare(page: Any, snap: Any, built_
     table = page.locator("#artifacts")
     # Each image sits in its extension's directory with the signed listing that covers it.
     world = table.locator("tbody[data-directory='extensions/world/']")
-    expect(world.locator("tr[data-kind=image] a").first).to_have_text("world-v1.0.0-x86-64.raw")
+    expect(world.locator("tr[data-kind=image] a.file")).to_have_text("world-v1.0.0-x86-64.raw")
     expect(world.get_by_role("link", name="SHA256SUMS").first).to_be_visible()
     expect(page.locator("#verify-how")).to_contain_text("SHA256SUMS.gpg")
     expect(page.locator("#verify-command")).to_contain_text("sha256sum -c --ignore-missing SHA256SUMS")
@@ -82,7 +82,7 @@ def test_flavour_page_downloads_configs_and_compare(page: Any, snap: Any, built_
     snap(page, "1-flavour")
 
     with page.expect_download() as download_info:
-        world.locator("tr[data-kind=image] a").first.click()
+        world.locator("tr[data-kind=image] a.file").click()
     image = Path(download_info.value.path()).read_bytes()
     digest = world.locator("tr[data-kind=image] td.digest").first.inner_text().strip()
     assert hashlib.sha256(image).hexdigest() == digest

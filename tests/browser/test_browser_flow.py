@@ -167,10 +167,10 @@ def test_compose_docker_with_compose_build_and_download(page, snap, chromium, li
     expect(page.get_by_role("heading", name=re.compile("edge-docker"))).to_be_visible()
     snap(page, "flavour")
     with page.expect_download() as download_info:
-        page.locator("#artifacts tr[data-kind=butane] a").click()
+        page.locator("#artifacts tr[data-kind=butane] a.file").click()
     butane = Path(download_info.value.path()).read_text()
     with page.expect_download() as download_info:
-        page.locator("#artifacts tr[data-kind=image] a", has_text="docker-28.0.4-x86-64.raw").click()
+        page.locator("#artifacts tr[data-kind=image] a.file", has_text="docker-28.0.4-x86-64.raw").click()
     image_bytes = Path(download_info.value.path()).read_bytes()
     # The config pins the very bytes a person downloads (Ignition checks them at boot).
     assert f"hash: sha512-{hashlib.sha512(image_bytes).hexdigest()}" in butane
