@@ -44,6 +44,7 @@ from builds.models import (
     ImageArtifact,
     Verification,
 )
+from builds.pipeline.checksums import SIGNATURE_FILE_NAME, SUMS_FILE_NAME
 from builds.pipeline.errors import PipelineError
 from builds.steps import BAKE_SHARE, STEPS, BuildCancelled, BuildSteps, Heartbeat, build_end
 from portal import queueing
@@ -188,6 +189,13 @@ def build_finalize(*, build_id: Any) -> None:
                     publication = publish_extension(store, signer, item.extension.name, [image])
                     for file_name, stored in publication.images.items():
                         _record_artifact(build, ArtifactKind.IMAGE, file_name, stored)
+                    # The signed listing that covers the image, so the page and the API link it:
+                    # the flavour's own SHA256SUMS does not list extension images.
+                    _record_artifact(build, ArtifactKind.SHA256SUMS, SUMS_FILE_NAME, publication.sums)
+                    if publication.signature is not None:
+                        _record_artifact(
+                            build, ArtifactKind.SIGNATURE, SIGNATURE_FILE_NAME, publication.signature
+                        )
                     steps.log(f"Published {item.image.file_name} and re-signed {publication.url}SHA256SUMS.")
                 flavour_publication = publish_flavour(store, signer, flavour.pk, files, file_paths=prebaked)
                 for file_name, stored in flavour_publication.files.items():

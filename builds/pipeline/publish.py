@@ -112,6 +112,20 @@ def flavour_prefix(flavour_id: str) -> str:
     return f"flavours/{flavour_id}/"
 
 
+def signed_listing_keys(key: str) -> tuple[str, str] | None:
+    """(SHA256SUMS, SHA256SUMS.gpg) of the directory that lists ``key``; None for those two.
+
+    Every file the portal publishes is listed in the signed SHA256SUMS of its own directory
+    (an extension's images in ``extensions/NAME/``, everything else in ``flavours/ID/``), so a
+    user who saves that pair beside a file can check it with ``gpg --verify`` and ``sha256sum -c``.
+    """
+    directory, _, name = key.rpartition("/")
+    if name in (SUMS_FILE_NAME, SIGNATURE_FILE_NAME):
+        return None
+    prefix = f"{directory}/" if directory else ""
+    return prefix + SUMS_FILE_NAME, prefix + SIGNATURE_FILE_NAME
+
+
 @dataclass(frozen=True)
 class ImageFile:
     """A baked image to publish; ``sha256`` is the bake's digest, which the store must confirm."""

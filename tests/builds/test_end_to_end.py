@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import requests
 from django.db import connection
+from django.test import Client
 from rest_framework.test import APIClient
 
 from builds import recovery
@@ -48,6 +49,7 @@ from tests.builds.build_support import (
 )
 from tests.builds.catalog_fixtures import Cast
 from tests.builds.s3_server import S3Endpoint, moto_s3_server
+from tests.builds.verify_support import download_all, gnupg_home, page_downloads, store_key, verify_downloads
 from tests.upstream import UpstreamServer, readelf_machine, static_hello
 
 pytestmark = [
@@ -285,7 +287,12 @@ class WebhookReceiver:
 
 
 def test_build_publishes_what_nodes_need(
-    cast: Cast, worker: Worker, portal_side: Any, bucket: str, upstream_server: UpstreamServer
+    cast: Cast,
+    worker: Worker,
+    portal_side: Any,
+    bucket: str,
+    upstream_server: UpstreamServer,
+    tmp_path: Path,
 ) -> None:
     serve_extension(upstream_server, "hello")
     serve_extension(upstream_server, "hello-tools", requires=[["hello"]])
@@ -331,6 +338,22 @@ def test_build_publishes_what_nodes_need(
         listed |= {prefix + f for f in [*flavour_entries, "SHA256SUMS", "SHA256SUMS.gpg"]}
         # Nothing else is published: only the content-addressed image cache lives beside it.
         assert {k for k in keys - listed if not k.startswith("images/")} == set()
+
+        # The flavour page links exactly these files, each beside the signed listing that vouches
+        # for it; fetched through the portal's /artifacts/ (streamed from S3), the real gpg and
+        # sha256sum verify every one as the page says to.
+        member = Client()
+        member.force_login(cast.teammate)
+        links, command = page_downloads(member.get(f"/flavours/{flavour['id']}/").content.decode())
+        assert {store_key(link) for link in links} == listed
+
+        def through_portal(url: str) -> bytes:
+            response = Client().get("/artifacts/" + store_key(url))
+            assert response.status_code == 200, url
+            return b"".join(response.streaming_content)
+
+        saved = download_all(through_portal, links, tmp_path / "page")
+        assert set(saved.values()) <= verify_downloads(saved, command, gnupg_home(tmp_path))
 
         # The Ignition a node boots with pins each image by hash and points at the public URLs.
         ignition = builder.get(f"/api/flavours/{flavour['id']}/ignition")
