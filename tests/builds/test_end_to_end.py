@@ -256,6 +256,10 @@ def wait_for(
     raise AssertionError(f"build {build_id} stuck at {body.get('state')}; worker log:\n{worker.tail()}")
 
 
+def _task_running(build_id: str) -> bool:
+    return Build.objects.filter(pk=build_id, tasks_running__gt=0).exists()
+
+
 def finished(body: dict[str, Any]) -> bool:
     return body["state"] in ("succeeded", "failed", "cancelled")
 
@@ -549,7 +553,9 @@ def test_reaper_fails_the_build_of_a_worker_that_died(
         client = api(cast.teammate)
         flavour = compose(client, "stuck", ["stuck"])
         build_id = client.post(f"/api/flavours/{flavour['id']}/builds/").json()["id"]
-        wait_for(client, build_id, doomed, lambda b: b["state"] == "fetching" and b["heartbeat_at"])
+        # Wait until the bake task itself runs (the plan task sets "fetching" before it hands
+        # over; a kill in between would leave nothing running for the reaper to find).
+        wait_for(client, build_id, doomed, lambda b: b["state"] == "fetching" and _task_running(build_id))
         doomed.kill()  # the whole process group, pool children included: no goodbye, no ack
         # While the heartbeat is fresh the reaper leaves the build alone ...
         assert build_id not in recovery.builds_reap_stale(timeout=3600)
