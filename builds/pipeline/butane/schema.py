@@ -80,17 +80,76 @@ def _base(pkg: str, v11: bool) -> Struct:
     directory = s("Directory", {**node, "mode": INT})
     link = s("Link", {**node, "target": STR, "hard": BOOL})
     tree = s("Tree", {"local": STRING, "path": STR})
-    luks = s("Luks", {})  # only looked at for clevis; the whole section is rejected
+    # Disks, RAID, LUKS and filesystems: butane base/v0_4 and v0_5 schema.go.
+    partition = s(
+        "Partition",
+        {
+            "guid": STR,
+            "label": STR,
+            "number": INT,
+            "resize": BOOL,
+            "should_exist": BOOL,
+            "size_mib": INT,
+            "start_mib": INT,
+            "type_guid": STR,
+            "wipe_partition_entry": BOOL,
+        },
+    )
+    disk = s("Disk", {"device": STRING, "partitions": lst(partition), "wipe_table": BOOL})
+    filesystem = s(
+        "Filesystem",
+        {
+            "device": STRING,
+            "format": STR,
+            "label": STR,
+            "mount_options": lst(STR),
+            "options": lst(STR),
+            "path": STR,
+            "uuid": STR,
+            "wipe_filesystem": BOOL,
+            "with_mount_unit": BOOL,
+        },
+    )
+    raid = s(
+        "Raid",
+        {"devices": lst(STR), "level": STR, "name": STRING, "options": lst(STR), "spares": INT},
+    )
+    tang_fields: dict[str, Spec] = {"thumbprint": STR, "url": STRING}
+    if v11:
+        tang_fields["advertisement"] = STR
+    clevis = s(
+        "Clevis",
+        {
+            "custom": s("ClevisCustom", {"config": STR, "needs_network": BOOL, "pin": STR}),
+            "tang": lst(s("Tang", tang_fields)),
+            "threshold": INT,
+            "tpm2": BOOL,
+        },
+    )
+    luks_fields: dict[str, Spec] = {
+        "clevis": clevis,
+        "device": STR,
+        "key_file": resource,
+        "label": STR,
+        "name": STRING,
+        "options": lst(STR),
+        "uuid": STR,
+        "wipe_volume": BOOL,
+    }
+    if v11:
+        luks_fields["discard"] = BOOL
+        luks_fields["open_options"] = lst(STR)
+    luks = s("Luks", luks_fields)
     storage = s(
         "Storage",
         {
             "directories": lst(directory),
-            "disks": lst(Opaque(f"{pkg}.Disk")),
+            "disks": lst(disk),
             "files": lst(file),
-            "filesystems": lst(Opaque(f"{pkg}.Filesystem")),
+            "filesystems": lst(filesystem),
             "links": lst(link),
-            "luks": lst(Opaque(luks.go_name)),
-            "raid": lst(Opaque(f"{pkg}.Raid")),
+            "luks": lst(luks),
+            "raid": lst(raid),
             "trees": lst(tree),
         },
     )
@@ -215,13 +274,18 @@ def _decode(node: yaml.Node, spec: Spec, path: Path, out: Decoded) -> Any:
         if not isinstance(node, yaml.SequenceNode):
             out.errors.append(ys.cannot_unmarshal(node, f"[]{spec.go_item}"))
             return None
-        items = []
-        for index, child in enumerate(node.value):
-            item = _decode(child, spec.item, (*path, index), out)
+        items: list[Any] = []
+        for child in node.value:
+            if isinstance(child, yaml.ScalarNode) and ys.is_null(child):
+                # go-yaml v3 drops a null element of a slice of non-pointers (strings, structs):
+                # decode.go ``sequence`` keeps an element only when ``unmarshal`` says ok, and
+                # ``null`` is not ok for a string or struct.
+                continue
+            item = _decode(child, spec.item, (*path, len(items)), out)
             if item is None and isinstance(spec.item, Struct):
                 item = {}
             elif item is None and isinstance(spec.item, Scalar) and spec.item.kind in ("str", "string"):
-                item = ""  # a null element of a Go []string is ""
+                item = ""
             items.append(item)
         return items
     if not isinstance(node, yaml.MappingNode):
