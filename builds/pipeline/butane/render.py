@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from builds.pipeline import sysupdate
+from builds.pipeline.butane.ignition_schema import schema_problems
 from builds.pipeline.butane.transpile import Message, Result, parse_fragment, transpile
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.sysupdate import NOOP_TRANSFER, NOOP_TRANSFER_PATH, UpdateAction
@@ -432,6 +433,18 @@ def render_butane(flavour: FlavourConfig) -> str:
 
 
 def render_ignition(flavour: FlavourConfig, *, pretty: bool = False) -> str:
-    """The flavour's Ignition JSON, as ``butane`` prints it for ``render_butane``, with a newline."""
+    """The flavour's Ignition JSON, as ``butane`` prints it for ``render_butane``, with a newline.
+
+    The config must also validate against the JSON schema of its Ignition version: one that does
+    not is a bug of ours and is never handed out (``butane.schema-invalid``).
+    """
     result: Result = transpile(render_butane(flavour))
+    assert result.config is not None and result.ignition_version is not None  # render_butane checked
+    problems = schema_problems(result.config, result.ignition_version)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+        raise PipelineError(
+            "butane.schema-invalid",
+            f"the generated Ignition {result.ignition_version} config fails its JSON schema: {shown}",
+        )
     return result.json(pretty=pretty) + "\n"
