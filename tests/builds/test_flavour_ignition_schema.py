@@ -28,6 +28,7 @@ from builds.flavours import (
 )
 from builds.pipeline.butane.ignition_schema import schema_problems
 from builds.pipeline.butane.render import render_ignition
+from builds.pipeline.butane.transpile import transpile
 from builds.pipeline.vocabulary import ARCHES, BUTANE_IGNITION
 from catalog.models import Delivery
 
@@ -166,3 +167,13 @@ def test_each_example_fragment_is_a_flavour_the_composer_allows(fragment: str, b
     config = butane_config(arch="x86-64", options=options, versions=[], images={}, keyring=KEYRING)
     ignition = json.loads(render_ignition(config))
     assert schema_problems(ignition, BUTANE_IGNITION[butane_version]) == []
+    # ... and nothing of the fragment was lost on the way: each of its entries is in the flavour's.
+    alone = transpile(f"variant: flatcar\nversion: {butane_version}\n{fragment}").config
+    assert alone is not None
+    for section in ("storage", "passwd", "systemd"):
+        for key, items in alone.get(section, {}).items():
+            for item in items:
+                assert item in ignition[section][key], (section, key, item)
+    assert alone.get("kernelArguments") == ignition.get("kernelArguments")
+    for key, value in alone["ignition"].items():
+        assert ignition["ignition"][key] == value

@@ -390,7 +390,8 @@ def _merge_fragment(document: dict[str, Any], fragment: dict[str, Any]) -> None:
         if items:
             container.setdefault(key, []).extend(items)
 
-    for section in ("files", "directories", "links"):
+    # The flavour generates no disks, filesystems, LUKS or RAID: the fragment's are taken whole.
+    for section in ("directories", "disks", "files", "filesystems", "links", "luks", "raid"):
         extend(document.setdefault("storage", {}), section, storage.get(section, []))
     if merged_units:
         extend(document.setdefault("systemd", {}), "units", merged_units)
