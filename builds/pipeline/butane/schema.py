@@ -24,12 +24,14 @@ ScalarKind = Literal["str", "string", "int", "bool"]  # "string": Go non-pointer
 @dataclass(frozen=True)
 class Scalar:
     kind: ScalarKind
+    go: str = ""  # the Go type go-yaml names in a type error, when not the kind's own (v0_4.Device)
 
 
 @dataclass(frozen=True)
 class ListOf:
     item: Spec
     go_item: str
+    go_type: str = ""  # a named slice type (v0_4.HTTPHeaders) instead of []go_item
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,18 @@ def _base(pkg: str, v11: bool) -> Struct:
     def s(name: str, fields: dict[str, Spec]) -> Struct:
         return Struct(f"{pkg}.{name}", fields)
 
-    def lst(item: Spec) -> ListOf:
-        go = item.go_name if isinstance(item, (Struct, Opaque)) else "string"
-        return ListOf(item, go)
+    def lst(item: Spec, go_type: str = "") -> ListOf:
+        if isinstance(item, (Struct, Opaque)):
+            go = item.go_name
+        elif isinstance(item, Scalar):
+            go = item.go or "string"
+        else:
+            go = item.go_type or f"[]{item.go_item}"
+        return ListOf(item, go, go_type)
+
+    def named(go: str) -> Scalar:
+        """A Go string type of butane's schema (``type Device string``)."""
+        return Scalar("string", f"{pkg}.{go}")
 
     verification = s("Verification", {"hash": STR})
     header = s("HTTPHeader", {"name": STRING, "value": STR})
@@ -66,7 +77,7 @@ def _base(pkg: str, v11: bool) -> Struct:
         "Resource",
         {
             "compression": STR,
-            "http_headers": lst(header),
+            "http_headers": lst(header, f"{pkg}.HTTPHeaders"),
             "source": STR,
             "inline": STR,
             "local": STR,
@@ -112,7 +123,13 @@ def _base(pkg: str, v11: bool) -> Struct:
     )
     raid = s(
         "Raid",
-        {"devices": lst(STR), "level": STR, "name": STRING, "options": lst(STR), "spares": INT},
+        {
+            "devices": lst(named("Device")),
+            "level": STR,
+            "name": STRING,
+            "options": lst(named("RaidOption")),
+            "spares": INT,
+        },
     )
     tang_fields: dict[str, Spec] = {"thumbprint": STR, "url": STRING}
     if v11:
@@ -132,13 +149,13 @@ def _base(pkg: str, v11: bool) -> Struct:
         "key_file": resource,
         "label": STR,
         "name": STRING,
-        "options": lst(STR),
+        "options": lst(named("LuksOption")),
         "uuid": STR,
         "wipe_volume": BOOL,
     }
     if v11:
         luks_fields["discard"] = BOOL
-        luks_fields["open_options"] = lst(STR)
+        luks_fields["open_options"] = lst(named("OpenOption"))
     luks = s("Luks", luks_fields)
     storage = s(
         "Storage",
@@ -163,7 +180,7 @@ def _base(pkg: str, v11: bool) -> Struct:
     systemd = s("Systemd", {"units": lst(unit)})
     user_fields: dict[str, Spec] = {
         "gecos": STR,
-        "groups": lst(STR),
+        "groups": lst(named("Group")),
         "home_dir": STR,
         "name": STRING,
         "no_create_home": BOOL,
@@ -172,7 +189,7 @@ def _base(pkg: str, v11: bool) -> Struct:
         "password_hash": STR,
         "primary_group": STR,
         "should_exist": BOOL,
-        "ssh_authorized_keys": lst(STR),
+        "ssh_authorized_keys": lst(named("SSHAuthorizedKey")),
         "shell": STR,
         "system": BOOL,
         "uid": INT,
@@ -185,7 +202,10 @@ def _base(pkg: str, v11: bool) -> Struct:
         {"gid": INT, "name": STRING, "password_hash": STR, "should_exist": BOOL, "system": BOOL},
     )
     passwd = s("Passwd", {"users": lst(user), "groups": lst(group)})
-    kargs = s("KernelArguments", {"should_exist": lst(STR), "should_not_exist": lst(STR)})
+    kargs = s(
+        "KernelArguments",
+        {"should_exist": lst(named("KernelArgument")), "should_not_exist": lst(named("KernelArgument"))},
+    )
     ignition = s(
         "Ignition",
         {
@@ -263,6 +283,8 @@ def _decode(node: yaml.Node, spec: Spec, path: Path, out: Decoded) -> Any:
                 return ys.to_int(node)
             if spec.kind == "bool":
                 return ys.to_bool(node)
+            if spec.go and not isinstance(node, yaml.ScalarNode):
+                raise ys.ScalarError(ys.cannot_unmarshal(node, spec.go))
             text = ys.to_str(node)
             return "" if text is None and spec.kind == "string" else text
         except ys.ScalarError as exc:
@@ -272,7 +294,7 @@ def _decode(node: yaml.Node, spec: Spec, path: Path, out: Decoded) -> Any:
         return None
     if isinstance(spec, ListOf):
         if not isinstance(node, yaml.SequenceNode):
-            out.errors.append(ys.cannot_unmarshal(node, f"[]{spec.go_item}"))
+            out.errors.append(ys.cannot_unmarshal(node, spec.go_type or f"[]{spec.go_item}"))
             return None
         items: list[Any] = []
         for child in node.value:

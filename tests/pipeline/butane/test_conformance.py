@@ -482,3 +482,23 @@ def test_an_argument_that_should_and_should_not_exist_is_a_duplicate() -> None:
     assert report(result) == [
         "error at $.kernel_arguments.should_not_exist.0, line 5 col 22: duplicate entry defined"
     ]
+
+
+def test_type_errors_name_butanes_go_types() -> None:
+    # go-yaml decode.go terror prints the target's Go type: butane base/v0_4 schema.go declares
+    # `type Device string`, `type RaidOption string`, `type Group string`, `type HTTPHeaders []HTTPHeader`.
+    result = transpile(
+        bu(
+            "1.0.0",
+            "storage:\n  raid:\n    - name: a\n      devices: {a: b}\n      options: [[x]]\n"
+            "  files:\n    - path: /a\n      contents:\n        source: https://example.com/a\n"
+            "        http_headers: nope\npasswd:\n  users:\n    - name: a\n      groups: [{a: 1}]\n",
+        )
+    )
+    assert result.error == (
+        "Error unmarshaling yaml: yaml: unmarshal errors:\n"
+        "  line 6: cannot unmarshal !!map into []v0_4.Device\n"
+        "  line 7: cannot unmarshal !!seq into v0_4.RaidOption\n"
+        "  line 12: cannot unmarshal !!str `nope` into v0_4.HTTPHeaders\n"
+        "  line 16: cannot unmarshal !!map into v0_4.Group"
+    )
