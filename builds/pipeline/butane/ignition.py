@@ -414,7 +414,8 @@ class _Validator:
         for index, item in enumerate(items):
             value = item.get(key) if key is not None else item
             if value in seen:
-                self.error((*path, index) if key is None else (*path, index, key), "duplicate entry defined")
+                # Ignition's ValidateDups (config/validate/validate.go) names the entry, not its key.
+                self.error((*path, index), "duplicate entry defined")
             seen.add(value)
 
     def storage(self, storage: dict[str, Any]) -> None:
@@ -472,7 +473,7 @@ class _Validator:
         for section, items in (("directories", directories), ("files", files), ("links", links)):
             for index, item in enumerate(items):
                 if item.get("path") in seen:
-                    self.error((*base, section, index, "path"), "duplicate entry defined")
+                    self.error((*base, section, index), "duplicate entry defined")
                 seen.add(item.get("path", ""))
         link_paths = [link.get("path", "") for link in links]
         for section, items, message in (

@@ -502,3 +502,16 @@ def test_type_errors_name_butanes_go_types() -> None:
         "  line 12: cannot unmarshal !!str `nope` into v0_4.HTTPHeaders\n"
         "  line 16: cannot unmarshal !!map into v0_4.Group"
     )
+
+
+def test_duplicates_name_the_later_entry() -> None:
+    # ignition config/validate/validate.go ValidateDups: c.Append(fieldName, i) for the entry whose
+    # Key() (Disk.Device, Filesystem.Device, Luks.Name, Raid.Name) was seen before.
+    result = transpile(
+        bu(
+            "1.1.0",
+            "storage:\n  disks:\n    - device: /dev/vdb\n    - device: /dev/vdb\n      wipe_table: true\n",
+        )
+    )
+    assert result.error == "config generated was invalid"
+    assert report(result) == ["error at $.storage.disks.1, line 6 col 7: duplicate entry defined"]
