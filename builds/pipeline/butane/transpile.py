@@ -3,8 +3,9 @@
 The stages and their failure texts are the tool's: parse, read variant/version, decode with
 go-yaml rules, validate the source (unused keys, one source per resource, decimal-looking modes),
 translate (data URLs, files dir, trees), validate the generated Ignition and map its findings back
-to the YAML path, line and column the user wrote. Disks, RAID, filesystems and LUKS are refused
-with a "not supported" error instead of being dropped.
+to the YAML path, line and column the user wrote. Disks, partitions, filesystems (with the mount
+and swap units ``with_mount_unit`` asks for), RAID and LUKS are translated too; clevis, which
+Flatcar does not ship, is refused. What may still differ from butane: docs/butane-differences.md.
 """
 
 from __future__ import annotations
