@@ -171,15 +171,16 @@ class _Report:
         text: str,
         *,
         key: bool = False,
-        nearest: bool = False,
     ) -> None:
+        """Add a message, positioned like vcontext's ``Report.Correlate``: at the deepest YAML node
+        that exists on the path (a missing key points at its parent mapping)."""
         mark = None
         if self.decoded is not None:
             marks = self.decoded.key_marks if key else self.decoded.marks
             mark = marks.get(path)
-            if mark is None and nearest:
+            if mark is None and not key:
                 mark = next(
-                    (marks[path[:end]] for end in range(len(path), 0, -1) if path[:end] in marks), None
+                    (marks[path[:end]] for end in range(len(path), -1, -1) if path[:end] in marks), None
                 )
         self.messages.append(
             Message(kind, path, text, mark.line if mark else None, mark.column if mark else None)
@@ -1034,7 +1035,7 @@ def _transpile_document(
     if report.fatal:
         return Result(None, report.messages, ERR_SOURCE_INVALID, spec.ignition), decoded
     for issue in validate_ignition(config, spec.ignition):
-        report.add(issue.kind, translator.yaml_path(issue.path), issue.message, nearest=True)
+        report.add(issue.kind, translator.yaml_path(issue.path), issue.message)
     if report.fatal:
         return Result(None, report.messages, ERR_GENERATED_INVALID, spec.ignition), decoded
     return Result(config, report.messages, None, spec.ignition), decoded

@@ -170,7 +170,7 @@ def test_mount_unit_rules() -> None:
     )
     assert no_format.error == "source config is invalid"
     assert report(no_format) == [
-        "error at $.storage.filesystems.0.format: format is required if with_mount_unit is true"
+        "error at $.storage.filesystems.0.format, line 5 col 7: format is required if with_mount_unit is true"
     ]
     swap_without_path = transpile(
         bu(
