@@ -315,11 +315,20 @@ def _decode(node: yaml.Node, spec: Spec, path: Path, out: Decoded) -> Any:
         return None
     result: dict[str, Any] = {}
     seen: dict[str, int] = {}
+    merge_node: yaml.Node | None = None
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
             continue  # a complex key can never name a field
         key = key_node.value
         key_mark = ys.mark_of(key_node)
+        if _is_merge_key(key_node) and key not in seen:
+            # go-yaml applies it (below); butane's unused-key check, which walks the YAML tree,
+            # still sees a "<<" key that names no field.
+            merge_node = value_node
+            seen[key] = key_mark.line
+            out.key_marks[(*path, key)] = key_mark
+            out.unused.append(((*path, key), key_mark))
+            continue
         if key in seen:
             if key in spec.fields:
                 out.errors.append(f"line {key_mark.line}: field {key} already set in type {spec.go_name}")
@@ -339,7 +348,47 @@ def _decode(node: yaml.Node, spec: Spec, path: Path, out: Decoded) -> Any:
         value = _decode(value_node, child_spec, child_path, out)
         if value is not None:
             result[key] = value
+    if merge_node is not None:
+        _merge(merge_node, spec, path, out, result, set(seen))
     return result
+
+
+def _is_merge_key(node: yaml.ScalarNode) -> bool:
+    return node.value == "<<" and ys.is_plain(node) and ys.explicit_tag(node) in (None, "!!merge")
+
+
+def _merge(
+    node: yaml.Node, spec: Struct, path: Path, out: Decoded, result: dict[str, Any], taken: set[str]
+) -> None:
+    """go-yaml v3 ``decoder.merge``: the keys of a merged mapping (or of each mapping of a merged
+    sequence, the first one winning) fill the fields the mapping itself did not set."""
+    if isinstance(node, yaml.MappingNode):
+        sources = [node]
+    elif isinstance(node, yaml.SequenceNode) and all(isinstance(n, yaml.MappingNode) for n in node.value):
+        sources = list(node.value)
+    else:
+        raise ys.YAMLSyntaxError("yaml: map merge requires map or sequence of maps as the value")
+    for source in sources:
+        assert isinstance(source, yaml.MappingNode)
+        nested: yaml.Node | None = None
+        for key_node, value_node in source.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = key_node.value
+            if _is_merge_key(key_node):
+                nested = value_node
+                continue
+            if key in taken:
+                continue
+            taken.add(key)
+            child_spec = spec.fields.get(key)
+            if child_spec is None:
+                continue  # reported where the merged mapping is written, if anywhere
+            value = _decode(value_node, child_spec, (*path, key), out)
+            if value is not None:
+                result[key] = value
+        if nested is not None:
+            _merge(nested, spec, path, out, result, taken)
 
 
 def _record_marks(node: yaml.Node, path: Path, out: Decoded) -> None:

@@ -515,3 +515,28 @@ def test_duplicates_name_the_later_entry() -> None:
     )
     assert result.error == "config generated was invalid"
     assert report(result) == ["error at $.storage.disks.1, line 6 col 7: duplicate entry defined"]
+
+
+def test_merge_keys_fill_what_the_mapping_does_not_set() -> None:
+    # go-yaml v3 decode.go mappingStruct/merge: "<<" merges the aliased mapping, explicit keys win;
+    # butane's unused-key check walks the YAML tree (vcontext yaml.go keeps "<<" as a key) and
+    # names no field for it.
+    result = transpile(
+        bu(
+            "1.0.0",
+            "storage:\n  files:\n    - &base\n      path: /etc/a\n      mode: 0600\n      contents:\n"
+            "        inline: a\n    - <<: *base\n      path: /etc/b\n",
+        )
+    )
+    assert result.ok
+    assert report(result) == ["warning at $.storage.files.1.<<, line 10 col 7: Unused key <<"]
+    assert result.config is not None
+    assert [(f["path"], f["mode"]) for f in result.config["storage"]["files"]] == [
+        ("/etc/a", 384),
+        ("/etc/b", 384),
+    ]
+    refused = transpile(bu("1.0.0", "storage:\n  files:\n    - <<: 3\n      path: /etc/b\n"))
+    assert (
+        refused.error
+        == "Error unmarshaling yaml: yaml: map merge requires map or sequence of maps as the value"
+    )
