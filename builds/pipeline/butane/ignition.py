@@ -617,13 +617,77 @@ def _overlapping(partitions: list[dict[str, Any]]) -> int | None:
     return None
 
 
+# Checks Ignition runs in a struct's own Validate() for a field or entry below it.
+_STORAGE_CHECKS = frozenset(
+    {
+        "file path includes link in config",
+        "directory path includes link in config",
+        "link path includes link in config",
+        "link target is required",
+        "hard link target is a directory",
+        "user/group ignored for hard link",
+        "filesystem overwrites partitioned device",
+        "device matches disk with wipeTable enabled; filesystem will be wiped",
+    }
+)
+_DISK_CHECKS = frozenset(
+    {
+        "partition numbers collide",
+        "partitions overlap",
+        "shouldExist is false for a partition and other partition(s) has start or size 0",
+        "cannot use the same partition label twice",
+    }
+)
+_NODE_FIELDS = ("group", "overwrite", "path", "user")
+_GO_NAMES = {
+    "sshAuthorizedKeys": "SSHAuthorizedKeys",
+    "uid": "UID",
+    "uuid": "UUID",
+    "guid": "GUID",
+    "typeGuid": "TypeGUID",
+    "httpHeaders": "HTTPHeaders",
+    "httpProxy": "HTTPProxy",
+    "httpsProxy": "HTTPSProxy",
+    "httpResponseHeaders": "HTTPResponseHeaders",
+    "httpTotal": "HTTPTotal",
+    "tls": "TLS",
+}
+
+
+def _report_order(issue: Issue) -> tuple[int, tuple[tuple[int, Any], ...]]:
+    """Where vcontext's walk reports ``issue``: duplicates first (butane runs ValidateDups before
+    Validate), then Config.Validate (systemd conflicts), then depth first in Go field order, each
+    struct's own Validate() before its fields (vcontext validate.go, butane config/util)."""
+    path = issue.path
+    if issue.message == "duplicate entry defined":
+        phase, emitter = 0, path[:-2]
+    elif issue.message == "path conflicts with systemd unit or dropin":
+        phase, emitter = 1, ()
+    elif issue.message in _STORAGE_CHECKS:
+        phase, emitter = 2, path[:1]
+    elif issue.message in _DISK_CHECKS:
+        phase, emitter = 2, path[:3]
+    else:
+        phase, emitter = 2, path if path and isinstance(path[-1], int) else path[:-1]
+    key: list[tuple[int, Any]] = []
+    for index, part in enumerate(emitter):
+        if isinstance(part, int):
+            key.append((0, part))
+        elif index >= 2 and emitter[index - 2] in ("files", "directories", "links") and part in _NODE_FIELDS:
+            key.append((1, _NODE_FIELDS.index(part)))  # the embedded Node comes first
+        else:
+            key.append((2, _GO_NAMES.get(part, part[:1].upper() + part[1:])))
+    return phase, tuple(key)
+
+
 def validate_ignition(cfg: dict[str, Any], version: str) -> list[Issue]:
-    """Check an Ignition config (JSON-shaped dict) against the 3.3.0/3.4.0 rules we implement."""
+    """Check an Ignition config (JSON-shaped dict) against the 3.3.0/3.4.0 rules we implement,
+    in the order butane reports them."""
     if version not in IGNITION_VERSIONS:
         raise ValueError(f"unsupported Ignition version {version!r}")
     validator = _Validator(version)
     validator.config(cfg)
-    return validator.issues
+    return sorted(validator.issues, key=_report_order)
 
 
 def _replace_surrogates(text: str) -> str:

@@ -899,8 +899,41 @@ def _walk(root: str) -> list[tuple[str, os.stat_result]]:
 
 
 def _validate_source(decoded: schema.Decoded, report: _Report) -> None:
+    """butane's source checks: unused keys first (TranslateBytes), then its Validate() walk."""
     for unused_path, _mark in decoded.unused:
         report.add("warning", unused_path, f"Unused key {unused_path[-1]}", key=True)
+    first = len(report.messages)
+    _check_source(decoded, report)
+    report.messages[first:] = sorted(report.messages[first:], key=_source_order)
+
+
+# butane's struct field order where it is not the order of the keys' names (base/v0_x schema.go).
+_YAML_ORDER = {
+    (): ("version", "variant", "ignition", "kernel_arguments", "passwd", "storage", "systemd"),
+    ("storage",): ("directories", "disks", "files", "filesystems", "links", "luks", "raid", "trees"),
+    ("storage", "files", 0): ("group", "overwrite", "path", "user", "append", "contents", "mode"),
+}
+
+
+def _source_order(message: Message) -> tuple[tuple[int, Any], ...]:
+    """Where vcontext's depth-first walk of butane's structs meets the check that said it: the
+    struct holding the field (its own Validate() runs before its fields')."""
+    path = message.path
+    emitter = path if path and isinstance(path[-1], int) else path[:-1]
+    if message.text == ERR_TREE_NO_LOCAL:
+        emitter = path
+    key: list[tuple[int, Any]] = []
+    for index, part in enumerate(emitter):
+        if isinstance(part, int):
+            key.append((0, part))
+            continue
+        parent = tuple(0 if isinstance(p, int) else p for p in emitter[:index])
+        order = _YAML_ORDER.get(parent, ())
+        key.append((1, order.index(part)) if part in order else (2, part))
+    return tuple(key)
+
+
+def _check_source(decoded: schema.Decoded, report: _Report) -> None:
     value = decoded.value
     storage = value.get("storage", {})
 
@@ -949,6 +982,8 @@ def _validate_source(decoded: schema.Decoded, report: _Report) -> None:
             report.error(("storage", "filesystems", index, "path"), ERR_MOUNT_UNIT_NO_PATH)
     # Flatcar has no clevis: config/flatcar/v1_x translate.go field filter "storage.luks.clevis".
     for index, luks in enumerate(storage.get("luks", [])):
+        if "key_file" in luks:
+            check_resource(luks["key_file"], ("storage", "luks", index, "key_file"))
         if _has_value(luks.get("clevis")):
             report.error(("storage", "luks", index, "clevis"), ERR_CLEVIS)
 

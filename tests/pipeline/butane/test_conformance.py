@@ -540,3 +540,40 @@ def test_merge_keys_fill_what_the_mapping_does_not_set() -> None:
         refused.error
         == "Error unmarshaling yaml: yaml: map merge requires map or sequence of maps as the value"
     )
+
+
+def test_report_order_follows_butane() -> None:
+    # butane config/util Translate: source Validate, translation, then ValidateDups over the
+    # generated config, then its Validate (Config.Validate first, then depth first in Go field
+    # order, each struct before its fields: vcontext validate.go).
+    generated = transpile(
+        bu(
+            "1.1.0",
+            "storage:\n  files:\n    - path: /etc/systemd/system/a.service\n      mode: 077777\n"
+            "  links:\n    - path: /x\n      target: /y\n    - path: /x\n      target: /z\n"
+            'systemd:\n  units:\n    - name: a.service\n      contents: "[Service]\\n"\n',
+        )
+    )
+    assert report(generated) == [
+        "error at $.storage.links.1, line 10 col 7: duplicate entry defined",
+        "error at $.storage.files.0.path, line 5 col 13: path conflicts with systemd unit or dropin",
+        "error at $.storage.files.0.mode, line 6 col 13: illegal file mode",
+    ]
+    # unused keys first (TranslateBytes), then the source walk: directories before files, a
+    # file's own checks before its contents'.
+    source = transpile(
+        bu(
+            "1.0.0",
+            "systemd:\n  units:\n    - name: a.service\n      contents: x\n      contents_local: y\n"
+            "storage:\n  files:\n    - path: /a\n      mode: 644\n      contents:\n        inline: a\n"
+            "        source: https://x\n  directories:\n    - path: /d\n      mode: 755\n",
+        )
+    )
+    octal = "unreasonable mode would be reasonable if specified in octal; remember to add a leading zero"
+    assert report(source) == [
+        "warning at $.systemd.units.0.contents_local, line 7 col 7: Unused key contents_local",
+        f"warning at $.storage.directories.0.mode, line 17 col 13: {octal}",
+        f"warning at $.storage.files.0.mode, line 11 col 13: {octal}",
+        "error at $.storage.files.0.contents.source, line 14 col 17: only one of the following can be set: "
+        "inline, local, source",
+    ]
