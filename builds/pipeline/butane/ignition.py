@@ -690,13 +690,13 @@ def validate_ignition(cfg: dict[str, Any], version: str) -> list[Issue]:
     return sorted(validator.issues, key=_report_order)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _replace_surrogates(text: str) -> str:
-    # Go's encoder writes invalid UTF-8 as U+FFFD; lone surrogates are Python's equivalent.
-    return (
-        text.encode("utf-8", "replace").decode("utf-8")
-        if any("\ud800" <= ch <= "\udfff" for ch in text)
-        else text
-    )
+    # Go's encoder writes each invalid UTF-8 byte as U+FFFD; lone surrogates (the raw bytes of a
+    # !!binary scalar, as surrogate escapes) are Python's equivalent.
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _sanitize(value: Any) -> Any:

@@ -874,8 +874,10 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 def go_utf8(text: str) -> bytes:
-    """UTF-8 bytes as Go would hold them: a lone surrogate (from a YAML escape) becomes U+FFFD."""
-    return _SURROGATES.sub("\ufffd", text).encode("utf-8")
+    """The bytes of the Go string: surrogate escapes (raw bytes of a ``!!binary`` scalar) are
+    those bytes again; any other lone surrogate (none reach here: go-yaml refuses them) U+FFFD."""
+    text = _SURROGATES.sub(lambda m: m.group() if "\udc80" <= m.group() <= "\udcff" else "\ufffd", text)
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _ordered(item: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:

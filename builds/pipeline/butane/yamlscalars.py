@@ -9,6 +9,8 @@ per field type, with go-yaml's rules and its error wording.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from dataclasses import dataclass
@@ -218,6 +220,14 @@ def resolve(node: yaml.ScalarNode) -> tuple[Tag, object]:
         if not is_plain(node):
             return "!!str", node.value
         return _resolve_plain(node.value)
+    if tag == "!!binary":
+        # decode.go scalar(): base64.StdEncoding (which skips CR and LF); the bytes become the
+        # Go string as they are, so they are carried here as surrogate escapes.
+        try:
+            data = base64.b64decode(node.value.replace("\r", "").replace("\n", ""), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise YAMLSyntaxError("yaml: !!binary value contains invalid base64 data") from exc
+        return "!!str", data.decode("utf-8", "surrogateescape")
     if tag == "!!str" or tag not in _RESOLVABLE:
         return "!!str", node.value  # unknown tags keep the text (go-yaml: not resolvable)
     found, value = _resolve_plain(node.value)
@@ -289,9 +299,10 @@ def to_str(node: yaml.Node) -> str | None:
     """A Go ``*string`` field: the scalar's source text, or None for null."""
     if not isinstance(node, yaml.ScalarNode):
         raise ScalarError(cannot_unmarshal(node, "string"))
-    if resolve(node)[0] == "!!null":
+    tag, value = resolve(node)
+    if tag == "!!null":
         return None
-    return str(node.value)
+    return str(value) if explicit_tag(node) == "!!binary" else str(node.value)
 
 
 def to_bool(node: yaml.Node) -> bool | None:

@@ -577,3 +577,21 @@ def test_report_order_follows_butane() -> None:
         "error at $.storage.files.0.contents.source, line 14 col 17: only one of the following can be set: "
         "inline, local, source",
     ]
+
+
+def test_binary_tags_are_base64_decoded() -> None:
+    # go-yaml v3 decode.go scalar(): !!binary is base64 (StdEncoding) decoded into the string as
+    # raw bytes; the data URL keeps the bytes, JSON would print invalid UTF-8 as U+FFFD.
+    config = ok(
+        bu(
+            "1.0.0",
+            "storage:\n  files:\n    - path: !!binary L2V0Yy9h\n      contents:\n"
+            "        inline: !!binary /wBh\n",
+        )
+    )
+    assert config["storage"]["files"][0] == {
+        "path": "/etc/a",
+        "contents": {"compression": "", "source": "data:,%FF%00a"},
+    }
+    refused = transpile(bu("1.0.0", 'storage:\n  files:\n    - path: !!binary "###"\n'))
+    assert refused.error == "Error unmarshaling yaml: yaml: !!binary value contains invalid base64 data"
