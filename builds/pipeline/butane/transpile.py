@@ -765,18 +765,29 @@ class _Translator:
         if storage:
             result["storage"] = storage
         systemd = self.systemd(value.get("systemd", {}))
-        generated = self.mount_units(value.get("storage", {}))
-        if generated:
-            systemd = {"units": self.merge_units(generated, systemd.get("units", []))}
+        if any(fs.get("with_mount_unit") is True for fs in value.get("storage", {}).get("filesystems", [])):
+            # The user's units move behind the generated ones: set their translations aside.
+            prefix = ("systemd", "units")
+            user_translations = {jp: yp for jp, yp in self.translations.items() if jp[:2] == prefix}
+            for jp in user_translations:
+                if len(jp) > 2:
+                    del self.translations[jp]
+            generated = self.mount_units(value.get("storage", {}))
+            systemd = {"units": self.merge_units(generated, systemd.get("units", []), user_translations)}
         if systemd:
             result["systemd"] = systemd
         return result
 
-    def merge_units(self, parent: list[dict[str, Any]], child: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def merge_units(
+        self,
+        parent: list[dict[str, Any]],
+        child: list[dict[str, Any]],
+        child_translations: dict[JSONPath, Path],
+    ) -> list[dict[str, Any]]:
         """Ignition's merge of the user's units over the generated mount units (keyed by name):
-        a unit of both keeps its place among the generated ones with the user's fields on top;
-        the user's other units follow. source: butane base/util MergeTranslatedConfigs ->
-        ignition config/merge."""
+        a unit of both keeps its place among the generated ones with the user's fields (and their
+        translations) on top; the user's other units follow. source: butane base/util
+        MergeTranslatedConfigs -> ignition config/merge."""
         merged = [dict(unit) for unit in parent]
         by_name = {unit["name"]: index for index, unit in enumerate(merged)}
         moved: dict[JSONPath, Path] = {}
@@ -800,8 +811,8 @@ class _Translator:
                 new_jp = ("systemd", "units", len(parent) + appended)
                 appended += 1
                 merged.append(unit)
-            for jp, yp in list(self.translations.items()):
-                if jp[: len(old_jp)] == old_jp and yp[:1] == ("systemd",):
+            for jp, yp in child_translations.items():
+                if jp[: len(old_jp)] == old_jp:
                     moved[(*new_jp, *jp[len(old_jp) :])] = yp
         self.translations.update(moved)
         return merged

@@ -595,3 +595,19 @@ def test_binary_tags_are_base64_decoded() -> None:
     }
     refused = transpile(bu("1.0.0", 'storage:\n  files:\n    - path: !!binary "###"\n'))
     assert refused.error == "Error unmarshaling yaml: yaml: !!binary value contains invalid base64 data"
+
+
+def test_problems_in_units_behind_generated_ones_point_at_the_users_yaml() -> None:
+    # The generated mount unit takes JSON index 0; butane's TranslationSet still maps the user's
+    # unit (now JSON index 1) back to systemd.units.0 of the YAML.
+    result = transpile(
+        bu(
+            "1.0.0",
+            "storage:\n  filesystems:\n    - device: /dev/vdb\n      format: ext4\n      path: /srv\n"
+            "      with_mount_unit: true\nsystemd:\n  units:\n    - name: a.service\n      dropins:\n"
+            "        - name: x.txt\n",
+        )
+    )
+    assert report(result) == [
+        "error at $.systemd.units.0.dropins.0.name, line 13 col 17: invalid systemd drop-in extension"
+    ]
