@@ -230,6 +230,10 @@ _CODES: tuple[ErrorCode, ...] = (
     _user("butane.invalid-hostname", "The host name is not a valid host name."),
     _user("butane.invalid-fragment", "The Butane fragment is not valid Butane."),
     _user("butane.fragment-conflict", "The Butane fragment redefines what the flavour sets."),
+    _infra(
+        "butane.schema-invalid",
+        "A rendered Ignition config fails the JSON schema of its spec version; it is not published (a bug).",
+    ),
     # --- the bake CLI ---------------------------------------------------------------------------
     _user("cli.invalid-argument", "A command-line argument is not valid."),
     _user("cli.output-unwritable", "The output directory cannot be written."),
