@@ -56,7 +56,8 @@ FLATCAR_IMAGE_URL = (
 BOARDS = {"x86-64": "amd64-usr", "arm64": "arm64-usr"}
 # Flatcar's image signing key (Flatcar Buildbot (Official Builds), primary key
 # F88CFEDEFF29A5B4D9523864E25D9AED0593B34A), as published at
-# https://www.flatcar.org/security/image-signing-key/Flatcar_Image_Signing_Key.asc.
+# https://www.flatcar.org/security/image-signing-key/Flatcar_Image_Signing_Key.asc and embedded in
+# flatcar/init's flatcar-install; its signing subkey 52F145DF...1EF52974 expires 2027-03-08 (README).
 DEFAULT_SIGNING_KEY = Path(__file__).parent / "keys" / "flatcar-image-signing-key.asc"
 PARTITION_LABELS = ("EFI-SYSTEM", "BIOS-BOOT", "USR-A", "USR-B", "OEM", "ROOT")
 OEM_CONFIG_NAME = "config.ign"

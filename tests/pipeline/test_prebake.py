@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from builds.pipeline.butane.render import ExtensionImage, FlavourConfig, render_ignition
 from builds.pipeline.fetch import Fetcher
 from builds.pipeline.prebake import (
+    DEFAULT_SIGNING_KEY,
     fetch_flatcar_image,
     flatcar_image_url,
     image_files_in,
@@ -400,3 +402,25 @@ def test_embedding_into_an_oem_that_is_neither_ext4_nor_btrfs_is_refused(
     err = capsys.readouterr().err
     assert "error: prebake.oem-unsupported" in err and "ext4 or btrfs" in err
     assert main(args) == 0  # without embedding, the same image pre-bakes
+
+
+def test_the_shipped_key_is_flatcars_with_a_signing_subkey_in_force(tmp_path: Path) -> None:
+    """Real images fail ``prebake.signature-mismatch`` unless the shipped key carries the subkey
+    Flatcar signs current releases with; this fails once that subkey expires (refresh the key:
+    README, Pre-baked Flatcar disk images)."""
+    listing = subprocess.run(
+        ["gpg", "--batch", f"--homedir={tmp_path}", "--show-keys", "--with-colons", str(DEFAULT_SIGNING_KEY)],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    records = [line.split(":") for line in listing.splitlines()]
+    fingerprints = [fields[9] for fields in records if fields[0] == "fpr"]
+    assert fingerprints[0] == "F88CFEDEFF29A5B4D9523864E25D9AED0593B34A"  # Flatcar Buildbot's primary
+    now = time.time()
+    in_force = [
+        fields[4]
+        for fields in records
+        if fields[0] == "sub" and "s" in fields[11] and fields[1] not in ("r", "e")
+        and int(fields[5]) <= now < int(fields[6] or "9999999999")
+    ]  # fmt: skip
+    assert in_force, "no signing subkey of Flatcar's image signing key is in force: refresh the key"
+    assert "32DA80F91EF52974" in [fields[4] for fields in records if fields[0] == "sub"]  # 2025-03-07
