@@ -553,6 +553,7 @@ def place_on_ext4(filesystem: Path, placements: Iterable[Placement], work: Path)
 # --- rewriting a btrfs file system (no mount) ---------------------------------------------------
 
 _BTRFS_MIXED_GROUPS = 0x4
+_NO_SPACE_RE = re.compile(r"no space|enospc|: -28\b", re.IGNORECASE)
 # Run under fakeroot: ``btrfs restore -m`` records the owners it cannot set as an unprivileged
 # user, and ``mkfs.btrfs --rootdir`` reads them back, so the rebuilt file system keeps them.
 _BTRFS_REBUILD = """set -e
@@ -575,6 +576,7 @@ class BtrfsSuper:
     sectorsize: int
     csum: str
     mixed: bool
+    total_bytes: int
 
 
 def btrfs_super(path: Path) -> BtrfsSuper:
@@ -597,6 +599,7 @@ def btrfs_super(path: Path) -> BtrfsSuper:
             sectorsize=int(fields["sectorsize"]),
             csum=csum.group(1) if csum else "crc32c",
             mixed=bool(int(fields["incompat_flags"], 16) & _BTRFS_MIXED_GROUPS),
+            total_bytes=int(fields["total_bytes"]),
         )
     except (KeyError, ValueError):
         raise PipelineError(
@@ -605,9 +608,10 @@ def btrfs_super(path: Path) -> BtrfsSuper:
 
 
 def rebuild_btrfs_with(filesystem: Path, name: str, data: bytes, work: Path) -> Path:
-    """A new btrfs image of the same size, label, UUID and format as ``filesystem``, holding its
-    files (owners, modes, links kept) plus ``/NAME`` (``data``, 0644, root): btrfs cannot be
-    written in place without a mount, so its files are restored and the file system made anew."""
+    """A new btrfs image of the same size, label, UUID and format as ``filesystem`` (the file
+    holding the partition's bytes), holding its files (owners, modes, links kept) plus ``/NAME``
+    (``data``, 0644, root): btrfs cannot be written in place without a mount, so its files are
+    restored and the file system made anew. ``prebake.no-space`` when they no longer fit."""
     for tool in ("btrfs", "mkfs.btrfs", "fakeroot"):
         if shutil.which(tool) is None:
             raise tool_missing_error(tool)
@@ -618,12 +622,12 @@ def rebuild_btrfs_with(filesystem: Path, name: str, data: bytes, work: Path) -> 
     payload = work / name
     payload.write_bytes(data)
     rebuilt = work / "rebuilt.img"
-    size = filesystem.stat().st_size
+    size = filesystem.stat().st_size  # the partition's
     with open(rebuilt, "wb") as handle:
         handle.truncate(size)
     mkfs = [
         "--rootdir", str(tree), "--label", original.label, "--uuid", original.uuid,
-        "--byte-count", str(size), "--nodesize", str(original.nodesize),
+        "--byte-count", str(min(original.total_bytes, size) or size), "--nodesize", str(original.nodesize),
         "--sectorsize", str(original.sectorsize), "--csum", original.csum, "--nodiscard",
     ]  # fmt: skip
     if original.mixed:
@@ -638,7 +642,7 @@ def rebuild_btrfs_with(filesystem: Path, name: str, data: bytes, work: Path) -> 
     )  # fmt: skip
     if result.returncode != 0:
         text = result.output.strip()[-500:]
-        if "no space" in text.lower() or "enospc" in text.lower():
+        if _NO_SPACE_RE.search(text):  # mkfs.btrfs reports ENOSPC as "...: -28"
             raise PipelineError(
                 "prebake.no-space", f"the OEM partition's btrfs has no room for {name}: {text}"
             )
@@ -646,6 +650,13 @@ def rebuild_btrfs_with(filesystem: Path, name: str, data: bytes, work: Path) -> 
             "prebake.write-failed",
             f"the OEM partition's btrfs could not be rewritten: {text}",
             output=result.output,
+        )
+    if rebuilt.stat().st_size != size:
+        # mkfs.btrfs --rootdir grows an image file rather than fail when the files do not fit.
+        raise PipelineError(
+            "prebake.no-space",
+            f"the OEM partition's btrfs ({size} bytes) has no room for {name} ({len(data)} bytes) "
+            "beside its files",
         )
     shutil.rmtree(tree, ignore_errors=True)
     filesystem.unlink()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from builds.pipeline.butane.render import ExtensionImage, FlavourConfig, render_ignition
+from builds.pipeline.errors import PipelineError
 from builds.pipeline.fetch import Fetcher
 from builds.pipeline.prebake import (
     DEFAULT_SIGNING_KEY,
@@ -23,6 +25,7 @@ from builds.pipeline.prebake import (
     image_files_in,
     plan_from_ignition,
     prebaked_image_name,
+    rebuild_btrfs_with,
 )
 from builds.pipeline.prebake_cli import main
 from builds.pipeline.signing import GpgSigner, generate_signing_key
@@ -384,6 +387,33 @@ def test_config_is_embedded_into_a_btrfs_oem(
         assert partition_bytes(disk, label) == partition_bytes(btrfs_release.disk, label)
     root = extract_partition(disk, "ROOT", tmp_path / "root.ext4")
     assert debugfs_cat(root, "/etc/machine-info") == b"CHASSIS=vm\n"
+
+
+def test_a_mixed_btrfs_keeps_its_format_and_a_config_too_big_for_it_is_refused(tmp_path: Path) -> None:
+    small = tmp_path / "oem.btrfs"
+    with open(small, "wb") as handle:
+        handle.truncate(32 * 1024 * 1024)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "grub.cfg").write_text("set oem_id=qemu\n")
+    subprocess.run(
+        ["fakeroot", "--", "mkfs.btrfs", "-q", "--mixed", "--rootdir", str(tree), "--label", "OEM",
+         "--uuid", BTRFS_OEM_UUID, str(small)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    rebuilt = rebuild_btrfs_with(small, "config.ign", b'{"ignition":{}}', tmp_path / "work")
+    superblock = btrfs_superblock(rebuilt)
+    assert (superblock["label"], superblock["fsid"]) == ("OEM", BTRFS_OEM_UUID)
+    assert int(superblock["incompat_flags"], 16) & 0x4  # still mixed block groups
+    assert rebuilt.stat().st_size == 32 * 1024 * 1024
+    files = btrfs_files(rebuilt, tmp_path / "files")
+    assert files["config.ign"] == ("0:0", "644", b'{"ignition":{}}')
+    assert files["grub.cfg"] == ("0:0", "644", b"set oem_id=qemu\n")
+
+    too_big = json.dumps({"ignition": {}, "padding": os.urandom(24 * 1024 * 1024).hex()}).encode()
+    with pytest.raises(PipelineError) as refused:
+        rebuild_btrfs_with(rebuilt, "config.ign", too_big, tmp_path / "work-big")
+    assert refused.value.code == "prebake.no-space"
 
 
 def test_embedding_into_an_oem_that_is_neither_ext4_nor_btrfs_is_refused(
