@@ -12,7 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # bubblewrap to sandbox source builds (needs user namespaces; see README, Source builds).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        squashfs-tools erofs-utils gnupg zstd xz-utils fdisk e2fsprogs bzip2 systemd util-linux ca-certificates bubblewrap \
+        squashfs-tools erofs-utils gnupg zstd xz-utils fdisk e2fsprogs btrfs-progs fakeroot bzip2 systemd util-linux ca-certificates bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

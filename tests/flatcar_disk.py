@@ -34,17 +34,35 @@ LAYOUT = (
 )
 
 
+BTRFS_OEM_MIB = 128  # Flatcar's OEM size; btrfs (non-mixed) needs more than the tiny ext4 one
+BTRFS_OEM_UUID = "6f3a1d2c-0b7e-4e58-9c41-2d5b8a7f0e13"
+# The OEM tree of the btrfs variant: (path, owner, mode, contents or "-> target" for a link).
+BTRFS_OEM_TREE = (
+    ("grub.cfg", "0:0", 0o644, "set oem_id=qemu\n"),
+    ("bin/oem-helper", "0:0", 0o755, "#!/bin/sh\n"),
+    ("private/token", "500:600", 0o640, "secret\n"),
+    ("grub-link.cfg", "0:0", 0o777, "-> grub.cfg"),
+)
+
+
 def make_flatcar_disk(
-    path: Path, *, layout: tuple[tuple[str, str, int], ...] = LAYOUT, root_mib: int = 0
+    path: Path,
+    *,
+    layout: tuple[tuple[str, str, int], ...] = LAYOUT,
+    root_mib: int = 0,
+    oem_fs: str = "ext4",
 ) -> Path:
     """Write a sparse GPT disk image at ``path``: random bytes at the start of each raw partition
     (so a changed byte shows), ext4 file systems on OEM and ROOT (ROOT holds /etc/os-release-like
-    content, as Flatcar's first boot expects an almost empty root)."""
+    content, as Flatcar's first boot expects an almost empty root). ``oem_fs="btrfs"`` formats OEM
+    as current Flatcar releases do (``BTRFS_OEM_TREE``, label OEM, ``BTRFS_OEM_UUID``)."""
     work = path.parent / (path.name + ".parts")
     work.mkdir(parents=True, exist_ok=True)
     entries = [
         (label, kind, root_mib if (label == "ROOT" and root_mib) else size) for label, kind, size in layout
     ]
+    if oem_fs == "btrfs":
+        entries = [(label, kind, BTRFS_OEM_MIB if label == "OEM" else size) for label, kind, size in entries]
     total = 1 + sum(size for _label, _kind, size in entries) + 1
     with open(path, "wb") as disk:
         disk.truncate(total * MIB)
@@ -57,7 +75,9 @@ def make_flatcar_disk(
         label = partition["name"]
         start, size = partition["start"] * 512, partition["size"] * 512
         part = work / label
-        if label in ("OEM", "ROOT"):
+        if label == "OEM" and oem_fs == "btrfs":
+            make_btrfs(part, size, work / "OEM.btrfs-tree")
+        elif label in ("OEM", "ROOT"):
             tree = work / f"{label}.tree"
             (tree / "etc").mkdir(parents=True, exist_ok=True)
             if label == "OEM":
@@ -92,6 +112,56 @@ def make_flatcar_disk(
                 handle.truncate(size)
         write_at(path, start, part)
     return path
+
+
+def make_btrfs(target: Path, size: int, tree: Path) -> None:
+    """``BTRFS_OEM_TREE`` as a btrfs image of ``size`` bytes (fakeroot: owners without root)."""
+    tree.mkdir(parents=True, exist_ok=True)
+    script = ["set -e", f"chown -R 0:0 {tree}"]
+    for name, owner, mode, contents in BTRFS_OEM_TREE:
+        node = tree / name
+        node.parent.mkdir(parents=True, exist_ok=True)
+        if contents.startswith("-> "):
+            node.symlink_to(contents[3:])
+            continue
+        node.write_text(contents)
+        script += [f"chown {owner} {node}", f"chmod {mode:o} {node}"]
+    with open(target, "wb") as handle:
+        handle.truncate(size)
+    script.append(f"mkfs.btrfs -q -K --rootdir {tree} --label OEM --uuid {BTRFS_OEM_UUID} {target}")
+    subprocess.run(["fakeroot", "--", "sh", "-c", "\n".join(script)], check=True, capture_output=True)
+
+
+def btrfs_files(filesystem: Path, target: Path) -> dict[str, tuple[str, str, bytes | str]]:
+    """Every node of a btrfs image, read with ``btrfs restore`` (no mount): path -> (owner,
+    octal mode, contents, or the target of a link)."""
+    target.mkdir(parents=True, exist_ok=True)
+    script = 'btrfs restore -m -S "$1" "$2" >/dev/null && cd "$2" && find . -mindepth 1 -printf "$3"'
+    listing = subprocess.run(
+        ["fakeroot", "--", "sh", "-c", script, "sh", str(filesystem), str(target), "%P|%U:%G|%m|%y\\n"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    found: dict[str, tuple[str, str, bytes | str]] = {}
+    for line in listing.splitlines():
+        name, owner, mode, kind = line.split("|")
+        node = target / name
+        if kind == "l":
+            found[name] = (owner, mode, "-> " + os.readlink(node))
+        elif kind == "f":
+            found[name] = (owner, mode, node.read_bytes())
+        else:
+            found[name] = (owner, mode, "dir")
+    return found
+
+
+def btrfs_superblock(filesystem: Path) -> dict[str, str]:
+    argv = ["btrfs", "inspect-internal", "dump-super", str(filesystem)]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    fields: dict[str, str] = {}
+    for line in out.splitlines():
+        key, _sep, value = line.partition("\t")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 def write_at(disk: Path, offset: int, source: Path) -> None:

@@ -263,13 +263,13 @@ _CODES: tuple[ErrorCode, ...] = (
         "prebake.missing-partition", "The image lacks a partition of a Flatcar disk (not a Flatcar image)."
     ),
     _upstream("prebake.not-ext4", "The image's ROOT partition holds no ext4 file system."),
-    _user("prebake.no-space", "The extensions do not fit on the image's ROOT partition."),
+    _user("prebake.no-space", "The extensions (or the embedded config) do not fit on the image."),
     _user("prebake.invalid-config", "The flavour's config names something that cannot be baked."),
     _user("prebake.image-mismatch", "A sysext image is not the one the flavour's config names."),
     _user("prebake.oem-unsupported", "The config cannot be embedded into this image's OEM file system."),
     _infra("prebake.signing-key-missing", "Flatcar's image signing key is missing or unreadable."),
     _infra("prebake.partition-size", "A rewritten partition changed size (a bug)."),
-    _infra("prebake.write-failed", "debugfs could not write the files into the image."),
+    _infra("prebake.write-failed", "debugfs or mkfs.btrfs could not write the files into the image."),
     _infra("prebake.compress-failed", "Compressing the pre-baked image failed."),
     _infra("prebake.timeout", "A pre-bake tool ran past its time limit.", retryable=True),
     # --- publication and the artifact store -----------------------------------------------------

@@ -16,7 +16,9 @@ runs in an unprivileged worker:
    files, the keyring, units and drop-ins (``enabled`` as Ignition does it: a preset line). The
    config itself is read, not restated here, so the image holds exactly what the Butane says;
 5. **embed** (optional) the rest of the config, the part that could not be baked, as the OEM
-   partition's ``config.ign``, which Flatcar's Ignition reads on the first boot;
+   partition's ``config.ign``, which Flatcar's Ignition reads on the first boot: with ``debugfs``
+   on an ext4 OEM (older releases); a btrfs OEM (current releases) is restored with ``btrfs
+   restore`` and made anew with ``mkfs.btrfs --rootdir`` (same size, label, UUID), under fakeroot;
 6. **write back** the changed partitions at their offsets (only changed chunks), and compress with
    ``zstd``. The partition table, labels, GUIDs and the other partitions are left byte for byte,
    so the image boots and updates (USR-A/USR-B) like any Flatcar image.
@@ -54,7 +56,8 @@ FLATCAR_IMAGE_URL = (
 BOARDS = {"x86-64": "amd64-usr", "arm64": "arm64-usr"}
 # Flatcar's image signing key (Flatcar Buildbot (Official Builds), primary key
 # F88CFEDEFF29A5B4D9523864E25D9AED0593B34A), as published at
-# https://www.flatcar.org/security/image-signing-key/Flatcar_Image_Signing_Key.asc.
+# https://www.flatcar.org/security/image-signing-key/Flatcar_Image_Signing_Key.asc and embedded in
+# flatcar/init's flatcar-install; its signing subkey 52F145DF...1EF52974 expires 2027-03-08 (README).
 DEFAULT_SIGNING_KEY = Path(__file__).parent / "keys" / "flatcar-image-signing-key.asc"
 PARTITION_LABELS = ("EFI-SYSTEM", "BIOS-BOOT", "USR-A", "USR-B", "OEM", "ROOT")
 OEM_CONFIG_NAME = "config.ign"
@@ -547,6 +550,119 @@ def place_on_ext4(filesystem: Path, placements: Iterable[Placement], work: Path)
         raise PipelineError("prebake.write-failed", f"debugfs could not place the files: {text}")
 
 
+# --- rewriting a btrfs file system (no mount) ---------------------------------------------------
+
+_BTRFS_MIXED_GROUPS = 0x4
+_NO_SPACE_RE = re.compile(r"no space|enospc|: -28\b", re.IGNORECASE)
+# Run under fakeroot: ``btrfs restore -m`` records the owners it cannot set as an unprivileged
+# user, and ``mkfs.btrfs --rootdir`` reads them back, so the rebuilt file system keeps them.
+_BTRFS_REBUILD = """set -e
+btrfs restore -m -S -x "$1" "$2"
+cp "$3" "$2/$4"
+chown 0:0 "$2/$4"
+chmod 0644 "$2/$4"
+shift 4
+mkfs.btrfs -q "$@"
+"""
+
+
+@dataclass(frozen=True)
+class BtrfsSuper:
+    """What a rebuilt btrfs must keep of the original (``btrfs inspect-internal dump-super``)."""
+
+    label: str
+    uuid: str
+    nodesize: int
+    sectorsize: int
+    csum: str
+    mixed: bool
+    total_bytes: int
+
+
+def btrfs_super(path: Path) -> BtrfsSuper:
+    """Label, UUID and format of the btrfs file system image ``path``, read from its superblock."""
+    result = run_command(
+        ["btrfs", "inspect-internal", "dump-super", str(path)],
+        error_code="prebake.oem-unsupported",
+        what="btrfs inspect-internal dump-super",
+    )
+    fields: dict[str, str] = {}
+    for line in result.stdout.decode("utf-8", "replace").splitlines():
+        key, _sep, value = line.partition("\t")
+        fields.setdefault(key.strip(), value.strip())
+    try:
+        csum = re.search(r"\((\w+)\)", fields["csum_type"])
+        return BtrfsSuper(
+            label=fields.get("label", ""),
+            uuid=fields["fsid"],
+            nodesize=int(fields["nodesize"]),
+            sectorsize=int(fields["sectorsize"]),
+            csum=csum.group(1) if csum else "crc32c",
+            mixed=bool(int(fields["incompat_flags"], 16) & _BTRFS_MIXED_GROUPS),
+            total_bytes=int(fields["total_bytes"]),
+        )
+    except (KeyError, ValueError):
+        raise PipelineError(
+            "prebake.oem-unsupported", f"{path.name}: the btrfs superblock could not be read"
+        ) from None
+
+
+def rebuild_btrfs_with(filesystem: Path, name: str, data: bytes, work: Path) -> Path:
+    """A new btrfs image of the same size, label, UUID and format as ``filesystem`` (the file
+    holding the partition's bytes), holding its files (owners, modes, links kept) plus ``/NAME``
+    (``data``, 0644, root): btrfs cannot be written in place without a mount, so its files are
+    restored and the file system made anew. ``prebake.no-space`` when they no longer fit."""
+    for tool in ("btrfs", "mkfs.btrfs", "fakeroot"):
+        if shutil.which(tool) is None:
+            raise tool_missing_error(tool)
+    original = btrfs_super(filesystem)
+    work.mkdir(parents=True, exist_ok=True)
+    tree = work / "tree"
+    tree.mkdir()
+    payload = work / name
+    payload.write_bytes(data)
+    rebuilt = work / "rebuilt.img"
+    size = filesystem.stat().st_size  # the partition's
+    with open(rebuilt, "wb") as handle:
+        handle.truncate(size)
+    mkfs = [
+        "--rootdir", str(tree), "--label", original.label, "--uuid", original.uuid,
+        "--byte-count", str(min(original.total_bytes, size) or size), "--nodesize", str(original.nodesize),
+        "--sectorsize", str(original.sectorsize), "--csum", original.csum, "--nodiscard",
+    ]  # fmt: skip
+    if original.mixed:
+        mkfs.append("--mixed")
+    result = run_command(
+        ["fakeroot", "--", "sh", "-c", _BTRFS_REBUILD, "sh", str(filesystem), str(tree), str(payload), name,
+         *mkfs, str(rebuilt)],
+        error_code="prebake.write-failed",
+        what="btrfs restore / mkfs.btrfs",
+        timeout=3600,
+        check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        text = result.output.strip()[-500:]
+        if _NO_SPACE_RE.search(text):  # mkfs.btrfs reports ENOSPC as "...: -28"
+            raise PipelineError(
+                "prebake.no-space", f"the OEM partition's btrfs has no room for {name}: {text}"
+            )
+        raise PipelineError(
+            "prebake.write-failed",
+            f"the OEM partition's btrfs could not be rewritten: {text}",
+            output=result.output,
+        )
+    if rebuilt.stat().st_size != size:
+        # mkfs.btrfs --rootdir grows an image file rather than fail when the files do not fit.
+        raise PipelineError(
+            "prebake.no-space",
+            f"the OEM partition's btrfs ({size} bytes) has no room for {name} ({len(data)} bytes) "
+            "beside its files",
+        )
+    shutil.rmtree(tree, ignore_errors=True)
+    filesystem.unlink()
+    return rebuilt
+
+
 # --- the whole step -----------------------------------------------------------------------------
 
 
@@ -610,16 +726,19 @@ def prebake_image(
             oem_file = work / "oem.img"
             copy_out(raw, oem, oem_file)
             kind = filesystem_of(oem_file)
-            if kind != "ext4":
+            document = json.dumps(plan.remainder, sort_keys=True, separators=(",", ":")).encode()
+            if kind == "ext4":
+                place_on_ext4(
+                    oem_file, [Placement("/" + OEM_CONFIG_NAME, "file", 0o644, data=document)], work / "oem"
+                )
+            elif kind == "btrfs":
+                oem_file = rebuild_btrfs_with(oem_file, OEM_CONFIG_NAME, document, work / "oem")
+            else:
                 raise PipelineError(
                     "prebake.oem-unsupported",
-                    f"the OEM partition holds {kind or 'an unknown'} file system; the Ignition config can "
-                    "only be embedded into an ext4 OEM partition (provision the config otherwise)",
+                    "the OEM partition holds an unknown file system; the Ignition config can only be "
+                    "embedded into an ext4 or btrfs OEM partition (provision the config otherwise)",
                 )
-            document = json.dumps(plan.remainder, sort_keys=True, separators=(",", ":")).encode()
-            place_on_ext4(
-                oem_file, [Placement("/" + OEM_CONFIG_NAME, "file", 0o644, data=document)], work / "oem"
-            )
             copy_in(raw, oem, oem_file)
             oem_file.unlink()
             progress("embed", "embedded config.ign on the OEM partition", 1.0)

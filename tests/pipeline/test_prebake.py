@@ -8,27 +8,36 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from builds.pipeline.butane.render import ExtensionImage, FlavourConfig, render_ignition
+from builds.pipeline.errors import PipelineError
 from builds.pipeline.fetch import Fetcher
 from builds.pipeline.prebake import (
+    DEFAULT_SIGNING_KEY,
     fetch_flatcar_image,
     flatcar_image_url,
+    image_files_in,
     plan_from_ignition,
     prebaked_image_name,
+    rebuild_btrfs_with,
 )
 from builds.pipeline.prebake_cli import main
 from builds.pipeline.signing import GpgSigner, generate_signing_key
 from tests.flatcar_disk import (
+    BTRFS_OEM_UUID,
     CHANNEL,
     IMAGE_URL,
     LAYOUT,
     VERSION,
     FlatcarRelease,
+    btrfs_files,
+    btrfs_superblock,
     debugfs,
     debugfs_cat,
     decompress_zst,
@@ -333,21 +342,115 @@ def test_upstream_url_and_file_name() -> None:
     assert prebaked_image_name("edge nodes/eu") == "flatcar_production_image-edge-nodes-eu.bin.zst"
 
 
-def test_embedding_into_a_btrfs_oem_is_refused_with_its_reason(
+@pytest.fixture(scope="module")
+def btrfs_release(tmp_path_factory: pytest.TempPathFactory) -> FlatcarRelease:
+    """A release as current Flatcar ships them: the OEM partition is btrfs."""
+    directory = tmp_path_factory.mktemp("flatcar-btrfs")
+    disk = make_flatcar_disk(directory / "flatcar_production_image.bin", oem_fs="btrfs")
+    return make_flatcar_release(directory, disk=disk)
+
+
+def test_config_is_embedded_into_a_btrfs_oem(
+    btrfs_release: FlatcarRelease, keyring: bytes, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    flavour = flavour_dir(tmp_path / "flavour", keyring, ssh=True)
+    assert run_cli(btrfs_release, flavour, tmp_path / "out", upstream, "--embed-config") == 0
+    disk = decompress_zst(next((tmp_path / "out").glob("*.zst")), tmp_path / "prebaked.bin")
+    oem = extract_partition(disk, "OEM", tmp_path / "oem.btrfs")
+
+    config = json.loads((flavour / "config.ign").read_text())
+    remainder = plan_from_ignition(config, image_files_in(flavour)).remainder
+    expected = json.dumps(remainder, sort_keys=True, separators=(",", ":")).encode()
+    files = btrfs_files(oem, tmp_path / "oem-files")
+    assert files["config.ign"] == ("0:0", "644", expected)
+    assert json.loads(expected)["passwd"]["users"] == [{"name": "core", "sshAuthorizedKeys": [SSH_KEY]}]
+    # What the OEM held stays, with its owners, modes and links.
+    before = btrfs_files(extract_partition(btrfs_release.disk, "OEM", tmp_path / "before.btrfs"),
+                         tmp_path / "before-files")  # fmt: skip
+    assert "config.ign" not in before
+    assert {name: entry for name, entry in files.items() if name != "config.ign"} == before
+    assert before["private/token"] == ("500:600", "640", b"secret\n")
+    assert before["grub-link.cfg"][2] == "-> grub.cfg"
+    # The same file system to the boot loader and Ignition: label and UUID kept.
+    superblock = btrfs_superblock(oem)
+    assert (superblock["label"], superblock["fsid"]) == ("OEM", BTRFS_OEM_UUID)
+    assert int(superblock["dev_item.total_bytes"]) == len(partition_bytes(disk, "OEM"))
+    # The partition table and every other partition byte for byte.
+    # The GPT (primary and backup, GUIDs, labels, sizes) byte for byte: all outside the partitions.
+    table = read_table(btrfs_release.disk)
+    first = min(p["start"] for p in table["partitions"]) * 512
+    last = max(p["start"] + p["size"] for p in table["partitions"]) * 512
+    original, prebaked = btrfs_release.disk.read_bytes(), disk.read_bytes()
+    assert len(prebaked) == len(original)
+    assert prebaked[:first] == original[:first] and prebaked[last:] == original[last:]
+    for label in ("EFI-SYSTEM", "BIOS-BOOT", "USR-A", "USR-B"):
+        assert partition_bytes(disk, label) == partition_bytes(btrfs_release.disk, label)
+    root = extract_partition(disk, "ROOT", tmp_path / "root.ext4")
+    assert debugfs_cat(root, "/etc/machine-info") == b"CHASSIS=vm\n"
+
+
+def test_a_mixed_btrfs_keeps_its_format_and_a_config_too_big_for_it_is_refused(tmp_path: Path) -> None:
+    small = tmp_path / "oem.btrfs"
+    with open(small, "wb") as handle:
+        handle.truncate(32 * 1024 * 1024)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "grub.cfg").write_text("set oem_id=qemu\n")
+    subprocess.run(
+        ["fakeroot", "--", "mkfs.btrfs", "-q", "--mixed", "--rootdir", str(tree), "--label", "OEM",
+         "--uuid", BTRFS_OEM_UUID, str(small)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    rebuilt = rebuild_btrfs_with(small, "config.ign", b'{"ignition":{}}', tmp_path / "work")
+    superblock = btrfs_superblock(rebuilt)
+    assert (superblock["label"], superblock["fsid"]) == ("OEM", BTRFS_OEM_UUID)
+    assert int(superblock["incompat_flags"], 16) & 0x4  # still mixed block groups
+    assert rebuilt.stat().st_size == 32 * 1024 * 1024
+    files = btrfs_files(rebuilt, tmp_path / "files")
+    assert files["config.ign"] == ("0:0", "644", b'{"ignition":{}}')
+    assert files["grub.cfg"] == ("0:0", "644", b"set oem_id=qemu\n")
+
+    too_big = json.dumps({"ignition": {}, "padding": os.urandom(24 * 1024 * 1024).hex()}).encode()
+    with pytest.raises(PipelineError) as refused:
+        rebuild_btrfs_with(rebuilt, "config.ign", too_big, tmp_path / "work-big")
+    assert refused.value.code == "prebake.no-space"
+
+
+def test_embedding_into_an_oem_that_is_neither_ext4_nor_btrfs_is_refused(
     keyring: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    disk = make_flatcar_disk(tmp_path / "btrfs" / "flatcar_production_image.bin")
+    disk = make_flatcar_disk(tmp_path / "odd" / "flatcar_production_image.bin")
     oem = next(p for p in read_table(disk)["partitions"] if p["name"] == "OEM")
-    with open(disk, "r+b") as handle:  # newer Flatcar images format OEM as btrfs: its magic, no ext4's
+    with open(disk, "r+b") as handle:  # no ext4 magic, no btrfs one: a file system we cannot write
         handle.seek(oem["start"] * 512 + 1080)
         handle.write(b"\0\0")
-        handle.seek(oem["start"] * 512 + 65536 + 64)
-        handle.write(b"_BHRfS_M")
-    newer = make_flatcar_release(tmp_path / "btrfs", disk=disk)
+    odd = make_flatcar_release(tmp_path / "odd", disk=disk)
     flavour = flavour_dir(tmp_path / "flavour", keyring)
-    args = [str(newer.compressed), "--flavour-dir", str(flavour), "--out", str(tmp_path / "out"),
-            "--signing-key", str(newer.public_key)]  # fmt: skip
+    args = [str(odd.compressed), "--flavour-dir", str(flavour), "--out", str(tmp_path / "out"),
+            "--signing-key", str(odd.public_key)]  # fmt: skip
     assert main([*args, "--embed-config"]) == 1
     err = capsys.readouterr().err
-    assert "error: prebake.oem-unsupported" in err and "btrfs" in err
+    assert "error: prebake.oem-unsupported" in err and "ext4 or btrfs" in err
     assert main(args) == 0  # without embedding, the same image pre-bakes
+
+
+def test_the_shipped_key_is_flatcars_with_a_signing_subkey_in_force(tmp_path: Path) -> None:
+    """Real images fail ``prebake.signature-mismatch`` unless the shipped key carries the subkey
+    Flatcar signs current releases with; this fails once that subkey expires (refresh the key:
+    README, Pre-baked Flatcar disk images)."""
+    listing = subprocess.run(
+        ["gpg", "--batch", f"--homedir={tmp_path}", "--show-keys", "--with-colons", str(DEFAULT_SIGNING_KEY)],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    records = [line.split(":") for line in listing.splitlines()]
+    fingerprints = [fields[9] for fields in records if fields[0] == "fpr"]
+    assert fingerprints[0] == "F88CFEDEFF29A5B4D9523864E25D9AED0593B34A"  # Flatcar Buildbot's primary
+    now = time.time()
+    in_force = [
+        fields[4]
+        for fields in records
+        if fields[0] == "sub" and "s" in fields[11] and fields[1] not in ("r", "e")
+        and int(fields[5]) <= now < int(fields[6] or "9999999999")
+    ]  # fmt: skip
+    assert in_force, "no signing subkey of Flatcar's image signing key is in force: refresh the key"
+    assert "32DA80F91EF52974" in [fields[4] for fields in records if fields[0] == "sub"]  # 2025-03-07
