@@ -8,10 +8,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     BAKEHOUSE_VAR_DIR=/var/lib/bakehouse
 
 # The real tools the pipeline runs: mksquashfs/unsquashfs, mkfs.erofs, gpg, zstd/xz for upstream
-# archives, systemd-sysext to verify images (needs a privileged worker; otherwise "skipped").
+# archives, systemd-sysext to verify images (needs a privileged worker; otherwise "skipped"),
+# bubblewrap to sandbox source builds (needs user namespaces; see README, Source builds).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        squashfs-tools erofs-utils gnupg zstd xz-utils systemd util-linux ca-certificates \
+        squashfs-tools erofs-utils gnupg zstd xz-utils fdisk e2fsprogs btrfs-progs fakeroot bzip2 systemd util-linux ca-certificates bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

@@ -1,13 +1,14 @@
 """The build director: one build, top to bottom, as the steps users see.
 
-    plan -> bake -> verify -> sign -> publish -> notify
+    plan -> bake -> verify -> sign -> [prebake] -> publish -> notify
 
 Three tasks run it (``builds.tasks``), because images bake in parallel on several workers:
 
 - ``build_start``: **plan** — reuse each image already stored, queue one bake per missing image;
 - ``build_image_bake``: **bake** — one image, through the pure pipeline (``bake_image``), stored;
 - ``build_finalize``, once every image is ready: **verify** each image with systemd-sysext,
-  **sign** (the key's keyring goes into the flavour's Butane and Ignition), **publish** images
+  **sign** (the key's keyring goes into the flavour's Butane and Ignition), **prebake** a Flatcar
+  disk image when the flavour asks for one (``builds.prebaked``), **publish** images
   and flavour files through the one publisher, **notify** (the build ends, webhooks go out).
 
 Each step is ``with steps.step(NAME):`` (``builds.steps.BuildSteps``): timing, state, progress
@@ -43,6 +44,7 @@ from builds.models import (
     ImageArtifact,
     Verification,
 )
+from builds.pipeline.checksums import SIGNATURE_FILE_NAME, SUMS_FILE_NAME
 from builds.pipeline.errors import PipelineError
 from builds.steps import BAKE_SHARE, STEPS, BuildCancelled, BuildSteps, Heartbeat, build_end
 from portal import queueing
@@ -107,6 +109,7 @@ def build_image_bake(*, build_id: Any, build_image_id: int) -> None:
         done = BuildImage.objects.filter(build_id=build_id, state=BuildImage.State.DONE).count()
         count = BuildImage.objects.filter(build_id=build_id).count()
         options = FlavourOptions.from_document(build.flavour.options)
+        progress = _BakeProgress(steps, f"{plan.name} {plan.version}", done, count)
         with (
             steps.step("bake"),
             Heartbeat(build_id),
@@ -123,7 +126,9 @@ def build_image_bake(*, build_id: Any, build_image_id: int) -> None:
                     image_format=options.image_format,
                     compression=options.compression,
                     pins=plan.pins,
-                    progress=_BakeProgress(steps, f"{plan.name} {plan.version}", done, count),
+                    progress=progress,
+                    build_log=progress.output,  # a recipe built from source: the compiler's output
+                    stage=steps.step,  # ... and its own "compile" step
                 )
             cache_key = plan.cache_key or baked.cache_key
             stored = get_artifact_store().put_file(f"images/{cache_key}/{baked.image_name}", baked.image_path)
@@ -145,6 +150,7 @@ def build_finalize(*, build_id: Any) -> None:
     from builds.access import artifact_url_for
     from builds.adapters.signing_key import get_signer
     from builds.adapters.store import get_artifact_store
+    from builds.prebaked import flavour_prebake
     from builds.publication import ImageFile, publish_extension, publish_flavour
 
     build = _load_build(build_id)
@@ -170,6 +176,11 @@ def build_finalize(*, build_id: Any) -> None:
                 config = flavour_config(flavour, ready, keyring=keyring, public_url=node_url)
                 files = flavour_files(flavour, config, ready, node_url)
 
+            prebaked: dict[str, Path] = {}
+            if FlavourOptions.from_document(flavour.options).prebake:
+                with steps.step("prebake"):
+                    prebaked = flavour_prebake(steps, flavour, files, ready, Path(scratch))
+
             # Entering publish is the last point where stopping leaves nothing new behind.
             with steps.step("publish"):
                 store = get_artifact_store()
@@ -178,10 +189,18 @@ def build_finalize(*, build_id: Any) -> None:
                     publication = publish_extension(store, signer, item.extension.name, [image])
                     for file_name, stored in publication.images.items():
                         _record_artifact(build, ArtifactKind.IMAGE, file_name, stored)
+                    # The signed listing that covers the image, so the page and the API link it:
+                    # the flavour's own SHA256SUMS does not list extension images.
+                    _record_artifact(build, ArtifactKind.SHA256SUMS, SUMS_FILE_NAME, publication.sums)
+                    if publication.signature is not None:
+                        _record_artifact(
+                            build, ArtifactKind.SIGNATURE, SIGNATURE_FILE_NAME, publication.signature
+                        )
                     steps.log(f"Published {item.image.file_name} and re-signed {publication.url}SHA256SUMS.")
-                flavour_publication = publish_flavour(store, signer, flavour.pk, files)
+                flavour_publication = publish_flavour(store, signer, flavour.pk, files, file_paths=prebaked)
                 for file_name, stored in flavour_publication.files.items():
-                    kind = _KIND_BY_NAME.get(file_name, ArtifactKind.TRANSFER)
+                    kind = ArtifactKind.DISK_IMAGE if file_name in prebaked else _KIND_BY_NAME.get(file_name)
+                    kind = kind or ArtifactKind.TRANSFER
                     _record_artifact(build, kind, file_name, stored)
                 steps.log(f"Published the flavour's files at {flavour_publication.url}.")
 
@@ -278,9 +297,7 @@ class _BakeProgress:
         from builds.pipeline.bake import STEPS as STAGES
 
         now = time.monotonic()
-        if now - self._last_cancel_check > 1.0:
-            self._last_cancel_check = now
-            self.steps.check_cancel()
+        self._check_cancel(now)
         position = STAGES.index(stage) if stage in STAGES else len(STAGES) - 1
         within = (position + fraction) / len(STAGES)
         if message != self._last_message and (
@@ -291,7 +308,17 @@ class _BakeProgress:
             self.steps.log(f"[{self.label}] {stage}: {message}")
             state = BuildState.FETCHING if stage == "fetch" else BuildState.BAKING
             percent = STEPS["bake"][1] + int(BAKE_SHARE * (self.index + within) / self.count)
-            self.steps.progress("bake", percent, state=state)
+            self.steps.progress("compile" if stage == "compile" else "bake", percent, state=state)
+
+    def output(self, text: str) -> None:
+        """A source build's output, a few lines at a time: into the log; a cancel stops the build."""
+        self.steps.log(f"[{self.label}] {text}")
+        self._check_cancel(time.monotonic())
+
+    def _check_cancel(self, now: float) -> None:
+        if now - self._last_cancel_check > 1.0:
+            self._last_cancel_check = now
+            self.steps.check_cancel()
 
 
 def _image_record(

@@ -28,6 +28,7 @@ from django.db.models import Q
 
 from builds.models import Arch
 from builds.pipeline import vocabulary
+from builds.pipeline.prebake import flatcar_version_problem
 from builds.pipeline.vocabulary import BUNDLED_SYSEXTS, channel_butane_problem
 from catalog.models import Delivery, Extension, ExtensionVersion, Team, VersionStatus
 
@@ -45,6 +46,10 @@ MAX_EXTENSIONS = 64
 
 def _ssh_key_problem(key: str) -> str:
     return "" if _SSH_KEY.fullmatch(key) else "Not an OpenSSH public key (type, base64, comment)."
+
+
+def _sha256_problem(digest: str) -> str:
+    return "" if re.fullmatch(r"[0-9a-f]{64}", digest) else "Expected 64 lowercase hex digits (a sha256)."
 
 
 def _fragment_size_problem(fragment: str) -> str:
@@ -218,6 +223,51 @@ class FlavourOptions:
         "gzip", kind="choice", choices=_plain("gzip"), label="Image compression", help="Image compression.",
         param="compression",
     )  # fmt: skip
+    # A pre-baked disk image (builds.pipeline.prebake): Flatcar's own image of the channel, at this
+    # version and pinned digest, with the flavour's extensions in place for an offline first boot.
+    prebake: bool = _option(
+        False,
+        kind="flag",
+        label="Also build a pre-baked Flatcar disk image (extensions in place, boots offline)",
+        help="Also publish flatcar_production_image-NAME.bin.zst: Flatcar's production image of the "
+        "channel, at flatcar_version (its sha256 pinned as flatcar_image_sha256, its signature checked "
+        "with Flatcar's key), with the flavour's extensions, transfer files and keyring in place.",
+        param="prebake",
+        only_when_set=True,
+    )
+    flatcar_version: str = _option(
+        "",
+        kind="text",
+        check=flatcar_version_problem,
+        invalid="Expected text.",
+        max_length=32,
+        label="Flatcar release of the pre-baked image",
+        help="The Flatcar release the pre-baked image starts from, e.g. 4593.2.0 (needed with prebake).",
+        param="flatcar_version",
+        only_when_set=True,
+    )
+    flatcar_image_sha256: str = _option(
+        "",
+        kind="text",
+        check=_sha256_problem,
+        invalid="Expected text.",
+        max_length=64,
+        label="sha256 of flatcar_production_image.bin.bz2",
+        help="The pinned sha256 of that release's flatcar_production_image.bin.bz2 for the flavour's "
+        "architecture (needed with prebake).",
+        param="flatcar_sha256",
+        only_when_set=True,
+        attrs={"spellcheck": "false"},
+    )
+    prebake_ignition: bool = _option(
+        False,
+        kind="flag",
+        label="Embed the Ignition config in the pre-baked image (OEM partition's config.ign)",
+        help="Write what the pre-baked image cannot hold in place (users, SSH keys, remote files) as the "
+        "OEM partition's config.ign, read by Ignition on the first boot.",
+        param="prebake_ignition",
+        only_when_set=True,
+    )
     # Artifacts served only to the team and to nodes holding the flavour's token (builds.access).
     private: bool = _option(
         False,
@@ -497,6 +547,12 @@ def _resolve_options(raw: Any, errors: _Errors) -> FlavourOptions:
     if too_new:
         errors.add("options.butane_version", too_new)
         return defaults
+    if values["prebake"]:
+        for name in ("flatcar_version", "flatcar_image_sha256"):
+            if not values[name]:
+                errors.add(f"options.{name}", "A pre-baked image needs the Flatcar release and its sha256.")
+        if errors:
+            return defaults
     options = FlavourOptions.from_document(values)
     if options.butane_fragment.strip():
         for reason in fragment_problems(options.butane_fragment, options.butane_version):

@@ -282,6 +282,7 @@ class ArtifactKind(models.TextChoices):
     IGNITION = "ignition", "Ignition config"
     KEYRING = "keyring", "Public keyring"
     SBOM = "sbom", "SBOM (SPDX)"
+    DISK_IMAGE = "disk-image", "Pre-baked Flatcar disk image"
 
 
 class Artifact(models.Model):

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
@@ -75,10 +76,15 @@ def publish_extension(
 
 
 def publish_flavour(
-    store: Store, signer: GpgSigner, flavour_id: str, files: Mapping[str, bytes]
+    store: Store,
+    signer: GpgSigner,
+    flavour_id: str,
+    files: Mapping[str, bytes],
+    *,
+    file_paths: Mapping[str, Path] | None = None,
 ) -> FlavourPublication:
     """``builds.pipeline.publish.publish_flavour`` under the portal's lock."""
-    return publish.publish_flavour(store, signer, publication_lock, flavour_id, files)
+    return publish.publish_flavour(store, signer, publication_lock, flavour_id, files, file_paths=file_paths)
 
 
 def recover_pending_publications(store: Store, keyring: bytes) -> dict[str, str]:

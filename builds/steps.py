@@ -38,8 +38,10 @@ STATE_ORDER = list(ACTIVE_BUILD_STATES)
 STEPS = {
     "plan": (BuildState.FETCHING, 2),
     "bake": (BuildState.FETCHING, 5),  # baking from the first stage past the download
+    "compile": (BuildState.BAKING, 5),  # within bake, for recipes built from source
     "verify": (BuildState.VERIFYING, 76),
     "sign": (BuildState.SIGNING, 82),
+    "prebake": (BuildState.BAKING, 84),  # only for flavours that ask for a pre-baked image
     "publish": (BuildState.PUBLISHING, 88),
     "notify": (BuildState.PUBLISHING, 98),
 }

@@ -22,6 +22,7 @@ urlpatterns: list = [
     path("compose/check-fragment/", views.compose_check_fragment, name="compose-check-fragment"),
     path("flavours/", views.flavour_list, name="flavour-list"),
     path("flavours/<str:flavour_id>/", views.flavour_detail, name="flavour-detail"),
+    path("flavours/<str:flavour_id>/compare/", views.flavour_compare_page, name="flavour-compare"),
     path("flavours/<str:flavour_id>/build/", views.flavour_build, name="flavour-build"),
     path("flavours/<str:flavour_id>/rotate-token/", views.flavour_rotate_token, name="flavour-rotate-token"),
     path("builds/<uuid:build_id>/", views.build_detail, name="build-detail"),

@@ -24,6 +24,7 @@ from builds.access import (
     token_read_allowed,
 )
 from builds.adapters.store import ArtifactNotFound, ArtifactStoreError, get_artifact_store
+from builds.compare import flavour_compare
 from builds.flavours import MAX_FRAGMENT_BYTES, FlavourInvalid, flavour_choices_resolve, fragment_problems
 from builds.forms import (
     CHANNELS,
@@ -41,10 +42,11 @@ from builds.forms import (
     options_initial,
     relation_hints,
 )
-from builds.models import Arch, Artifact, ArtifactKind, Build, BuildImage, BuildState, Flavour
+from builds.models import Arch, ArtifactKind, Build, BuildImage, BuildState, Flavour
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.vocabulary import DEFAULT_ARCH, DEFAULT_CHANNEL
 from builds.preview import PREVIEW_HASH_NOTE, PREVIEW_KEYRING_NOTE, ButanePreview, flavour_preview_butane
+from builds.published import VERIFY_COMMAND, flavour_published_text, published_directories
 from catalog import services as catalog_services
 from catalog.errors import CatalogError
 from catalog.forms import TeamMemberAddForm, TeamMemberRoleForm
@@ -424,17 +426,7 @@ def compose_check_fragment(request: HttpRequest) -> JsonResponse:
 
 def _latest_artifact_text(flavour: Flavour, kind: str) -> str:
     """The text of the flavour's latest successfully published ``kind`` artifact ('' if none)."""
-    artifact = (
-        Artifact.objects.filter(flavour=flavour, kind=kind, build__state=BuildState.SUCCEEDED)
-        .order_by("-build__finished_at")
-        .first()
-    )
-    if artifact is None:
-        return ""
-    try:
-        return get_artifact_store().get_bytes(artifact.key).decode("utf-8")
-    except (ArtifactNotFound, ArtifactStoreError):
-        return ""
+    return flavour_published_text(flavour, kind)
 
 
 def flavour_butane_preview(
@@ -549,34 +541,65 @@ def flavour_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_safe
 def flavour_detail(request: HttpRequest, flavour_id: str) -> HttpResponse:
-    """Downloads, the Butane and Ignition with copy buttons, install commands, revisions and builds."""
+    """Downloads with what verifies each, the install command, the Butane and Ignition, revisions."""
     flavour = get_object_or_404(selectors.flavours_visible_to(user=request.user), pk=flavour_id)
     latest = selectors.flavour_latest_build(flavour=flavour, state=BuildState.SUCCEEDED)
-    artifacts = list(latest.artifacts.order_by("kind", "name")) if latest else []
-    revisions = (
-        Flavour.objects.filter(lineage=flavour.lineage, team=flavour.team)
-        .prefetch_related("builds")
-        .order_by("-revision")
-    )
+    artifacts = list(latest.artifacts.all()) if latest else []
     node_url = artifact_url_for(flavour)  # token URLs for a private flavour
+    directories = published_directories(artifacts, node_url)
+    ignition = _latest_artifact_text(flavour, ArtifactKind.IGNITION)
     context = {
         "flavour": flavour,
         "private": flavour_is_private(flavour),
         "options": services.flavour_options(flavour),
         "versions": flavour.extension_versions.select_related("extension").order_by("extension__name"),
         "latest": latest,
-        "artifacts": artifacts,
-        "public_urls": {a.pk: node_url(a.key) for a in artifacts},
+        "directories": directories,
+        "verify_command": VERIFY_COMMAND,
         "butane": _latest_artifact_text(flavour, ArtifactKind.BUTANE),
-        "ignition": _latest_artifact_text(flavour, ArtifactKind.IGNITION),
+        "ignition": _pretty_json(ignition),
         "ignition_url": next((node_url(a.key) for a in artifacts if a.kind == ArtifactKind.IGNITION), ""),
         "builds": flavour.builds.order_by("-created_at")[:20],
-        "revisions": revisions,
+        "revisions": _revisions(flavour),
         "can_build": has_team_role(request.user, flavour.team, Role.BUILDER),
         "edit_query": flavour_state(flavour).urlencode(),
         "document": json.dumps(json.loads(flavour.canonical), indent=2, sort_keys=True),
     }
     return render(request, "builds/flavour_detail.html", context)
+
+
+def _revisions(flavour: Flavour) -> Any:
+    return (
+        Flavour.objects.filter(lineage=flavour.lineage, team=flavour.team)
+        .prefetch_related("builds")
+        .order_by("-revision", "-created_at")
+    )
+
+
+def _pretty_json(text: str) -> str:
+    """Published Ignition is compact JSON; people read it indented (the file stays as published)."""
+    try:
+        return json.dumps(json.loads(text), indent=2)
+    except ValueError:
+        return text
+
+
+@login_required
+@require_safe
+def flavour_compare_page(request: HttpRequest, flavour_id: str) -> HttpResponse:
+    """What changed from ``?base=`` (by default the revision this one was made from) to this flavour."""
+    visible = selectors.flavours_visible_to(user=request.user)
+    flavour = get_object_or_404(visible, pk=flavour_id)
+    base_id = request.GET.get("base") or flavour.revision_of_id or ""
+    base = visible.filter(pk=base_id).first() if base_id else None
+    context = {
+        "flavour": flavour,
+        "revisions": [r for r in _revisions(flavour) if r.pk != flavour.pk],
+        "base_id": base_id,
+        "unknown_base": bool(request.GET.get("base")) and base is None,
+        "comparison": flavour_compare(old=base, new=flavour) if base is not None else None,
+    }
+    return render(request, "builds/flavour_compare.html", context)
 
 
 @login_required

@@ -307,6 +307,12 @@ class ExtensionVersion(models.Model):
         spec = VersionSpec(sha256={}, vars=dict(self.vars), deprecated=self.deprecated)
         return dataclasses.replace(recipe, versions={**recipe.versions, self.version: spec})
 
+    def source_build(self) -> dict[str, Any] | None:
+        """How this version is compiled when its recipe builds from source (toolchain, commands,
+        install rules, limits), or None for release assets."""
+        build = self.recipe().build
+        return build.as_document() if build is not None else None
+
     def source_urls(self) -> list[dict[str, str]]:
         """What approving fetches and pins: ``{arch, source_id, url}`` per arch and source, the
         URLs filled in from this version and its vars. Raises PipelineError when they do not

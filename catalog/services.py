@@ -945,7 +945,9 @@ def uploaded_archive_check(*, upload_id: int) -> UploadedArchive | None:
         return None
     refusal: CatalogError | None = None
     try:
-        uploads.check_archive_contents(bytes(upload.data), upload.kind, upload.file_name)
+        uploads.check_archive_contents(
+            bytes(upload.data), upload.kind, upload.file_name, upload.version.extension.arches
+        )
     except CatalogError as exc:
         if not exc.is_users_fault:
             raise  # infrastructure trouble never rejects a team's upload: the check runs again

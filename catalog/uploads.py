@@ -31,6 +31,7 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,7 @@ import yaml
 from django.conf import settings
 
 from builds.pipeline.checksums import sha256_file
+from builds.pipeline.elf import describe_foreign, foreign_elf_files
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.recipe import (
     InstallRule,
@@ -47,7 +49,7 @@ from builds.pipeline.recipe import (
     VersionSpec,
     guess_archive_kind,
 )
-from builds.pipeline.vocabulary import ARCHES, CATEGORIES, DEFAULT_CATEGORY
+from builds.pipeline.vocabulary import ARCHES, CATEGORIES, DEFAULT_CATEGORY, ELF_MACHINES
 from catalog.errors import CatalogError
 
 if TYPE_CHECKING:
@@ -123,8 +125,12 @@ def validate_archive(archive: CustomArchive) -> CheckedArchive:
     return CheckedArchive(kind=kind, sha256=hashlib.sha256(archive.data).hexdigest(), size=len(archive.data))
 
 
-def check_archive_contents(data: bytes, kind: str, file_name: str) -> None:
+def check_archive_contents(data: bytes, kind: str, file_name: str, arches: Sequence[str] = ARCHES) -> None:
     """Unpack an upload strictly within its budgets and check the layout (run by a worker).
+
+    One archive serves every arch the extension declares, so its ELF files must suit each of
+    them: an archive of aarch64 executables declared for x86-64 too is refused here rather than
+    failing the first x86-64 build (``image.wrong-architecture``).
 
     Raises CatalogError with the refusal's code and sentence. The scratch directory is removed
     whatever happens (short of SIGKILL: see ``builds.recovery.scratch_remove_stale``).
@@ -138,6 +144,7 @@ def check_archive_contents(data: bytes, kind: str, file_name: str) -> None:
         tree.mkdir()
         _unpack_strictly(path, kind, tree, file_name)
         _check_layout(tree)
+        _check_architectures(tree, arches)
 
 
 def upload_limits() -> UnpackLimits:
@@ -195,6 +202,18 @@ def _check_layout(tree: Path) -> None:
                 raise _refuse("upload.special-file", f"{rel!r} is not a regular file, directory or symlink.")
     if files == 0:
         raise _refuse("upload.empty", "The archive holds no files under usr/.")
+
+
+def _check_architectures(tree: Path, arches: Sequence[str]) -> None:
+    for arch in arches:
+        _checked, foreign = foreign_elf_files(tree, arch)
+        if foreign:
+            raise _refuse(
+                "upload.wrong-architecture",
+                f"The extension is declared for {', '.join(arches)}, but {describe_foreign(foreign)}, "
+                f"which does not run on {arch} ({ELF_MACHINES[arch][1]}): one archive serves every "
+                "declared arch. Declare only the arch its executables are built for.",
+            )
 
 
 def archive_dir(extension: Extension) -> Path:

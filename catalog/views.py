@@ -152,8 +152,9 @@ def version_review(request: HttpRequest, pk: int) -> HttpResponse:
     own_proposal = services.two_person_rule(extension.team) and version.proposed_by_id == request.user.pk
     try:
         source_urls, source_urls_error = version.source_urls(), ""
+        source_build = version.source_build()
     except PipelineError as exc:
-        source_urls, source_urls_error = [], f"{exc.code}: {exc.message}"
+        source_urls, source_urls_error, source_build = [], f"{exc.code}: {exc.message}", None
     pinned = {(d.arch, d.source_id): d.sha256 for d in version.digests.all()}
     for source in source_urls:
         source["sha256"] = pinned.get((source["arch"], source["source_id"]), "")
@@ -167,6 +168,7 @@ def version_review(request: HttpRequest, pk: int) -> HttpResponse:
         "own_proposal": own_proposal,
         "source_urls": source_urls,
         "source_urls_error": source_urls_error,
+        "source_build": source_build,
     }
     return render(request, "catalog/version_review.html", context)
 

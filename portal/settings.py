@@ -11,6 +11,7 @@ from pathlib import Path
 import dj_database_url
 
 from builds.pipeline.fetch import DEFAULT_MAX_BYTES
+from builds.pipeline.prebake import DEFAULT_SIGNING_KEY as PREBAKE_DEFAULT_SIGNING_KEY
 from portal.config import (
     ConfigError,
     env_bool,
@@ -271,6 +272,9 @@ if SIGNING_PASSPHRASE_FILE and not SIGNING_KEY_FILE:
     raise ConfigError("SIGNING_PASSPHRASE_FILE", "is set but SIGNING_KEY_FILE is not")
 UPSTREAM_MIRRORS = env_mirrors("UPSTREAM_MIRRORS")
 FETCH_CACHE_DIR = env_path("FETCH_CACHE_DIR", VAR_DIR / "cache")
+# The OpenPGP public key that signs Flatcar's images (pre-baked images download them): Flatcar's
+# own, shipped in the repository, unless an installation (or a test) trusts another.
+FLATCAR_IMAGE_SIGNING_KEY = env_secret_file("FLATCAR_IMAGE_SIGNING_KEY") or PREBAKE_DEFAULT_SIGNING_KEY
 # The global catalog's two-people rule: the staff member who proposed a version cannot approve it
 # (versions filed by the system, built-in recipes and discovery, need one curator).
 GLOBAL_CATALOG_TWO_PERSON_APPROVAL = env_bool("GLOBAL_CATALOG_TWO_PERSON_APPROVAL", True)

@@ -4,14 +4,19 @@ Tests never touch the network: :class:`UpstreamServer` is a real HTTP server on 
 port) where a test registers routes (content, redirect chains, slow and flaky endpoints, error
 statuses, large streamed bodies) and reads how often each was hit. ``make_tar``/``make_zip`` build
 real archives in memory, including hostile members (absolute paths, ``..``, hard links, device
-nodes, FIFOs, setuid files, escaping symlinks) for unpacker and pipeline tests.
+nodes, FIFOs, setuid files, escaping symlinks) for unpacker and pipeline tests. ``static_hello``
+compiles a real static executable per architecture (Debian's cross compilers) for the archives.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import shutil
 import stat
+import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 import zipfile
@@ -19,6 +24,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
 
 Handler = Callable[[BaseHTTPRequestHandler, int], None]  # (request, hit number starting at 1)
 
@@ -366,3 +374,43 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
+
+
+# systemd arch -> the Debian cross compiler that builds for it (.ci/run installs both).
+C_COMPILERS = {"x86-64": "x86_64-linux-gnu-gcc", "arm64": "aarch64-linux-gnu-gcc"}
+HELLO_C = b"""\
+#include <stdio.h>
+int main(void) { puts("hello from a static " ARCH " binary"); return 0; }
+"""
+
+
+@functools.cache
+def static_hello(arch: str) -> bytes:
+    """A real, stripped, statically linked executable for ``arch`` (systemd's name), from C.
+
+    Skips the test when the cross compiler is missing (``apt-get install gcc
+    gcc-aarch64-linux-gnu``).
+    """
+    compiler = C_COMPILERS[arch]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} is not installed (apt-get install gcc gcc-aarch64-linux-gnu)")
+    with tempfile.TemporaryDirectory(prefix="bh-elf-") as work:
+        source, binary = Path(work, "hello.c"), Path(work, "hello")
+        source.write_bytes(HELLO_C)
+        subprocess.run(
+            [compiler, "-static", "-Os", "-s", f'-DARCH="{arch}"', "-o", str(binary), str(source)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        return binary.read_bytes()
+
+
+def readelf_machine(data: bytes) -> str:
+    """The ``Machine:`` line of binutils' ``readelf -h`` for ELF ``data`` (an independent reading)."""
+    with tempfile.NamedTemporaryFile(prefix="bh-elf-") as handle:
+        handle.write(data)
+        handle.flush()
+        argv = ["readelf", "-h", handle.name]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return next(line.split(":", 1)[1].strip() for line in out.splitlines() if "Machine:" in line)

@@ -17,6 +17,7 @@ from rest_framework import serializers
 from builds import selectors
 from builds.flavours import OPTIONS, OptionSpec
 from builds.models import Arch, Artifact, Build, BuildLogLine, BuildStep, Flavour, Webhook, WebhookDelivery
+from builds.published import PublishedFile, published_file
 
 
 def _absolute(request: Any, path: str) -> str:
@@ -193,19 +194,51 @@ class ArtifactSerializer(serializers.ModelSerializer):
         help_text="The stable URL nodes fetch from (with the flavour's token when it is private)."
     )
 
+    sha256sums_url = serializers.SerializerMethodField(
+        help_text="The signed SHA256SUMS that lists this file (in the same directory), null for a "
+        "SHA256SUMS or its signature. Verify: gpg --verify its .gpg with the flavour's "
+        "import-pubring.gpg, then sha256sum -c --ignore-missing."
+    )
+    signature_url = serializers.SerializerMethodField(
+        help_text="The detached signature of that SHA256SUMS (of this file, when it is a SHA256SUMS); "
+        "null for a signature."
+    )
+
     class Meta:
         model = Artifact
-        fields = ["id", "kind", "name", "key", "sha256", "size", "content_type", "download_url", "public_url"]
+        fields = [
+            "id", "kind", "name", "key", "sha256", "size", "content_type", "download_url", "public_url",
+            "sha256sums_url", "signature_url",
+        ]  # fmt: skip
+        extra_kwargs = {
+            "sha256": {
+                "help_text": "As published by this build. An extension's SHA256SUMS is re-signed when "
+                "later builds add versions of it, so its bytes may have changed since."
+            }
+        }
+
+    def _published(self, obj: Artifact) -> PublishedFile:
+        from builds.access import artifact_url_for
+
+        # One URL rule per flavour per response (a private flavour's token is read once).
+        cache: dict[str, Any] = self.__dict__.setdefault("_node_urls", {})
+        if obj.flavour_id not in cache:
+            cache[obj.flavour_id] = artifact_url_for(obj.flavour)
+        return published_file(obj, cache[obj.flavour_id])
 
     def get_download_url(self, obj: Artifact) -> str:
         path = reverse("builds-api:artifact-download", args=[obj.build_id, obj.pk])
         return _absolute(self.context.get("request"), path)
 
     def get_public_url(self, obj: Artifact) -> str:
-        from builds.access import artifact_url_for
-
         # A private flavour's nodes use its token URL; the public one answers 404.
-        return artifact_url_for(obj.flavour)(obj.key)
+        return self._published(obj).url
+
+    def get_sha256sums_url(self, obj: Artifact) -> str | None:
+        return self._published(obj).sums_url
+
+    def get_signature_url(self, obj: Artifact) -> str | None:
+        return self._published(obj).signature_url
 
 
 class BuildImageSerializer(serializers.Serializer):
@@ -300,3 +333,59 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
             "last_error",
             "created_at",
         ]
+
+
+# --- compare ------------------------------------------------------------------------------------
+
+
+class FlavourRefSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    name = serializers.CharField()
+    revision = serializers.IntegerField()
+    url = serializers.SerializerMethodField()
+
+    def get_url(self, obj: Flavour) -> str:
+        return _absolute(self.context.get("request"), reverse("builds-api:flavour-detail", args=[obj.pk]))
+
+
+class ExtensionChangeSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    change = serializers.ChoiceField(
+        choices=["added", "removed", "changed", "recipe-changed"],
+        help_text="changed: another version; recipe-changed: the same version with another recipe "
+        "digest or upstream pins (other image bytes).",
+    )
+    old_version = serializers.CharField(allow_null=True)
+    new_version = serializers.CharField(allow_null=True)
+
+
+class OptionChangeSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    old = serializers.JSONField(allow_null=True)
+    new = serializers.JSONField(allow_null=True)
+
+
+class ButaneDiffSerializer(serializers.Serializer):
+    base_source = serializers.CharField(
+        source="old_butane.source",
+        help_text="Where the base's Butane came from: 'published' (its latest successful build's "
+        "config.bu), 'preview' (not built yet: the composer's preview) or '' (none could be rendered).",
+    )
+    flavour_source = serializers.CharField(
+        source="new_butane.source", help_text="The same for the flavour's Butane."
+    )
+    diff = serializers.SerializerMethodField(
+        help_text="Unified diff from the base's config.bu to the flavour's."
+    )
+
+    def get_diff(self, obj: Any) -> str:
+        return "".join(line.text + "\n" for line in obj.butane_diff)
+
+
+class FlavourComparisonSerializer(serializers.Serializer):
+    base = FlavourRefSerializer(source="old")
+    flavour = FlavourRefSerializer(source="new")
+    extensions = ExtensionChangeSerializer(many=True, help_text="Extensions that differ, by name.")
+    unchanged_extensions = serializers.ListField(child=serializers.CharField(), source="unchanged")
+    options = OptionChangeSerializer(many=True, help_text="Options that differ (and arch).")
+    butane = ButaneDiffSerializer(source="*")

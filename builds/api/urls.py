@@ -14,6 +14,7 @@ urlpatterns = [
     ),
     path("flavours/<str:pk>/butane", views.FlavourButaneView.as_view(), name="flavour-butane"),
     path("flavours/<str:pk>/ignition", views.FlavourIgnitionView.as_view(), name="flavour-ignition"),
+    path("flavours/<str:pk>/compare/<str:base>", views.FlavourCompareView.as_view(), name="flavour-compare"),
     path("flavours/<str:pk>/builds/", views.FlavourBuildsView.as_view(), name="flavour-builds"),
     path("builds/", views.BuildListView.as_view(), name="build-list"),
     path("builds/<uuid:pk>/", views.BuildDetailView.as_view(), name="build-detail"),

@@ -27,6 +27,7 @@ from builds.adapters.store import ArtifactNotFound, ArtifactStoreError, get_arti
 from builds.api.serializers import (
     BuildLogSerializer,
     BuildSerializer,
+    FlavourComparisonSerializer,
     FlavourCreateSerializer,
     FlavourSerializer,
     WebhookCreatedSerializer,
@@ -35,6 +36,7 @@ from builds.api.serializers import (
     WebhookSerializer,
     _absolute,
 )
+from builds.compare import flavour_compare
 from builds.flavours import FlavourInvalid
 from builds.models import FINISHED_BUILD_STATES, Artifact, ArtifactKind, Build, BuildImage
 from catalog.models import Role, Team
@@ -192,6 +194,24 @@ class FlavourRotateTokenView(APIView):
         body = dict(FlavourSerializer(flavour, context={"request": request}).data)
         body["build_url"] = _absolute(request, reverse("builds-api:build-detail", args=[build.pk]))
         return Response(body)
+
+
+class FlavourCompareView(APIView):
+    @extend_schema(
+        responses={200: FlavourComparisonSerializer, 404: ERROR},
+        description=(
+            "What changed from flavour {base} to flavour {pk}, typically two revisions of one flavour "
+            "(any two flavours of your teams): extensions added, removed or at another version, "
+            "options, and a unified diff of their Butane configs (a flavour not built yet is compared "
+            "with its preview)."
+        ),
+    )
+    def get(self, request: Request, pk: str, base: str) -> Response:
+        visible = selectors.flavours_visible_to(user=request.user)
+        flavour = get_object_or_404(visible, pk=pk)
+        base_flavour = get_object_or_404(visible, pk=base)
+        comparison = flavour_compare(old=base_flavour, new=flavour)
+        return Response(FlavourComparisonSerializer(comparison, context={"request": request}).data)
 
 
 class _FlavourConfigView(APIView):

@@ -1,4 +1,4 @@
-"""``python -m builds.pipeline {bake,butane} ...``: the pipeline's command line."""
+"""``python -m builds.pipeline {bake,butane,prebake} ...``: the pipeline's command line."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ USAGE = """usage: python -m builds.pipeline COMMAND [ARGS]
 commands:
   bake     build a sysext image, SHA256SUMS, signature and transfer file from a recipe
   butane   transpile Butane (variant flatcar) to Ignition JSON, like the butane tool
+  prebake  bake a flavour's extensions into the official Flatcar disk image
 """
 
 
@@ -30,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         from builds.pipeline.butane.cli import main as butane_main
 
         return butane_main(rest)
+    if command == "prebake":
+        from builds.pipeline.prebake_cli import main as prebake_main
+
+        return prebake_main(rest)
     print(f"unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 

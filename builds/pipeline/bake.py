@@ -1,5 +1,8 @@
 """Bake one sysext: recipe -> fetch -> unpack -> assemble -> image -> audit -> hash.
 
+Assembling ends with the architecture check (``builds.pipeline.elf``): every ELF file of the tree
+must be built for the image's arch.
+
 ``bake_image`` ends at a hashed, audited image in a directory of the caller's; publishing it
 (SHA256SUMS, signature, transfer files) is ``builds.pipeline.publish``'s job. ``bake_sysext`` is
 the command line's whole run: ``bake_image`` into scratch space, then ``publish_extension`` into
@@ -16,12 +19,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from builds.pipeline import archive
 from builds.pipeline.checksums import SIGNATURE_FILE_NAME, SUMS_FILE_NAME, sha256_file
+from builds.pipeline.elf import check_tree_architecture
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.fetch import FetchedFile, Fetcher
 from builds.pipeline.image import DEFAULT_TIMESTAMP, ImageSpec, audit_image, build_image, tool_versions
@@ -35,16 +39,19 @@ from builds.pipeline.publish import (
 )
 from builds.pipeline.recipe import Recipe, ResolvedSource
 from builds.pipeline.signing import GpgSigner
+from builds.pipeline.source_build import check_toolchain, compile_source, make_removable
 from builds.pipeline.sysupdate import image_file_name, transfer_file
 from builds.pipeline.tree import TreeSummary, UnpackedSource, assemble_tree
 from builds.pipeline.verify import VerifyResult, verify_with_systemd_sysext
 
 # Bump when tree assembly changes in a way that changes image bytes: it is part of cache keys.
 PIPELINE_REVISION = "bakehouse-bake/1"
-STEPS = ("fetch", "unpack", "assemble", "image", "audit", "verify", "checksums")
+STEPS = ("fetch", "unpack", "compile", "assemble", "image", "audit", "verify", "checksums")
 _MINOR_RE = re.compile(r"^(v?\d+\.\d+)\.")
 
 Progress = Callable[[str, str, float], None]
+# A caller's own record of a pipeline stage (the portal's build steps): entered around "compile".
+StageScope = Callable[[str], AbstractContextManager[object]]
 
 
 @dataclass(frozen=True)
@@ -191,15 +198,22 @@ def bake_image(
     verify: bool = False,
     timestamp: int = DEFAULT_TIMESTAMP,
     unpack_limits: archive.UnpackLimits | None = None,
+    build_log: Callable[[str], None] | None = None,
+    stage: StageScope | None = None,
 ) -> BakedImage:
     """Bake ``recipe`` at ``version`` for ``arch`` into ``out_dir/<name>-<version>-<arch>.raw``.
 
     ``progress(step, message, fraction)`` is called as steps run. With ``verify`` the image is
     merged by systemd-sysext. ``unpack_limits`` caps each archive's members and unpacked bytes
-    (decompression bombs). Any failure raises ``PipelineError`` and leaves no image behind.
+    (decompression bombs). A recipe with a ``build:`` section is compiled in the sandbox
+    (``source_build``) between unpack and assemble: ``build_log`` receives the compiler's output
+    as it comes, and ``stage("compile")`` wraps that stage when given. Any failure raises
+    ``PipelineError`` and leaves no image behind.
     """
     # Everything that can be refused without downloading is checked first.
     sources = recipe.resolve(version, arch, pins)
+    if recipe.build is not None:
+        check_toolchain(recipe.build.toolchain, label=f"{recipe.name} {version} {arch}")
     spec = ImageSpec.create(image_format, compression)
     image_name = image_file_name(recipe.name, version, arch)
     tools = tool_versions()
@@ -209,10 +223,14 @@ def bake_image(
     try:
         fetched = _fetch(sources, fetcher, steps)
         unpacked = _unpack(sources, fetched, scratch, steps, unpack_limits)
+        if recipe.build is not None:
+            with stage("compile") if stage is not None else nullcontext():
+                unpacked = [_compile(recipe, version, arch, unpacked, scratch, steps, timestamp, build_log)]
 
         with steps.step("assemble", "assembling the image tree") as detail:
             tree = assemble_tree(recipe, arch, unpacked, scratch / "root")
-            detail.append(f"{tree.files} files, {tree.bytes} bytes")
+            elf_files = check_tree_architecture(scratch / "root", arch)
+            detail.append(f"{tree.files} files, {tree.bytes} bytes, {elf_files} ELF files for {arch}")
 
         tool = f"mksquashfs ({spec.compression})" if spec.format == "squashfs" else "mkfs.erofs"
         with steps.step("image", tool) as detail:
@@ -241,6 +259,7 @@ def bake_image(
             raise _file_trouble(exc) from exc
         raise
     finally:
+        make_removable(scratch)  # a build may leave read-only directories behind
         shutil.rmtree(scratch, ignore_errors=True)
 
     source_records = tuple(
@@ -298,6 +317,7 @@ def bake_sysext(
     verify: bool = False,
     timestamp: int = DEFAULT_TIMESTAMP,
     unpack_limits: archive.UnpackLimits | None = None,
+    build_log: Callable[[str], None] | None = None,
 ) -> BakeResult:
     """Bake ``recipe`` at ``version`` for ``arch`` and publish it into the directory ``out_dir``.
 
@@ -337,6 +357,7 @@ def bake_sysext(
                 verify=verify,
                 timestamp=timestamp,
                 unpack_limits=unpack_limits,
+                build_log=build_log,
             )
             publication = _publish_into(store, baked, signer, transfers, before, progress)
     except BaseException:
@@ -447,6 +468,49 @@ def _unpack_each(
                 exc.code, f"{source.label}: {exc.message}", retryable=exc.retryable, output=exc.output
             ) from exc
         unpacked.append(UnpackedSource(source, dest, movable=True))
+
+
+def _compile(
+    recipe: Recipe,
+    version: str,
+    arch: str,
+    unpacked: list[UnpackedSource],
+    scratch: Path,
+    steps: _Steps,
+    timestamp: int,
+    build_log: Callable[[str], None] | None,
+) -> UnpackedSource:
+    """Compile the unpacked sources in the sandbox; the result is the one source to install from.
+
+    The first source is the tree at ``/build/src``; the others are at ``/build/deps/<id>``.
+    """
+    assert recipe.build is not None
+    build = recipe.build
+    label = f"{recipe.name} {version} {arch}"
+    main, *others = unpacked
+    with steps.step("compile", f"{len(build.commands)} command(s) in the build sandbox") as detail:
+        result = compile_source(
+            build,
+            source_dir=main.path,
+            deps={u.source.id: u.path for u in others},
+            scratch=scratch / "build",
+            label=label,
+            timestamp=timestamp,
+            variables={"VERSION": version, "ARCH": recipe.arches[arch]},
+            output=build_log,
+        )
+        detail.append(f"{result.lines} lines of output")
+    output = ResolvedSource(
+        id="build",
+        url="",
+        archive="directory",
+        strip_components=0,
+        install=build.install,
+        sha256=None,
+        checksum_url=None,
+        label=f"{label} (build output)",
+    )
+    return UnpackedSource(output, result.output_dir, movable=True)
 
 
 def _file_trouble(exc: OSError) -> PipelineError:

@@ -139,6 +139,7 @@ def _run(args: argparse.Namespace) -> int:
                 pins=pins or None,
                 progress=progress,
                 verify=args.verify,
+                build_log=lambda text: print(text, file=sys.stderr, flush=True),  # a source build's output
             )
             if signer is not None and args.export_pubring:
                 _write_pubring(Path(args.export_pubring), signer.export_public_keyring())

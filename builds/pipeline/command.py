@@ -27,6 +27,8 @@ INSTALL_HINTS: dict[str, str] = {
     "gpgconf": "gnupg",
     "systemd-sysext": "systemd",
     "unshare": "util-linux",
+    "bwrap": "bubblewrap",
+    "dpkg-query": "dpkg",
     "tar": "tar",
     "sha256sum": "coreutils",
 }

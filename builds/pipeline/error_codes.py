@@ -135,6 +135,7 @@ _CODES: tuple[ErrorCode, ...] = (
     _user("upload.forbidden-path", "The upload ships a path a sysext may not."),
     _user("upload.special-file", "The upload contains a device, FIFO or socket."),
     _user("upload.empty", "The upload contains no files."),
+    _user("upload.wrong-architecture", "The upload's ELF files do not suit every arch it is declared for."),
     _user("upload.kind-changed", "A new version must be uploaded in the same form as the first."),
     # --- fetching upstream files ----------------------------------------------------------------
     _user("fetch.invalid-url", "A source URL is not a valid http(s) URL."),
@@ -186,6 +187,10 @@ _CODES: tuple[ErrorCode, ...] = (
     _user("image.unsupported-format", "The image format is not squashfs or erofs."),
     _user("image.unsupported-compression", "The compression is not supported for this format."),
     _user("image.unknown-format", "The file is not a squashfs or erofs image."),
+    _user(
+        "image.wrong-architecture",
+        "An ELF file in the image is built for another machine than the image's architecture.",
+    ),
     _infra("image.mksquashfs-failed", "mksquashfs failed on the worker."),
     _infra("image.mkfs-erofs-failed", "mkfs.erofs failed on the worker."),
     _infra("image.tool-version", "The image tool's version cannot be read."),
@@ -229,6 +234,10 @@ _CODES: tuple[ErrorCode, ...] = (
     _user("butane.invalid-hostname", "The host name is not a valid host name."),
     _user("butane.invalid-fragment", "The Butane fragment is not valid Butane."),
     _user("butane.fragment-conflict", "The Butane fragment redefines what the flavour sets."),
+    _infra(
+        "butane.schema-invalid",
+        "A rendered Ignition config fails the JSON schema of its spec version; it is not published (a bug).",
+    ),
     # --- the bake CLI ---------------------------------------------------------------------------
     _user("cli.invalid-argument", "A command-line argument is not valid."),
     _user("cli.output-unwritable", "The output directory cannot be written."),
@@ -238,6 +247,35 @@ _CODES: tuple[ErrorCode, ...] = (
     _infra("bake.output-unwritable", "The output directory cannot be written."),
     _infra("bake.file-error", "Reading or writing a file of the bake failed."),
     _infra("bake.publish-failed", "Moving the baked files into place failed."),
+    # --- source builds (pipeline/source_build.py) ------------------------------------------------
+    _user("source.compile-failed", "A command of the recipe's build section failed (see the last lines)."),
+    _user("source.timeout", "The source build ran past its time or CPU limit and was stopped."),
+    _user("source.out-of-memory", "The source build ran out of its memory limit."),
+    _infra(
+        "source.toolchain-mismatch", "The worker lacks a pinned toolchain package, or has another version."
+    ),
+    _infra("source.sandbox-unavailable", "The worker cannot create the build sandbox (user namespaces)."),
+    # --- pre-baked Flatcar disk images (builds.pipeline.prebake) ---------------------------------
+    _user("prebake.invalid-version", "The Flatcar version is not a release number (4593.2.0)."),
+    _user("prebake.invalid-arch", "Flatcar publishes no disk image for this architecture."),
+    _upstream("prebake.digest-mismatch", "The Flatcar image differs from its pinned sha256."),
+    _upstream(
+        "prebake.signature-mismatch", "The Flatcar image's signature does not verify with Flatcar's key."
+    ),
+    _upstream("prebake.unpack-failed", "The Flatcar image is not a bzip2-compressed disk image."),
+    _upstream(
+        "prebake.missing-partition", "The image lacks a partition of a Flatcar disk (not a Flatcar image)."
+    ),
+    _upstream("prebake.not-ext4", "The image's ROOT partition holds no ext4 file system."),
+    _user("prebake.no-space", "The extensions (or the embedded config) do not fit on the image."),
+    _user("prebake.invalid-config", "The flavour's config names something that cannot be baked."),
+    _user("prebake.image-mismatch", "A sysext image is not the one the flavour's config names."),
+    _user("prebake.oem-unsupported", "The config cannot be embedded into this image's OEM file system."),
+    _infra("prebake.signing-key-missing", "Flatcar's image signing key is missing or unreadable."),
+    _infra("prebake.partition-size", "A rewritten partition changed size (a bug)."),
+    _infra("prebake.write-failed", "debugfs or mkfs.btrfs could not write the files into the image."),
+    _infra("prebake.compress-failed", "Compressing the pre-baked image failed."),
+    _infra("prebake.timeout", "A pre-bake tool ran past its time limit.", retryable=True),
     # --- publication and the artifact store -----------------------------------------------------
     _infra("publish.invalid-flavour", "The flavour ID to publish is not a digest (a bug)."),
     _infra("publish.nothing", "There is no image to publish (a bug)."),

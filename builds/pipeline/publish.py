@@ -112,6 +112,20 @@ def flavour_prefix(flavour_id: str) -> str:
     return f"flavours/{flavour_id}/"
 
 
+def signed_listing_keys(key: str) -> tuple[str, str] | None:
+    """(SHA256SUMS, SHA256SUMS.gpg) of the directory that lists ``key``; None for those two.
+
+    Every file the portal publishes is listed in the signed SHA256SUMS of its own directory
+    (an extension's images in ``extensions/NAME/``, everything else in ``flavours/ID/``), so a
+    user who saves that pair beside a file can check it with ``gpg --verify`` and ``sha256sum -c``.
+    """
+    directory, _, name = key.rpartition("/")
+    if name in (SUMS_FILE_NAME, SIGNATURE_FILE_NAME):
+        return None
+    prefix = f"{directory}/" if directory else ""
+    return prefix + SUMS_FILE_NAME, prefix + SIGNATURE_FILE_NAME
+
+
 @dataclass(frozen=True)
 class ImageFile:
     """A baked image to publish; ``sha256`` is the bake's digest, which the store must confirm."""
@@ -383,14 +397,17 @@ def publish_flavour(
     files: Mapping[str, bytes],
     *,
     content_types: Mapping[str, str] | None = None,
+    file_paths: Mapping[str, Path] | None = None,
 ) -> FlavourPublication:
     """Publish a flavour's files (``config.bu``, ``config.ign``, transfer files, the SBOM...).
 
     Adds the public keyring nodes need (``import-pubring.gpg``), then a signed SHA256SUMS over
-    every file. Names are flat (no ``/``): the directory is served as is.
+    every file. Names are flat (no ``/``): the directory is served as is. ``file_paths`` are large
+    files (a pre-baked disk image) streamed from disk, never read into memory; listed alike.
     """
     prefix = flavour_prefix(flavour_id)
-    for file_name in files:
+    file_paths = file_paths or {}
+    for file_name in [*files, *file_paths]:
         check_file_name(file_name)
         if file_name in RESERVED_FLAVOUR_FILES:
             raise PipelineError("publish.reserved-name", f"{file_name} is written by the publisher itself")
@@ -398,6 +415,10 @@ def publish_flavour(
     keyring = signer.export_public_keyring()
     everything = {**files, KEYRING_FILE_NAME: keyring}
     stored: dict[str, Stored] = {}
+    for file_name, path in sorted(file_paths.items()):
+        stored[file_name] = store.put_file(
+            prefix + file_name, path, content_type=content_types.get(file_name)
+        )
     for file_name, data in sorted(everything.items()):
         stored[file_name] = store.put_bytes(
             prefix + file_name, data, content_type=content_types.get(file_name)

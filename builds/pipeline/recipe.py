@@ -77,6 +77,7 @@ _TOP_KEYS = frozenset(
         "replaces_builtin",
         "min_flatcar",
         "versions",
+        "build",
         "keywords",
     }
 )
@@ -84,6 +85,18 @@ _SOURCE_KEYS = frozenset({"url", "id", "archive", "strip_components", "arches", 
 _INSTALL_KEYS = frozenset({"from", "to", "mode"})
 _VERSION_KEYS = frozenset({"sha256", "vars", "deprecated"})
 _START_KEYS = frozenset({"unit", "target"})
+_BUILD_KEYS = frozenset({"toolchain", "commands", "install", "limits"})
+_TOOLCHAIN_KEYS = frozenset({"debian"})
+_LIMIT_KEYS = frozenset({"seconds", "cpu_seconds", "memory_mb"})
+# Debian policy: package names are lowercase letters, digits and + - . (at least two, starting
+# alphanumeric); versions are [epoch:]upstream[-revision] from a small alphabet.
+_DEBIAN_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{1,62}$")
+_DEBIAN_VERSION_RE = re.compile(r"^([0-9]+:)?[0-9][A-Za-z0-9.+~-]{0,126}$")
+MAX_BUILD_COMMANDS = 50
+MAX_BUILD_COMMAND_CHARS = 4096
+# Defaults and ceilings of a source build's limits (a team recipe may ask for less or up to these).
+BUILD_LIMIT_DEFAULTS = {"seconds": 1800, "cpu_seconds": 3600, "memory_mb": 4096}
+BUILD_LIMIT_MAXIMA = {"seconds": 4 * 3600, "cpu_seconds": 8 * 3600, "memory_mb": 16384}
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,47 @@ class InstallRule:
     @property
     def into_directory(self) -> bool:
         return self.to.endswith("/")
+
+
+@dataclass(frozen=True)
+class BuildLimits:
+    """What one source build may use: wall-clock seconds, CPU seconds, address space per process."""
+
+    seconds: int = BUILD_LIMIT_DEFAULTS["seconds"]
+    cpu_seconds: int = BUILD_LIMIT_DEFAULTS["cpu_seconds"]
+    memory_mb: int = BUILD_LIMIT_DEFAULTS["memory_mb"]
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """A recipe's ``build:`` section: compile the sources, then install from the output directory.
+
+    ``toolchain`` maps Debian package names to the exact versions the worker must have installed;
+    ``commands`` are shell lines run one after the other inside the sandbox
+    (``builds.pipeline.source_build``); ``install`` rules read from the build's output directory.
+    """
+
+    toolchain: dict[str, str]
+    commands: tuple[str, ...]
+    install: tuple[InstallRule, ...]
+    limits: BuildLimits = BuildLimits()
+
+    def as_document(self) -> dict[str, Any]:
+        """What a curator reviews before approving (review page, version API): the toolchain, the
+        commands, what is installed from the output, the limits."""
+        return {
+            "toolchain": dict(self.toolchain),
+            "commands": list(self.commands),
+            "install": [
+                {"from": r.source or "", "to": r.to, "mode": f"{r.mode:04o}" if r.mode is not None else ""}
+                for r in self.install
+            ],
+            "limits": {
+                "seconds": self.limits.seconds,
+                "cpu_seconds": self.limits.cpu_seconds,
+                "memory_mb": self.limits.memory_mb,
+            },
+        }
 
 
 @dataclass(frozen=True)
@@ -169,6 +223,7 @@ class Recipe:
     min_flatcar: str | None
     versions: dict[str, VersionSpec]
     digest: str
+    build: BuildSpec | None = None  # None: the sources' own install rules give the image
     # Words the catalog search also matches ("wasm", "k8s"); not part of ``digest``: finding an
     # extension differently changes nothing it builds.
     keywords: tuple[str, ...] = ()
@@ -181,20 +236,21 @@ class Recipe:
         spec = self.versions.get(version)
         if spec is None:
             raise PipelineError("recipe.unknown-version", f"{self.name} has no version {version!r}")
-        return _digest(
-            {
-                "name": self.name,
-                "arches": self.arches,
-                "sources": self.sources,
-                "files": self.files,
-                "start": self.start,
-                "reload_manager": self.reload_manager,
-                "release_id": self.release_id,
-                "version": version,
-                "sha256": spec.sha256,
-                "vars": spec.vars,
-            }
-        )
+        shaping: dict[str, Any] = {
+            "name": self.name,
+            "arches": self.arches,
+            "sources": self.sources,
+            "files": self.files,
+            "start": self.start,
+            "reload_manager": self.reload_manager,
+            "release_id": self.release_id,
+            "version": version,
+            "sha256": spec.sha256,
+            "vars": spec.vars,
+        }
+        if self.build is not None:  # absent for release-asset recipes: their digests stay as they were
+            shaping["build"] = self.build
+        return _digest(shaping)
 
     @property
     def bakeable(self) -> bool:
@@ -573,10 +629,15 @@ class _RecipeParser:
         else:
             arches = dict.fromkeys(ARCHES, "")
 
+        build = None
+        if top.get("build") is not None:
+            if not bake:
+                self.fail("build", f"must not be given for delivery {delivery!r}")
+            build = self.build(top["build"])
         if bake:
             if "sources" not in top:
                 self.fail("sources", "is required for delivery 'bake' (at least one download)")
-            sources = self.sources(top["sources"], arches)
+            sources = self.sources(top["sources"], arches, built=build is not None)
         else:
             if top.get("sources"):
                 self.fail("sources", f"must not be given for delivery {delivery!r}")
@@ -625,7 +686,9 @@ class _RecipeParser:
             "versions": versions,
         }
         keywords = self.keywords(top.get("keywords", []))
-        return Recipe(**fields, digest=_digest(fields), keywords=keywords)
+        if build is None:
+            return Recipe(**fields, digest=_digest(fields), keywords=keywords)
+        return Recipe(**fields, digest=_digest({**fields, "build": build}), build=build, keywords=keywords)
 
     def arch_map(self, value: Any, field: str, allowed_arches: tuple[str, ...]) -> dict[str, str]:
         mapping = self.mapping(value, field)
@@ -640,7 +703,7 @@ class _RecipeParser:
             result[arch] = text
         return result
 
-    def sources(self, value: Any, arches: dict[str, str]) -> tuple[SourceTemplate, ...]:
+    def sources(self, value: Any, arches: dict[str, str], *, built: bool) -> tuple[SourceTemplate, ...]:
         items = self.sequence(value, "sources")
         if not items:
             self.fail("sources", "must list at least one download for delivery 'bake'")
@@ -674,9 +737,17 @@ class _RecipeParser:
             checksum_url = None
             if raw.get("checksum_url") is not None:
                 checksum_url = self.template(raw["checksum_url"], _join(field, "checksum_url"))
-            if "install" not in raw:
-                self.fail(_join(field, "install"), "is required (which files go where in the image)")
-            install = self.install(raw["install"], _join(field, "install"), archive)
+            if built:
+                # A built recipe installs from the build's output; its sources are only input.
+                if "install" in raw:
+                    self.fail(
+                        _join(field, "install"), "must be omitted: build.install says what is installed"
+                    )
+                install: tuple[InstallRule, ...] = ()
+            else:
+                if "install" not in raw:
+                    self.fail(_join(field, "install"), "is required (which files go where in the image)")
+                install = self.install(raw["install"], _join(field, "install"), archive)
             result.append(
                 SourceTemplate(
                     id=source_id,
@@ -721,6 +792,58 @@ class _RecipeParser:
                 mode = self.mode(raw["mode"], _join(rule_field, "mode"))
             rules.append(InstallRule(source=source, to=to, mode=mode))
         return tuple(rules)
+
+    def build(self, value: Any) -> BuildSpec:
+        """The ``build:`` section. Team recipes are hostile: every field is checked strictly here,
+        and the commands only ever run inside the sandbox, never on the worker itself."""
+        raw = self.mapping(value, "build", _BUILD_KEYS)
+        for required in ("toolchain", "commands", "install"):
+            if required not in raw:
+                self.fail(_join("build", required), "is required")
+        toolchain_raw = self.mapping(raw["toolchain"], "build.toolchain", _TOOLCHAIN_KEYS)
+        if "debian" not in toolchain_raw:
+            self.fail("build.toolchain.debian", "is required (Debian package -> exact version)")
+        packages = self.mapping(toolchain_raw["debian"], "build.toolchain.debian")
+        toolchain: dict[str, str] = {}
+        for package, version in packages.items():
+            field = _join("build.toolchain.debian", package)
+            if not _DEBIAN_PACKAGE_RE.match(package):
+                self.fail(
+                    field, f"{package!r} is not a Debian package name (lowercase letters, digits, + - .)"
+                )
+            text = self.string(version, field)
+            if not _DEBIAN_VERSION_RE.match(text):
+                self.fail(field, f'{text!r} is not a Debian version (quote it, e.g. "4:12.2.0-3")')
+            toolchain[package] = text
+        commands = self.sequence(raw["commands"], "build.commands")
+        if not commands:
+            self.fail("build.commands", "must list at least one command")
+        if len(commands) > MAX_BUILD_COMMANDS:
+            self.fail("build.commands", f"at most {MAX_BUILD_COMMANDS} commands")
+        lines = []
+        for i, command in enumerate(commands):
+            field = f"build.commands[{i}]"
+            text = self.string(command, field)
+            if len(text) > MAX_BUILD_COMMAND_CHARS:
+                self.fail(field, f"at most {MAX_BUILD_COMMAND_CHARS} characters")
+            if any(ord(c) < 32 and c not in "\t\n" for c in text) or "\x7f" in text:
+                self.fail(field, "must not contain control characters")
+            lines.append(text)
+        install = self.install(raw["install"], "build.install", "directory")
+        limits_raw = self.mapping(raw.get("limits") or {}, "build.limits", _LIMIT_KEYS)
+        limits: dict[str, int] = {}
+        for key, default in BUILD_LIMIT_DEFAULTS.items():
+            number = limits_raw.get(key, default)
+            ceiling = BUILD_LIMIT_MAXIMA[key]
+            if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= ceiling:
+                self.fail(_join("build.limits", key), f"must be a whole number from 1 to {ceiling}")
+            limits[key] = number
+        return BuildSpec(
+            toolchain=dict(sorted(toolchain.items())),
+            commands=tuple(lines),
+            install=install,
+            limits=BuildLimits(**limits),
+        )
 
     def mode(self, value: Any, field: str) -> int:
         if not isinstance(value, str):

@@ -6,6 +6,13 @@ private mount namespace, so the host's ``/usr`` is never touched. systemd-sysext
 the extension-release file (ID, SYSEXT_LEVEL, ARCHITECTURE and the name) and the file system.
 Where mounts are not permitted (not root, no loop devices, no namespaces), the result is
 "skipped" with the reason, never a false "verified".
+
+An image for another architecture than the worker's (an arm64 image on an x86-64 worker) cannot
+be merged: systemd-sysext accepts only ``ARCHITECTURE=`` values equal to the host's (uname), and
+has no setting or environment variable to pretend otherwise. It still runs, with debug logging:
+it mounts the image, finds ``extension-release.<NAME>`` and then refuses it naming the two
+architectures. That refusal, and no other, is what a sound foreign image gets; the result is
+"skipped" with a reason saying what was checked, and any other failure is a real one.
 """
 
 from __future__ import annotations
@@ -90,9 +97,6 @@ def _preconditions(arch: str) -> str | None:
         return "merging an image needs root (mount namespaces and loop devices)"
     if not Path("/dev/loop-control").exists():
         return "no loop devices on this machine (/dev/loop-control is missing)"
-    host = host_arch()
-    if host != arch:
-        return f"a {arch} image cannot be merged on this {host or platform.machine()} machine"
     probe = run_command(
         [UNSHARE, "-m", "--propagation", "private", "true"],
         error_code="verify.unavailable",
@@ -103,6 +107,16 @@ def _preconditions(arch: str) -> str | None:
         detail = probe.stderr.decode("utf-8", "replace").strip().splitlines()
         return "mount namespaces are not permitted here" + (f" ({detail[-1]})" if detail else "")
     return None
+
+
+def _foreign_refusal(name: str, arch: str, output: str) -> str | None:
+    """systemd-sysext's refusal of extension ``name`` for being ``arch`` and nothing else, or None.
+
+    systemd checks ARCHITECTURE before ID and SYSEXT_LEVEL, and only after it mounted the image
+    and read its extension-release file (``src/shared/extension-release.c``).
+    """
+    wanted = f"Extension '{name}' is for architecture '{arch}', but deployed on top of '"
+    return next((line.strip() for line in output.splitlines() if wanted in line), None)
 
 
 def _stage_image(image: Path, target: Path) -> None:
@@ -133,6 +147,10 @@ def verify_with_systemd_sysext(
     reason = _preconditions(arch)
     if reason is not None:
         return _skip(reason)
+    host = host_arch() or platform.machine()
+    foreign = host != arch
+    if foreign:
+        run_check = None  # the image's programs are not for this machine
     if run_check:
         program = run_check[0].lstrip("/")
         if ".." in program.split("/") or not program.startswith(("usr/", "opt/")):
@@ -166,9 +184,21 @@ def verify_with_systemd_sysext(
             error_code="verify.merge-failed",
             what="systemd-sysext merge",
             timeout=timeout,
+            env={"SYSTEMD_LOG_LEVEL": "debug"} if foreign else None,
             check=False,
         )
         output = result.output
+        if foreign and result.returncode == _NOT_MERGED:
+            refusal = _foreign_refusal(name, arch, output)
+            if refusal is not None:
+                return _skip(
+                    f"an {arch} image cannot be merged on this {host} machine (systemd-sysext only "
+                    f"merges its own architecture and has no override): systemd-sysext mounted it, "
+                    f"read extension-release.{name} and refused it for its architecture alone "
+                    f"({refusal}); the full merge needs an {arch} worker"
+                )
+        if foreign:  # debug logging is chatty; judge by what a normal run would have said
+            output = "\n".join(line for line in output.splitlines() if "PR_SET_MM" not in line)
         if result.returncode != 0:
             if result.returncode != _NOT_MERGED and any(hint in output for hint in _NO_MOUNT_HINTS):
                 last = output.strip().splitlines()[-1] if output.strip() else ""

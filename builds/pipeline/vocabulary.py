@@ -17,6 +17,11 @@ from types import MappingProxyType
 # systemd's spelling, as in ARCHITECTURE= and image file names (NAME-VER-ARCH.raw).
 ARCHES: tuple[str, ...] = ("x86-64", "arm64")
 DEFAULT_ARCH = ARCHES[0]
+# The ELF e_machine of each arch's executables and libraries (the ELF psABI numbers), and the
+# name `readelf -h` and `file` print for it. Every ELF file of an image must carry its arch's.
+ELF_MACHINES: Mapping[str, tuple[int, str]] = MappingProxyType(
+    {"x86-64": (62, "x86-64"), "arm64": (183, "aarch64")}
+)
 
 # --- catalog ------------------------------------------------------------------------------------
 

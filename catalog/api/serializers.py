@@ -99,8 +99,27 @@ class SourceUrlSerializer(serializers.Serializer):
     url = serializers.CharField()
 
 
+class SourceBuildSerializer(serializers.Serializer):
+    toolchain = serializers.DictField(
+        child=serializers.CharField(), help_text="Debian package -> the exact version the worker must have."
+    )
+    commands = serializers.ListField(
+        child=serializers.CharField(), help_text="Shell lines run in order inside the build sandbox."
+    )
+    install = serializers.ListField(
+        child=serializers.DictField(child=serializers.CharField()),
+        help_text="Install rules {from, to, mode} reading from the build's output directory.",
+    )
+    limits = serializers.DictField(
+        child=serializers.IntegerField(), help_text="seconds, cpu_seconds and memory_mb (per process)."
+    )
+
+
 class ExtensionVersionSerializer(serializers.ModelSerializer):
     extension = serializers.CharField(source="extension.name", read_only=True)
+    source_build = serializers.SerializerMethodField(
+        help_text="How this version is compiled from its sources, or null when it installs release assets."
+    )
     source_urls = serializers.SerializerMethodField(
         help_text="The upstream URLs approving this version fetches and pins, per arch and source."
     )
@@ -136,6 +155,7 @@ class ExtensionVersionSerializer(serializers.ModelSerializer):
             "reason",
             "pinning_error",
             "source_urls",
+            "source_build",
             "digests",
             "approvals",
         ]
@@ -153,6 +173,13 @@ class ExtensionVersionSerializer(serializers.ModelSerializer):
             return version.source_urls()
         except PipelineError:
             return []  # a version that does not resolve is refused when approved; nothing to show
+
+    @extend_schema_field(SourceBuildSerializer(allow_null=True))
+    def get_source_build(self, version: ExtensionVersion) -> dict[str, Any] | None:
+        try:
+            return version.source_build()
+        except PipelineError:
+            return None  # a recipe that no longer parses shows no build either
 
     def get_decided_by(self, version: ExtensionVersion) -> str | None:
         return _username(version.decided_by)

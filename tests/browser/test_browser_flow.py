@@ -70,12 +70,20 @@ def _approve(curator: User, name: str, version: str) -> None:
 
 @pytest.fixture
 def baking_world(
-    transactional_db, cast, settings, tmp_path: Path, upstream: UpstreamServer, celery_worker_process
+    transactional_db,
+    cast,
+    settings,
+    tmp_path: Path,
+    upstream: UpstreamServer,
+    celery_worker_process,
+    live_server,
 ):
     mirrors = _serve_docker_upstreams(upstream)
     settings.UPSTREAM_MIRRORS = mirrors
     settings.FETCH_CACHE_DIR = tmp_path / "portal-cache"
     settings.ARTIFACT_DIR = tmp_path / "artifacts"
+    # The flavour page links the URLs nodes fetch: here, this live server's /artifacts/.
+    settings.PUBLIC_BASE_URL = f"{live_server.url}/artifacts/"
     catalog_services.catalog_sync()
 
     curator = cast.staff  # staff curate the global catalog
@@ -87,6 +95,7 @@ def baking_world(
         FETCH_CACHE_DIR=str(tmp_path / "worker-cache"),
         ARTIFACT_DIR=str(settings.ARTIFACT_DIR),
         BAKEHOUSE_VAR_DIR=str(tmp_path / "worker-var"),
+        PUBLIC_BASE_URL=settings.PUBLIC_BASE_URL,
     )
     return {"alice": cast.alice, "carol": cast.carol}
 
@@ -158,15 +167,16 @@ def test_compose_docker_with_compose_build_and_download(page, snap, chromium, li
     expect(page.get_by_role("heading", name=re.compile("edge-docker"))).to_be_visible()
     snap(page, "flavour")
     with page.expect_download() as download_info:
-        page.locator("#artifacts tr[data-kind=butane] a").click()
+        page.locator("#artifacts tr[data-kind=butane] a.file").click()
     butane = Path(download_info.value.path()).read_text()
     with page.expect_download() as download_info:
-        page.locator("#artifacts tr[data-kind=image] a", has_text="docker-28.0.4-x86-64.raw").click()
+        page.locator("#artifacts tr[data-kind=image] a.file", has_text="docker-28.0.4-x86-64.raw").click()
     image_bytes = Path(download_info.value.path()).read_bytes()
     # The config pins the very bytes a person downloads (Ignition checks them at boot).
     assert f"hash: sha512-{hashlib.sha512(image_bytes).hexdigest()}" in butane
     image = ImageArtifact.objects.get(extension_version__extension__name="docker", arch="x86-64")
     assert image.sha256 == hashlib.sha256(image_bytes).hexdigest()
+    page.locator("#butane-details summary").click()  # the configs start collapsed
     assert page.locator("#butane").inner_text().strip() == butane.strip()
     # The install commands target the channel picked in step 1.
     expect(page.locator("#commands")).to_contain_text("flatcar-install -d /dev/sda -C beta -i config.ign")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +26,19 @@ def serve_extension(
     versions: tuple[str, ...] = ("v1.0.0", "v0.9.0"),
     *,
     delay: float = 0.0,
+    binaries: Mapping[str, bytes] | None = None,
     **extra: Any,
 ) -> Extension:
     """Serve a tar.gz holding ``bin/NAME`` per version and arch; approve every version with pins.
 
     ``delay`` makes the upstream answer that many seconds late (a build that stays running).
+    ``binaries`` (arch -> bytes) replaces the shell script ``bin/NAME`` of that arch's download.
     """
     digests: dict[tuple[str, str], str] = {}
     for version in versions:
         for arch, upstream_arch in UPSTREAM_ARCH.items():
-            archive = make_tar(
-                [executable(f"bin/{name}", f"#!/bin/sh\necho {name} {version}\n".encode())], "gz"
-            )
+            content = (binaries or {}).get(arch) or f"#!/bin/sh\necho {name} {version}\n".encode()
+            archive = make_tar([executable(f"bin/{name}", content)], "gz")
             path = f"/example/{name}/releases/download/{version}/{name}-{version}-{upstream_arch}.tar.gz"
             if delay:
                 upstream.add_slow(path, archive, delay=delay)

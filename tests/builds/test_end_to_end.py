@@ -9,10 +9,13 @@ concurrent identical requests share one build, cancel, and the reaper after a wo
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
 import json
 import os
+import platform
+import re
 import signal
 import subprocess
 import sys
@@ -29,10 +32,12 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import requests
 from django.db import connection
+from django.test import Client
 from rest_framework.test import APIClient
 
 from builds import recovery
 from builds.models import Build, BuildState
+from builds.pipeline.butane.dataurl import decode_data_url
 from portal.celery import app
 from portal.config import S3Config
 from tests.builds.build_support import (
@@ -44,7 +49,8 @@ from tests.builds.build_support import (
 )
 from tests.builds.catalog_fixtures import Cast
 from tests.builds.s3_server import S3Endpoint, moto_s3_server
-from tests.upstream import UpstreamServer
+from tests.builds.verify_support import download_all, gnupg_home, page_downloads, store_key, verify_downloads
+from tests.upstream import UpstreamServer, readelf_machine, static_hello
 
 pytestmark = [
     pytest.mark.integration,
@@ -250,6 +256,10 @@ def wait_for(
     raise AssertionError(f"build {build_id} stuck at {body.get('state')}; worker log:\n{worker.tail()}")
 
 
+def _task_running(build_id: str) -> bool:
+    return Build.objects.filter(pk=build_id, tasks_running__gt=0).exists()
+
+
 def finished(body: dict[str, Any]) -> bool:
     return body["state"] in ("succeeded", "failed", "cancelled")
 
@@ -281,7 +291,12 @@ class WebhookReceiver:
 
 
 def test_build_publishes_what_nodes_need(
-    cast: Cast, worker: Worker, portal_side: Any, bucket: str, upstream_server: UpstreamServer
+    cast: Cast,
+    worker: Worker,
+    portal_side: Any,
+    bucket: str,
+    upstream_server: UpstreamServer,
+    tmp_path: Path,
 ) -> None:
     serve_extension(upstream_server, "hello")
     serve_extension(upstream_server, "hello-tools", requires=[["hello"]])
@@ -327,6 +342,22 @@ def test_build_publishes_what_nodes_need(
         listed |= {prefix + f for f in [*flavour_entries, "SHA256SUMS", "SHA256SUMS.gpg"]}
         # Nothing else is published: only the content-addressed image cache lives beside it.
         assert {k for k in keys - listed if not k.startswith("images/")} == set()
+
+        # The flavour page links exactly these files, each beside the signed listing that vouches
+        # for it; fetched through the portal's /artifacts/ (streamed from S3), the real gpg and
+        # sha256sum verify every one as the page says to.
+        member = Client()
+        member.force_login(cast.teammate)
+        links, command = page_downloads(member.get(f"/flavours/{flavour['id']}/").content.decode())
+        assert {store_key(link) for link in links} == listed
+
+        def through_portal(url: str) -> bytes:
+            response = Client().get("/artifacts/" + store_key(url))
+            assert response.status_code == 200, url
+            return b"".join(response.streaming_content)
+
+        saved = download_all(through_portal, links, tmp_path / "page")
+        assert set(saved.values()) <= verify_downloads(saved, command, gnupg_home(tmp_path))
 
         # The Ignition a node boots with pins each image by hash and points at the public URLs.
         ignition = builder.get(f"/api/flavours/{flavour['id']}/ignition")
@@ -379,6 +410,86 @@ def test_build_publishes_what_nodes_need(
         assert event["event"] == "build.succeeded" and event["build"]["id"] == build["id"]
     finally:
         receiver.close()
+
+
+def image_member(image: bytes, path: str, scratch: Path) -> bytes:
+    """``path`` inside a published squashfs image, read with the real unsquashfs."""
+    file = scratch / "image.raw"
+    file.write_bytes(image)
+    return subprocess.run(["unsquashfs", "-cat", str(file), path], capture_output=True, check=True).stdout
+
+
+def test_an_arm64_flavour_publishes_arm64_images_and_configs_naming_them(
+    cast: Cast,
+    worker: Worker,
+    portal_side: Any,
+    bucket: str,
+    upstream_server: UpstreamServer,
+    tmp_path: Path,
+) -> None:
+    binaries = {"x86-64": static_hello("x86-64"), "arm64": static_hello("arm64")}
+    serve_extension(upstream_server, "armhello", ("v1.0.0",), binaries=binaries)
+    builder = api(cast.teammate)
+    flavour = compose(builder, "arm nodes", ["armhello"], arch="arm64")
+    response = builder.post(f"/api/flavours/{flavour['id']}/builds/")
+    build = wait_for(builder, response.json()["id"], worker, finished)
+    assert build["state"] == "succeeded", (build, worker.tail())
+
+    def get(key: str) -> bytes:
+        return bytes(portal_side.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    prefix = f"flavours/{flavour['id']}/"
+    keyring = get(prefix + "import-pubring.gpg")
+    entries = check_published_extension(get, "extensions/armhello/", keyring)
+    assert list(entries) == ["armhello-v1.0.0-arm64.raw"]
+    image = get("extensions/armhello/armhello-v1.0.0-arm64.raw")
+    assert readelf_machine(image_member(image, "usr/bin/armhello", tmp_path)) == "AArch64"
+    release = image_member(image, "usr/lib/extension-release.d/extension-release.armhello", tmp_path)
+    assert b"ARCHITECTURE=arm64\n" in release
+    # An x86-64 worker cannot merge it (systemd-sysext merges its own arch only): never "verified".
+    if platform.machine() == "x86_64":
+        assert build["verification"] == "skipped"
+        assert "arm64" in build["verification_reason"]
+
+    # Butane and Ignition put the arm64 image where the node loads it, pinned by its hash.
+    path = "/opt/extensions/armhello/armhello-v1.0.0-arm64.raw"
+    butane = get(prefix + "config.bu").decode()
+    assert path in butane and "x86-64" not in butane
+    ignition = get(prefix + "config.ign")
+    assert ignition_image_hashes(ignition) == {path: "sha512-" + hashlib.sha512(image).hexdigest()}
+    files = {f["path"]: f["contents"] for f in json.loads(ignition)["storage"]["files"]}
+    source = files[path]["source"]
+    assert source.endswith("/extensions/armhello/armhello-v1.0.0-arm64.raw")
+    assert requests.get(source, timeout=10).content == image
+    # The transfer file selects that image on an arm64 node (%a is the node's arch), no other.
+    transfer = get(prefix + "armhello.conf").decode()
+    lines = transfer.splitlines()
+    pattern = next(line.removeprefix("MatchPattern=") for line in lines if line.startswith("MatchPattern="))
+    regex = re.escape(pattern).replace("@v", r"[A-Za-z0-9.,_+-]+")
+    assert re.fullmatch(regex.replace("%a", "arm64"), "armhello-v1.0.0-arm64.raw")
+    assert not re.fullmatch(regex.replace("%a", "x86-64"), "armhello-v1.0.0-arm64.raw")
+    # ... and the node gets that same transfer file from its Ignition.
+    inline = files["/etc/sysupdate.armhello.d/armhello.conf"]
+    data = decode_data_url(inline["source"])
+    assert (gzip.decompress(data) if inline.get("compression") == "gzip" else data).decode() == transfer
+
+
+def test_an_x86_64_binary_in_an_arm64_download_fails_the_build_with_its_code(
+    cast: Cast, worker: Worker, portal_side: Any, bucket: str, upstream_server: UpstreamServer
+) -> None:
+    # The upstream's arm64 asset holds an x86-64 executable (a wrong upload, a wrong recipe).
+    binaries = {"x86-64": static_hello("x86-64"), "arm64": static_hello("x86-64")}
+    serve_extension(upstream_server, "mixedup", ("v1.0.0",), binaries=binaries)
+    builder = api(cast.teammate)
+    flavour = compose(builder, "mixed", ["mixedup"], arch="arm64")
+    response = builder.post(f"/api/flavours/{flavour['id']}/builds/")
+    build = wait_for(builder, response.json()["id"], worker, finished)
+    assert build["state"] == "failed", (build, worker.tail())
+    assert build["error_code"] == "image.wrong-architecture"
+    assert "usr/bin/mixedup is an ELF file for x86-64" in build["error_message"]
+    assert "the arm64 image" in build["error_message"] and "aarch64" in build["error_message"]
+    assert "Contents" not in portal_side.list_objects_v2(Bucket=bucket, Prefix="extensions/mixedup/")
+    assert "Contents" not in portal_side.list_objects_v2(Bucket=bucket, Prefix=f"flavours/{flavour['id']}/")
 
 
 def test_concurrent_identical_requests_share_one_build_which_can_be_cancelled(
@@ -442,7 +553,9 @@ def test_reaper_fails_the_build_of_a_worker_that_died(
         client = api(cast.teammate)
         flavour = compose(client, "stuck", ["stuck"])
         build_id = client.post(f"/api/flavours/{flavour['id']}/builds/").json()["id"]
-        wait_for(client, build_id, doomed, lambda b: b["state"] == "fetching" and b["heartbeat_at"])
+        # Wait until the bake task itself runs (the plan task sets "fetching" before it hands
+        # over; a kill in between would leave nothing running for the reaper to find).
+        wait_for(client, build_id, doomed, lambda b: b["state"] == "fetching" and _task_running(build_id))
         doomed.kill()  # the whole process group, pool children included: no goodbye, no ack
         # While the heartbeat is fresh the reaper leaves the build alone ...
         assert build_id not in recovery.builds_reap_stale(timeout=3600)

@@ -266,7 +266,10 @@ def test_team_private_extension_is_usable_by_its_team(small_catalog: Cast) -> No
         ("storage:\n  files:\n    - path: relative/path\n", "absolute"),
         ("storage: [not, a, mapping]\n", "cannot unmarshal"),
         ("variant: fcos\nversion: 1.0.0\n", "variant must be flatcar"),
-        ("storage:\n  disks:\n    - device: /dev/sda\n", "not supported"),
+        (
+            "storage:\n  luks:\n    - name: x\n      device: /dev/sda\n      clevis:\n        tpm2: true\n",
+            "clevis",
+        ),
     ],
 )
 def test_invalid_butane_fragment_is_a_field_error(small_catalog: Cast, fragment: str, reason: str) -> None:

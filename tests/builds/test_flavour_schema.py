@@ -43,6 +43,16 @@ EVERYTHING = {
     "image_format": "squashfs",
     "compression": "gzip",
 }
+# Options added later, left out of older documents while at their defaults.
+EVERYTHING_BEFORE_PREBAKE = dict(EVERYTHING)
+EVERYTHING.update(
+    {
+        "prebake": True,
+        "flatcar_version": "4593.2.0",
+        "flatcar_image_sha256": "ab" * 32,
+        "prebake_ignition": True,
+    }
+)
 
 
 def _composer_fields() -> dict[str, Any]:
@@ -182,7 +192,7 @@ def _flavour_id(
         (FlavourOptions(), "1828a4f4020926eb41a83a2e872e7d130b92a8fc61b53e8437a6a9e18d25d602"),
         (FlavourOptions(channel="lts"), "a6c47a332f18e9a2bb57565f70a0d1f624cf415c935b3f9b36a3f9ea1612d9fd"),
         (
-            FlavourOptions.from_document({**EVERYTHING, "private": True}),
+            FlavourOptions.from_document({**EVERYTHING_BEFORE_PREBAKE, "private": True}),
             "1d5477f246935a40e2820e7682db52cb63c9837c4b1e13eead75b649903de1fa",
         ),
     ],

@@ -21,6 +21,7 @@ from tests.upstream import (
     make_tar,
     make_zip,
     setuid_file,
+    static_hello,
     symlink,
 )
 
@@ -178,6 +179,21 @@ def test_a_refused_version_can_be_uploaded_again(cast: Cast, fetch_cache: Path, 
     assert_refused(cast, "upload.outside-usr")
     assert checked_upload(make_tar(GOOD_TREE)).status_code == 202
     assert version_seen(cast)["status"] == "proposed"
+
+
+def test_an_upload_must_suit_every_arch_it_is_declared_for(
+    cast: Cast, fetch_cache: Path, checked_upload
+) -> None:
+    arm64_tree = [directory("usr"), directory("usr/bin"), executable("usr/bin/hello", static_hello("arm64"))]
+    checked_upload(make_tar(arm64_tree))  # declared for every arch, the default
+    assert_refused(
+        cast,
+        "upload.wrong-architecture",
+        "usr/bin/hello is an ELF file for aarch64, which does not run on x86-64",
+    )
+    assert checked_upload(make_tar(arm64_tree), arches="arm64").status_code == 202
+    assert version_seen(cast)["status"] == "proposed"
+    assert Extension.objects.get(name="hello").arches == ["arm64"]
 
 
 def test_oversized_uploads_are_refused(cast: Cast, fetch_cache: Path, settings) -> None:

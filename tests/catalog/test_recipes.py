@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,7 +31,10 @@ RECIPE_NAMES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 # The hosts catalog.md names as upstreams. Recipe URL templates stay on these real hosts;
 # tests and air-gapped sites reach them only through the mirror map.
-UPSTREAM_HOSTS = frozenset({"github.com", "download.docker.com", "storage.googleapis.com", "dl.k8s.io"})
+# static.crates.io: the Rust crates a source build (wave) vendors, pinned from its Cargo.lock.
+UPSTREAM_HOSTS = frozenset(
+    {"github.com", "download.docker.com", "storage.googleapis.com", "dl.k8s.io", "static.crates.io"}
+)
 
 # Programs a unit may run that come with Flatcar itself rather than with the extension.
 BASE_OS_PROGRAMS = frozenset({"/bin/kill", "/bin/sh", "/sbin/modprobe", "/usr/bin/mkdir", "/usr/bin/cp"})
@@ -101,13 +105,14 @@ def test_recipe_reproduces_catalog_md_upstream(row: dict[str, str], recipes: dic
     recipe = recipes[row["name"]]
     asset = row["asset"].split(" ")[0].rstrip(",")
     if "/" not in asset:
-        # No release asset: podman (official Flatcar extension) or wave (source build only).
+        # No release asset: podman (official Flatcar extension) or wave (built from source).
         if "official Flatcar" in row["asset"]:
             assert recipe.delivery == "flatcar-official"
+            assert recipe.sources == ()
         else:
-            assert "no prebuilt release" in row["asset"]
-            assert recipe.delivery == "source-build-required"
-        assert recipe.sources == ()
+            assert "built from source" in row["asset"]
+            assert recipe.delivery == "bake" and recipe.build is not None
+            assert urlsplit(recipe.sources[0].url).hostname == "github.com"
         return
     assert recipe.delivery == "bake"
     example = row["example"]
@@ -129,7 +134,10 @@ def test_recipe_file_loads(name: str) -> None:
     assert recipe.name == name
     assert recipe.description
     if recipe.bakeable:
-        assert len(recipe.versions) >= 2, "nodes need at least two versions to update between"
+        # A source build's versions are commits that each need vetting (and their own pinned
+        # dependencies): one is enough to start with.
+        least = 1 if recipe.build is not None else 2
+        assert len(recipe.versions) >= least, "nodes need at least two versions to update between"
         assert recipe.sources
     else:
         assert recipe.sources == () and recipe.versions == {}
@@ -342,7 +350,15 @@ def test_recipe_assembles_into_a_valid_sysext_tree(name: str, recipes: dict[str,
     version = next(iter(recipe.versions))
     for arch in recipe.arches:
         unpacked = []
-        for source in recipe.resolve(version, arch):
+        if recipe.build is not None:  # the build's output stands in for the sources
+            output = tmp_path / arch / "build-output"
+            for rule in recipe.build.install:
+                member = output / _stand_in_member(rule.source or "")
+                member.parent.mkdir(parents=True, exist_ok=True)
+                member.write_bytes(b"\x7fELF stand-in\n")
+            first = recipe.resolve(version, arch)[0]
+            unpacked.append(UnpackedSource(replace(first, install=recipe.build.install), output))
+        for source in [] if recipe.build is not None else recipe.resolve(version, arch):
             where = tmp_path / arch / "sources" / source.id
             if source.archive == "file":
                 where.parent.mkdir(parents=True, exist_ok=True)
@@ -355,7 +371,7 @@ def test_recipe_assembles_into_a_valid_sysext_tree(name: str, recipes: dict[str,
             unpacked.append(UnpackedSource(source=source, path=where))
         root = tmp_path / arch / "tree"
         summary = assemble_tree(recipe, arch, unpacked, root)
-        assert summary.files >= len(recipe.sources) + len(recipe.files) + 1
+        assert summary.files >= len(unpacked) + len(recipe.files) + 1
         release = (root / f"usr/lib/extension-release.d/extension-release.{name}").read_text()
         assert f"ARCHITECTURE={arch}" in release
         for start in recipe.start:

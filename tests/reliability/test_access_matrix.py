@@ -298,6 +298,9 @@ ROUTES: dict[str, Route] = {
         },
     ),
     "api/flavours/<str:pk>/": Route({"pk": "flavour"}, {"GET": Call(api_read)}),
+    "api/flavours/<str:pk>/compare/<str:base>": Route(
+        {"pk": "flavour", "base": "flavour"}, {"GET": Call(api_read)}
+    ),
     "api/flavours/<str:pk>/butane": Route({"pk": "flavour"}, {"GET": Call(api_read)}),
     "api/flavours/<str:pk>/ignition": Route({"pk": "flavour"}, {"GET": Call(api_read)}),
     "api/flavours/<str:pk>/builds/": Route(
@@ -407,6 +410,7 @@ ROUTES: dict[str, Route] = {
     "compose/check-fragment/": Route({}, {"POST": Call(signed_in({200, 400, 403}), {"fragment": "x: ["})}),
     "flavours/": Route({}, {"GET": Call(page_any_user)}),
     "flavours/<str:flavour_id>/": Route({"flavour_id": "flavour"}, {"GET": Call(page_read)}),
+    "flavours/<str:flavour_id>/compare/": Route({"flavour_id": "flavour"}, {"GET": Call(page_read)}),
     "flavours/<str:flavour_id>/build/": Route(
         {"flavour_id": "flavour"}, {"POST": Call(page_write("builder", {302}))}
     ),

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from builds.pipeline import sysupdate
+from builds.pipeline.butane.ignition_schema import schema_problems
 from builds.pipeline.butane.transpile import Message, Result, parse_fragment, transpile
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.sysupdate import NOOP_TRANSFER, NOOP_TRANSFER_PATH, UpdateAction
@@ -389,7 +390,8 @@ def _merge_fragment(document: dict[str, Any], fragment: dict[str, Any]) -> None:
         if items:
             container.setdefault(key, []).extend(items)
 
-    for section in ("files", "directories", "links"):
+    # The flavour generates no disks, filesystems, LUKS or RAID: the fragment's are taken whole.
+    for section in ("directories", "disks", "files", "filesystems", "links", "luks", "raid"):
         extend(document.setdefault("storage", {}), section, storage.get(section, []))
     if merged_units:
         extend(document.setdefault("systemd", {}), "units", merged_units)
@@ -432,6 +434,18 @@ def render_butane(flavour: FlavourConfig) -> str:
 
 
 def render_ignition(flavour: FlavourConfig, *, pretty: bool = False) -> str:
-    """The flavour's Ignition JSON, as ``butane`` prints it for ``render_butane``, with a newline."""
+    """The flavour's Ignition JSON, as ``butane`` prints it for ``render_butane``, with a newline.
+
+    The config must also validate against the JSON schema of its Ignition version: one that does
+    not is a bug of ours and is never handed out (``butane.schema-invalid``).
+    """
     result: Result = transpile(render_butane(flavour))
+    assert result.config is not None and result.ignition_version is not None  # render_butane checked
+    problems = schema_problems(result.config, result.ignition_version)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+        raise PipelineError(
+            "butane.schema-invalid",
+            f"the generated Ignition {result.ignition_version} config fails its JSON schema: {shown}",
+        )
     return result.json(pretty=pretty) + "\n"

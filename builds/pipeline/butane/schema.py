@@ -24,12 +24,14 @@ ScalarKind = Literal["str", "string", "int", "bool"]  # "string": Go non-pointer
 @dataclass(frozen=True)
 class Scalar:
     kind: ScalarKind
+    go: str = ""  # the Go type go-yaml names in a type error, when not the kind's own (v0_4.Device)
 
 
 @dataclass(frozen=True)
 class ListOf:
     item: Spec
     go_item: str
+    go_type: str = ""  # a named slice type (v0_4.HTTPHeaders) instead of []go_item
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,18 @@ def _base(pkg: str, v11: bool) -> Struct:
     def s(name: str, fields: dict[str, Spec]) -> Struct:
         return Struct(f"{pkg}.{name}", fields)
 
-    def lst(item: Spec) -> ListOf:
-        go = item.go_name if isinstance(item, (Struct, Opaque)) else "string"
-        return ListOf(item, go)
+    def lst(item: Spec, go_type: str = "") -> ListOf:
+        if isinstance(item, (Struct, Opaque)):
+            go = item.go_name
+        elif isinstance(item, Scalar):
+            go = item.go or "string"
+        else:
+            go = item.go_type or f"[]{item.go_item}"
+        return ListOf(item, go, go_type)
+
+    def named(go: str) -> Scalar:
+        """A Go string type of butane's schema (``type Device string``)."""
+        return Scalar("string", f"{pkg}.{go}")
 
     verification = s("Verification", {"hash": STR})
     header = s("HTTPHeader", {"name": STRING, "value": STR})
@@ -66,7 +77,7 @@ def _base(pkg: str, v11: bool) -> Struct:
         "Resource",
         {
             "compression": STR,
-            "http_headers": lst(header),
+            "http_headers": lst(header, f"{pkg}.HTTPHeaders"),
             "source": STR,
             "inline": STR,
             "local": STR,
@@ -80,17 +91,82 @@ def _base(pkg: str, v11: bool) -> Struct:
     directory = s("Directory", {**node, "mode": INT})
     link = s("Link", {**node, "target": STR, "hard": BOOL})
     tree = s("Tree", {"local": STRING, "path": STR})
-    luks = s("Luks", {})  # only looked at for clevis; the whole section is rejected
+    # Disks, RAID, LUKS and filesystems: butane base/v0_4 and v0_5 schema.go.
+    partition = s(
+        "Partition",
+        {
+            "guid": STR,
+            "label": STR,
+            "number": INT,
+            "resize": BOOL,
+            "should_exist": BOOL,
+            "size_mib": INT,
+            "start_mib": INT,
+            "type_guid": STR,
+            "wipe_partition_entry": BOOL,
+        },
+    )
+    disk = s("Disk", {"device": STRING, "partitions": lst(partition), "wipe_table": BOOL})
+    filesystem = s(
+        "Filesystem",
+        {
+            "device": STRING,
+            "format": STR,
+            "label": STR,
+            "mount_options": lst(STR),
+            "options": lst(STR),
+            "path": STR,
+            "uuid": STR,
+            "wipe_filesystem": BOOL,
+            "with_mount_unit": BOOL,
+        },
+    )
+    raid = s(
+        "Raid",
+        {
+            "devices": lst(named("Device")),
+            "level": STR,
+            "name": STRING,
+            "options": lst(named("RaidOption")),
+            "spares": INT,
+        },
+    )
+    tang_fields: dict[str, Spec] = {"thumbprint": STR, "url": STRING}
+    if v11:
+        tang_fields["advertisement"] = STR
+    clevis = s(
+        "Clevis",
+        {
+            "custom": s("ClevisCustom", {"config": STR, "needs_network": BOOL, "pin": STR}),
+            "tang": lst(s("Tang", tang_fields)),
+            "threshold": INT,
+            "tpm2": BOOL,
+        },
+    )
+    luks_fields: dict[str, Spec] = {
+        "clevis": clevis,
+        "device": STR,
+        "key_file": resource,
+        "label": STR,
+        "name": STRING,
+        "options": lst(named("LuksOption")),
+        "uuid": STR,
+        "wipe_volume": BOOL,
+    }
+    if v11:
+        luks_fields["discard"] = BOOL
+        luks_fields["open_options"] = lst(named("OpenOption"))
+    luks = s("Luks", luks_fields)
     storage = s(
         "Storage",
         {
             "directories": lst(directory),
-            "disks": lst(Opaque(f"{pkg}.Disk")),
+            "disks": lst(disk),
             "files": lst(file),
-            "filesystems": lst(Opaque(f"{pkg}.Filesystem")),
+            "filesystems": lst(filesystem),
             "links": lst(link),
-            "luks": lst(Opaque(luks.go_name)),
-            "raid": lst(Opaque(f"{pkg}.Raid")),
+            "luks": lst(luks),
+            "raid": lst(raid),
             "trees": lst(tree),
         },
     )
@@ -104,7 +180,7 @@ def _base(pkg: str, v11: bool) -> Struct:
     systemd = s("Systemd", {"units": lst(unit)})
     user_fields: dict[str, Spec] = {
         "gecos": STR,
-        "groups": lst(STR),
+        "groups": lst(named("Group")),
         "home_dir": STR,
         "name": STRING,
         "no_create_home": BOOL,
@@ -113,7 +189,7 @@ def _base(pkg: str, v11: bool) -> Struct:
         "password_hash": STR,
         "primary_group": STR,
         "should_exist": BOOL,
-        "ssh_authorized_keys": lst(STR),
+        "ssh_authorized_keys": lst(named("SSHAuthorizedKey")),
         "shell": STR,
         "system": BOOL,
         "uid": INT,
@@ -126,7 +202,10 @@ def _base(pkg: str, v11: bool) -> Struct:
         {"gid": INT, "name": STRING, "password_hash": STR, "should_exist": BOOL, "system": BOOL},
     )
     passwd = s("Passwd", {"users": lst(user), "groups": lst(group)})
-    kargs = s("KernelArguments", {"should_exist": lst(STR), "should_not_exist": lst(STR)})
+    kargs = s(
+        "KernelArguments",
+        {"should_exist": lst(named("KernelArgument")), "should_not_exist": lst(named("KernelArgument"))},
+    )
     ignition = s(
         "Ignition",
         {
@@ -204,6 +283,8 @@ def _decode(node: yaml.Node, spec: Spec, path: Path, out: Decoded) -> Any:
                 return ys.to_int(node)
             if spec.kind == "bool":
                 return ys.to_bool(node)
+            if spec.go and not isinstance(node, yaml.ScalarNode):
+                raise ys.ScalarError(ys.cannot_unmarshal(node, spec.go))
             text = ys.to_str(node)
             return "" if text is None and spec.kind == "string" else text
         except ys.ScalarError as exc:
@@ -213,15 +294,20 @@ def _decode(node: yaml.Node, spec: Spec, path: Path, out: Decoded) -> Any:
         return None
     if isinstance(spec, ListOf):
         if not isinstance(node, yaml.SequenceNode):
-            out.errors.append(ys.cannot_unmarshal(node, f"[]{spec.go_item}"))
+            out.errors.append(ys.cannot_unmarshal(node, spec.go_type or f"[]{spec.go_item}"))
             return None
-        items = []
-        for index, child in enumerate(node.value):
-            item = _decode(child, spec.item, (*path, index), out)
+        items: list[Any] = []
+        for child in node.value:
+            if isinstance(child, yaml.ScalarNode) and ys.is_null(child):
+                # go-yaml v3 drops a null element of a slice of non-pointers (strings, structs):
+                # decode.go ``sequence`` keeps an element only when ``unmarshal`` says ok, and
+                # ``null`` is not ok for a string or struct.
+                continue
+            item = _decode(child, spec.item, (*path, len(items)), out)
             if item is None and isinstance(spec.item, Struct):
                 item = {}
             elif item is None and isinstance(spec.item, Scalar) and spec.item.kind in ("str", "string"):
-                item = ""  # a null element of a Go []string is ""
+                item = ""
             items.append(item)
         return items
     if not isinstance(node, yaml.MappingNode):
@@ -229,11 +315,20 @@ def _decode(node: yaml.Node, spec: Spec, path: Path, out: Decoded) -> Any:
         return None
     result: dict[str, Any] = {}
     seen: dict[str, int] = {}
+    merge_node: yaml.Node | None = None
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
             continue  # a complex key can never name a field
         key = key_node.value
         key_mark = ys.mark_of(key_node)
+        if _is_merge_key(key_node) and key not in seen:
+            # go-yaml applies it (below); butane's unused-key check, which walks the YAML tree,
+            # still sees a "<<" key that names no field.
+            merge_node = value_node
+            seen[key] = key_mark.line
+            out.key_marks[(*path, key)] = key_mark
+            out.unused.append(((*path, key), key_mark))
+            continue
         if key in seen:
             if key in spec.fields:
                 out.errors.append(f"line {key_mark.line}: field {key} already set in type {spec.go_name}")
@@ -253,7 +348,47 @@ def _decode(node: yaml.Node, spec: Spec, path: Path, out: Decoded) -> Any:
         value = _decode(value_node, child_spec, child_path, out)
         if value is not None:
             result[key] = value
+    if merge_node is not None:
+        _merge(merge_node, spec, path, out, result, set(seen))
     return result
+
+
+def _is_merge_key(node: yaml.ScalarNode) -> bool:
+    return node.value == "<<" and ys.is_plain(node) and ys.explicit_tag(node) in (None, "!!merge")
+
+
+def _merge(
+    node: yaml.Node, spec: Struct, path: Path, out: Decoded, result: dict[str, Any], taken: set[str]
+) -> None:
+    """go-yaml v3 ``decoder.merge``: the keys of a merged mapping (or of each mapping of a merged
+    sequence, the first one winning) fill the fields the mapping itself did not set."""
+    if isinstance(node, yaml.MappingNode):
+        sources = [node]
+    elif isinstance(node, yaml.SequenceNode) and all(isinstance(n, yaml.MappingNode) for n in node.value):
+        sources = list(node.value)
+    else:
+        raise ys.YAMLSyntaxError("yaml: map merge requires map or sequence of maps as the value")
+    for source in sources:
+        assert isinstance(source, yaml.MappingNode)
+        nested: yaml.Node | None = None
+        for key_node, value_node in source.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = key_node.value
+            if _is_merge_key(key_node):
+                nested = value_node
+                continue
+            if key in taken:
+                continue
+            taken.add(key)
+            child_spec = spec.fields.get(key)
+            if child_spec is None:
+                continue  # reported where the merged mapping is written, if anywhere
+            value = _decode(value_node, child_spec, (*path, key), out)
+            if value is not None:
+                result[key] = value
+        if nested is not None:
+            _merge(nested, spec, path, out, result, taken)
 
 
 def _record_marks(node: yaml.Node, path: Path, out: Decoded) -> None:

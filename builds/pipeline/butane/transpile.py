@@ -3,8 +3,9 @@
 The stages and their failure texts are the tool's: parse, read variant/version, decode with
 go-yaml rules, validate the source (unused keys, one source per resource, decimal-looking modes),
 translate (data URLs, files dir, trees), validate the generated Ignition and map its findings back
-to the YAML path, line and column the user wrote. Disks, RAID, filesystems and LUKS are refused
-with a "not supported" error instead of being dropped.
+to the YAML path, line and column the user wrote. Disks, partitions, filesystems (with the mount
+and swap units ``with_mount_unit`` asks for), RAID and LUKS are translated too; clevis, which
+Flatcar does not ship, is refused. What may still differ from butane: docs/butane-differences.md.
 """
 
 from __future__ import annotations
@@ -41,7 +42,67 @@ ERR_TREE_NOT_DIRECTORY = "root of tree must be a directory"
 ERR_TREE_FILE_TYPE = "trees may only contain files, directories, and symlinks"
 ERR_TREE_NO_LOCAL = "local is required"
 ERR_CLEVIS = "clevis is not supported in this spec version"
-UNSUPPORTED_SECTIONS = ("disks", "filesystems", "luks", "raid")
+ERR_MOUNT_UNIT_NO_PATH = "path is required if with_mount_unit is true and format is not swap"
+ERR_MOUNT_UNIT_NO_FORMAT = "format is required if with_mount_unit is true"
+
+# (JSON key, Butane key, nested fields) in Ignition's struct order: ignition config/v3_x/types/schema.go.
+_Fields = tuple[tuple[str, str, "Any"], ...]
+_PARTITION_FIELDS: _Fields = (
+    ("guid", "guid", None),
+    ("label", "label", None),
+    ("number", "number", None),
+    ("resize", "resize", None),
+    ("shouldExist", "should_exist", None),
+    ("sizeMiB", "size_mib", None),
+    ("startMiB", "start_mib", None),
+    ("typeGuid", "type_guid", None),
+    ("wipePartitionEntry", "wipe_partition_entry", None),
+)
+# ALWAYS: a Go string field without omitempty (Disk.Device, Filesystem.Device, Luks.Name, Raid.Name).
+ALWAYS = "always"
+_DISK_FIELDS: _Fields = (
+    ("device", "device", ALWAYS),
+    ("partitions", "partitions", _PARTITION_FIELDS),
+    ("wipeTable", "wipe_table", None),
+)
+_FILESYSTEM_FIELDS: _Fields = (
+    ("device", "device", ALWAYS),
+    ("format", "format", None),
+    ("label", "label", None),
+    ("mountOptions", "mount_options", None),
+    ("options", "options", None),
+    ("path", "path", None),
+    ("uuid", "uuid", None),
+    ("wipeFilesystem", "wipe_filesystem", None),
+)
+_RAID_FIELDS: _Fields = (
+    ("devices", "devices", None),
+    ("level", "level", None),
+    ("name", "name", ALWAYS),
+    ("options", "options", None),
+    ("spares", "spares", None),
+)
+_LUKS_FIELDS: _Fields = (
+    ("device", "device", None),
+    ("keyFile", "key_file", None),
+    ("label", "label", None),
+    ("name", "name", ALWAYS),
+    ("options", "options", None),
+    ("uuid", "uuid", None),
+    ("wipeVolume", "wipe_volume", None),
+)
+_LUKS_FIELDS_V11: _Fields = (
+    ("device", "device", None),
+    ("discard", "discard", None),
+    ("keyFile", "key_file", None),
+    ("label", "label", None),
+    ("name", "name", ALWAYS),
+    ("openOptions", "open_options", None),
+    ("options", "options", None),
+    ("uuid", "uuid", None),
+    ("wipeVolume", "wipe_volume", None),
+)
+
 _SEMVER = re.compile(
     r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
 )
@@ -110,15 +171,16 @@ class _Report:
         text: str,
         *,
         key: bool = False,
-        nearest: bool = False,
     ) -> None:
+        """Add a message, positioned like vcontext's ``Report.Correlate``: at the deepest YAML node
+        that exists on the path (a missing key points at its parent mapping)."""
         mark = None
         if self.decoded is not None:
             marks = self.decoded.key_marks if key else self.decoded.marks
             mark = marks.get(path)
-            if mark is None and nearest:
+            if mark is None and not key:
                 mark = next(
-                    (marks[path[:end]] for end in range(len(path), 0, -1) if path[:end] in marks), None
+                    (marks[path[:end]] for end in range(len(path), -1, -1) if path[:end] in marks), None
                 )
         self.messages.append(
             Message(kind, path, text, mark.line if mark else None, mark.column if mark else None)
@@ -326,13 +388,83 @@ class _Translator:
         link_order = ("group", "overwrite", "path", "user", "hard", "target")
         if directories:
             out["directories"] = directories
+        disks = self.devices(storage, "disks", _DISK_FIELDS)
+        if disks:
+            out["disks"] = disks
         if files:
             out["files"] = [_ordered(f, file_order) for f in files]
+        filesystems = self.devices(storage, "filesystems", _FILESYSTEM_FIELDS)
+        if filesystems:
+            out["filesystems"] = filesystems
         if links:
             out["links"] = [_ordered(link, link_order) for link in links]
-        for key in ("directories", "files", "links"):
+        luks_fields = _LUKS_FIELDS_V11 if self.spec.ignition != "3.3.0" else _LUKS_FIELDS
+        luks = self.devices(storage, "luks", luks_fields)
+        if luks:
+            out["luks"] = luks
+        raid = self.devices(storage, "raid", _RAID_FIELDS)
+        if raid:
+            out["raid"] = raid
+        for key in ("directories", "disks", "files", "filesystems", "links", "luks", "raid"):
             self.note(("storage", key), ("storage", key))
         return out
+
+    def devices(self, storage: dict[str, Any], section: str, fields: _Fields) -> list[dict[str, Any]]:
+        """disks, filesystems, luks or raid: renamed field for field, in Ignition's key order."""
+        return [
+            self.struct(item, fields, ("storage", section, index), ("storage", section, index))
+            for index, item in enumerate(storage.get(section, []))
+        ]
+
+    def struct(self, item: dict[str, Any], fields: _Fields, yp: Path, jp: JSONPath) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        self.note(jp, yp)
+        for json_key, yaml_key, sub in fields:
+            if yaml_key == "key_file":
+                resource = self.resource(item.get(yaml_key, {}), (*yp, yaml_key), (*jp, json_key))
+                if resource:
+                    out[json_key] = resource
+                continue
+            if isinstance(sub, tuple):
+                value = item.get(yaml_key)
+                if isinstance(value, list):
+                    entries = [
+                        self.struct(entry, sub, (*yp, yaml_key, i), (*jp, json_key, i))
+                        for i, entry in enumerate(value)
+                    ]
+                    if entries:
+                        out[json_key] = entries
+                        self.note((*jp, json_key), (*yp, yaml_key))
+                elif isinstance(value, dict):
+                    entry = self.struct(value, sub, (*yp, yaml_key), (*jp, json_key))
+                    if entry:
+                        out[json_key] = entry
+                continue
+            value = item.get(yaml_key)
+            if sub == ALWAYS:
+                value = "" if value is None else value
+            elif value is None or value == [] or (yaml_key == "number" and value == 0):
+                continue  # Go's omitempty (a partition number is a plain int: 0 is omitted)
+            out[json_key] = value
+            self.note((*jp, json_key), (*yp, yaml_key))
+            if isinstance(value, list):
+                for index in range(len(value)):
+                    self.note((*jp, json_key, index), (*yp, yaml_key, index))
+        return out
+
+    # -- mount units (butane base/v0_4 translate.go addMountUnits, mountUnitTemplate) -----------
+    def mount_units(self, storage: dict[str, Any]) -> list[dict[str, Any]]:
+        units: list[dict[str, Any]] = []
+        for index, fs in enumerate(storage.get("filesystems", [])):
+            if fs.get("with_mount_unit") is not True:
+                continue
+            yp: Path = ("storage", "filesystems", index, "with_mount_unit")
+            unit = mount_unit(fs)
+            jp: JSONPath = ("systemd", "units", len(units))
+            for suffix in ((), ("contents",), ("enabled",), ("name",)):
+                self.note((*jp, *suffix), yp)
+            units.append(unit)
+        return units
 
     def trees(
         self,
@@ -583,6 +715,8 @@ class _Translator:
         }
         if proxy_out:
             out["proxy"] = proxy_out
+            for json_key, yaml_key in (("httpProxy", "http_proxy"), ("httpsProxy", "https_proxy")):
+                self.note(("ignition", "proxy", json_key), ("ignition", "proxy", yaml_key))
         cas = ignition.get("security", {}).get("tls", {}).get("certificate_authorities", [])
         ca_path = ("ignition", "security", "tls")
         ca_out = [
@@ -631,9 +765,57 @@ class _Translator:
         if storage:
             result["storage"] = storage
         systemd = self.systemd(value.get("systemd", {}))
+        if any(fs.get("with_mount_unit") is True for fs in value.get("storage", {}).get("filesystems", [])):
+            # The user's units move behind the generated ones: set their translations aside.
+            prefix = ("systemd", "units")
+            user_translations = {jp: yp for jp, yp in self.translations.items() if jp[:2] == prefix}
+            for jp in user_translations:
+                if len(jp) > 2:
+                    del self.translations[jp]
+            generated = self.mount_units(value.get("storage", {}))
+            systemd = {"units": self.merge_units(generated, systemd.get("units", []), user_translations)}
         if systemd:
             result["systemd"] = systemd
         return result
+
+    def merge_units(
+        self,
+        parent: list[dict[str, Any]],
+        child: list[dict[str, Any]],
+        child_translations: dict[JSONPath, Path],
+    ) -> list[dict[str, Any]]:
+        """Ignition's merge of the user's units over the generated mount units (keyed by name):
+        a unit of both keeps its place among the generated ones with the user's fields (and their
+        translations) on top; the user's other units follow. source: butane base/util
+        MergeTranslatedConfigs -> ignition config/merge."""
+        merged = [dict(unit) for unit in parent]
+        by_name = {unit["name"]: index for index, unit in enumerate(merged)}
+        moved: dict[JSONPath, Path] = {}
+        appended = 0
+        for index, unit in enumerate(child):
+            old_jp: JSONPath = ("systemd", "units", index)
+            if unit["name"] in by_name:
+                target = by_name[unit["name"]]
+                base = merged[target]
+                for key in ("contents", "enabled", "mask"):
+                    if key in unit:
+                        base[key] = unit[key]
+                if unit.get("dropins"):
+                    dropins = {d["name"]: d for d in base.get("dropins", [])}
+                    for dropin in unit["dropins"]:
+                        dropins[dropin["name"]] = {**dropins.get(dropin["name"], {}), **dropin}
+                    base["dropins"] = list(dropins.values())
+                merged[target] = _ordered(base, ("contents", "dropins", "enabled", "mask", "name"))
+                new_jp: JSONPath = ("systemd", "units", target)
+            else:
+                new_jp = ("systemd", "units", len(parent) + appended)
+                appended += 1
+                merged.append(unit)
+            for jp, yp in child_translations.items():
+                if jp[: len(old_jp)] == old_jp:
+                    moved[(*new_jp, *jp[len(old_jp) :])] = yp
+        self.translations.update(moved)
+        return merged
 
     def yaml_path(self, json_path: JSONPath) -> Path:
         """The YAML path a JSON path came from.
@@ -648,12 +830,65 @@ class _Translator:
         return json_path
 
 
+_UNIT_NAME_ALLOWED = frozenset(b":_.abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+
+
+def unit_name_path_escape(path: str) -> str:
+    """go-systemd ``unit.UnitNamePathEscape`` (``systemd-escape --path``): slashes collapse to
+    ``-``, a leading ``.`` and bytes outside ``[:_.A-Za-z0-9]`` become ``\\x<hex>``."""
+    out: list[str] = []
+    in_slashes = False
+    start = True
+    for byte in path.encode("utf-8", "surrogatepass"):
+        if byte == ord("/"):
+            in_slashes = True
+            continue
+        if in_slashes:
+            in_slashes = False
+            if not start:
+                out.append("-")
+        if (start and byte == ord(".")) or byte not in _UNIT_NAME_ALLOWED:
+            out.append(f"\\x{byte:x}")
+        else:
+            out.append(chr(byte))
+        start = False
+    return "".join(out) or "-"
+
+
+def mount_unit(fs: dict[str, Any]) -> dict[str, Any]:
+    """The unit butane generates for a filesystem with ``with_mount_unit: true``.
+
+    source: butane base/v0_4 and v0_5 translate.go ``mountUnitTemplate``/``mountUnitFromFS``.
+    Flatcar refuses clevis, so a LUKS-backed filesystem is never remote (no tang) here.
+    """
+    device = fs.get("device", "")
+    options = fs.get("mount_options") or []
+    option_line = "\nOptions=" + ",".join(options) if options else ""
+    if fs.get("format") == "swap":
+        contents = (
+            f"# Generated by Butane\n[Swap]\nWhat={device}{option_line}\n\n[Install]\nRequiredBy=swap.target"
+        )
+        name = unit_name_path_escape(device) + ".swap"
+    else:
+        escaped = unit_name_path_escape(device)
+        contents = (
+            "# Generated by Butane\n[Unit]\nBefore=local-fs.target\n"
+            f"Requires=systemd-fsck@{escaped}.service\nAfter=systemd-fsck@{escaped}.service\n\n"
+            f"[Mount]\nWhere={fs.get('path', '')}\nWhat={device}\nType={fs.get('format', '')}{option_line}"
+            "\n\n[Install]\nRequiredBy=local-fs.target"
+        )
+        name = unit_name_path_escape(fs.get("path", "")) + ".mount"
+    return {"contents": contents, "enabled": True, "name": name}
+
+
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 def go_utf8(text: str) -> bytes:
-    """UTF-8 bytes as Go would hold them: a lone surrogate (from a YAML escape) becomes U+FFFD."""
-    return _SURROGATES.sub("\ufffd", text).encode("utf-8")
+    """The bytes of the Go string: surrogate escapes (raw bytes of a ``!!binary`` scalar) are
+    those bytes again; any other lone surrogate (none reach here: go-yaml refuses them) U+FFFD."""
+    text = _SURROGATES.sub(lambda m: m.group() if "\udc80" <= m.group() <= "\udcff" else "\ufffd", text)
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _ordered(item: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
@@ -677,8 +912,41 @@ def _walk(root: str) -> list[tuple[str, os.stat_result]]:
 
 
 def _validate_source(decoded: schema.Decoded, report: _Report) -> None:
+    """butane's source checks: unused keys first (TranslateBytes), then its Validate() walk."""
     for unused_path, _mark in decoded.unused:
         report.add("warning", unused_path, f"Unused key {unused_path[-1]}", key=True)
+    first = len(report.messages)
+    _check_source(decoded, report)
+    report.messages[first:] = sorted(report.messages[first:], key=_source_order)
+
+
+# butane's struct field order where it is not the order of the keys' names (base/v0_x schema.go).
+_YAML_ORDER = {
+    (): ("version", "variant", "ignition", "kernel_arguments", "passwd", "storage", "systemd"),
+    ("storage",): ("directories", "disks", "files", "filesystems", "links", "luks", "raid", "trees"),
+    ("storage", "files", 0): ("group", "overwrite", "path", "user", "append", "contents", "mode"),
+}
+
+
+def _source_order(message: Message) -> tuple[tuple[int, Any], ...]:
+    """Where vcontext's depth-first walk of butane's structs meets the check that said it: the
+    struct holding the field (its own Validate() runs before its fields')."""
+    path = message.path
+    emitter = path if path and isinstance(path[-1], int) else path[:-1]
+    if message.text == ERR_TREE_NO_LOCAL:
+        emitter = path
+    key: list[tuple[int, Any]] = []
+    for index, part in enumerate(emitter):
+        if isinstance(part, int):
+            key.append((0, part))
+            continue
+        parent = tuple(0 if isinstance(p, int) else p for p in emitter[:index])
+        order = _YAML_ORDER.get(parent, ())
+        key.append((1, order.index(part)) if part in order else (2, part))
+    return tuple(key)
+
+
+def _check_source(decoded: schema.Decoded, report: _Report) -> None:
     value = decoded.value
     storage = value.get("storage", {})
 
@@ -717,37 +985,29 @@ def _validate_source(decoded: schema.Decoded, report: _Report) -> None:
         for d_index, dropin in enumerate(unit.get("dropins", [])):
             if "contents" in dropin and "contents_local" in dropin:
                 report.error((*unit_path, "dropins", d_index, "contents_local"), ERR_TOO_MANY_SYSTEMD_SOURCES)
-    # Flatcar has no clevis; the rest of these sections we do not translate at all.
-    for section in UNSUPPORTED_SECTIONS:
-        entries = storage.get(section) or []
-        clevis_seen = False
-        for index, node in enumerate(entries):
-            if section == "luks" and _clevis_present(node):
-                report.error(("storage", "luks", index, "clevis"), ERR_CLEVIS)
-                clevis_seen = True
-        if entries and not clevis_seen:
-            report.error(
-                ("storage", section),
-                f"storage.{section} is not supported by this transpiler (Bakehouse configures files, "
-                "links, units and users only); partition and format disks with the butane tool instead",
-            )
+    for index, fs in enumerate(storage.get("filesystems", [])):
+        # source: butane base/v0_4 validate.go Filesystem.Validate
+        if fs.get("with_mount_unit") is not True:
+            continue
+        if not fs.get("format"):
+            report.error(("storage", "filesystems", index, "format"), ERR_MOUNT_UNIT_NO_FORMAT)
+        elif fs["format"] != "swap" and not fs.get("path"):
+            report.error(("storage", "filesystems", index, "path"), ERR_MOUNT_UNIT_NO_PATH)
+    # Flatcar has no clevis: config/flatcar/v1_x translate.go field filter "storage.luks.clevis".
+    for index, luks in enumerate(storage.get("luks", [])):
+        if "key_file" in luks:
+            check_resource(luks["key_file"], ("storage", "luks", index, "key_file"))
+        if _has_value(luks.get("clevis")):
+            report.error(("storage", "luks", index, "clevis"), ERR_CLEVIS)
 
 
-def _clevis_present(node: Any) -> bool:
-    if not isinstance(node, yaml.MappingNode):
-        return False
-    for key, value in node.value:
-        if isinstance(key, yaml.ScalarNode) and key.value == "clevis":
-            return _has_content(value)
-    return False
-
-
-def _has_content(node: yaml.Node) -> bool:
-    if isinstance(node, yaml.MappingNode):
-        return any(_has_content(v) for _, v in node.value)
-    if isinstance(node, yaml.SequenceNode):
-        return bool(node.value)
-    return not ys.is_null(node)
+def _has_value(value: Any) -> bool:
+    """Whether a decoded value would survive Ignition's JSON encoding (clarketm/json omitempty)."""
+    if isinstance(value, dict):
+        return any(_has_value(v) for v in value.values())
+    if isinstance(value, list):
+        return bool(value)
+    return value is not None
 
 
 def read_header(root: yaml.Node | None) -> tuple[str, str]:
@@ -807,7 +1067,10 @@ def transpile_document(root: yaml.Node | None, spec: SpecVersion, files_dir: str
 def _transpile_document(
     root: yaml.Node | None, spec: SpecVersion, files_dir: str | None
 ) -> tuple[Result, schema.Decoded]:
-    decoded = schema.decode(root, spec.schema)
+    try:
+        decoded = schema.decode(root, spec.schema)
+    except ys.YAMLSyntaxError as exc:  # go-yaml's failf: an explicit tag the text does not fit
+        return Result(None, [], f"Error unmarshaling yaml: {exc}", spec.ignition), schema.Decoded({})
     if decoded.errors:
         detail = "yaml: unmarshal errors:\n  " + "\n  ".join(decoded.errors)
         return Result(None, [], f"Error unmarshaling yaml: {detail}", spec.ignition), decoded
@@ -820,7 +1083,7 @@ def _transpile_document(
     if report.fatal:
         return Result(None, report.messages, ERR_SOURCE_INVALID, spec.ignition), decoded
     for issue in validate_ignition(config, spec.ignition):
-        report.add(issue.kind, translator.yaml_path(issue.path), issue.message, nearest=True)
+        report.add(issue.kind, translator.yaml_path(issue.path), issue.message)
     if report.fatal:
         return Result(None, report.messages, ERR_GENERATED_INVALID, spec.ignition), decoded
     return Result(config, report.messages, None, spec.ignition), decoded

@@ -9,6 +9,8 @@ per field type, with go-yaml's rules and its error wording.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from dataclasses import dataclass
@@ -75,16 +77,82 @@ def _check_expansion(root: yaml.Node) -> None:
             stack.extend((child, depth + 1) for child in node.value)
 
 
+# Untagged scalars get this tag, so an explicit ``!!str``/``!!int`` ... stays visible on the node
+# (PyYAML would otherwise resolve plain scalars by YAML 1.1 and forget what the author wrote).
+UNTAGGED = "?"
+_YAML_PREFIX = "tag:yaml.org,2002:"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's composer without implicit resolution: every scalar is resolved here, go-yaml's way."""
+
+    DEFAULT_SCALAR_TAG = UNTAGGED  # type: ignore[misc]  # a Final in the stubs, a plain class attribute in PyYAML
+    yaml_implicit_resolvers: dict[str, list[tuple[str, object]]] = {}
+
+
+_DIRECTIVE = re.compile(r"^%YAML[ \t]+([0-9]+)\.([0-9]+)")
+
+
+def _check_directives(text: str) -> None:
+    """go-yaml v3 (a libyaml port) accepts only ``%YAML 1.1``; PyYAML also takes 1.2.
+
+    source: go-yaml v3 parserc.go yaml_parser_process_directives ("found incompatible YAML
+    document", "found duplicate %YAML directive"); a parser error names the mark's 0-based line,
+    and none when it is 0 (yaml.go ``parser.fail``).
+    """
+    seen = False
+    for index, line in enumerate(text.split("\n")):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if not line.startswith("%"):
+            return
+        match = _DIRECTIVE.match(line)
+        if match is None:
+            continue
+        where = f"line {index}: " if index else ""
+        if seen:
+            raise YAMLSyntaxError(f"yaml: {where}found duplicate %YAML directive")
+        seen = True
+        if (match.group(1), match.group(2)) != ("1", "1"):
+            raise YAMLSyntaxError(f"yaml: {where}found incompatible YAML document")
+
+
+def _check_escapes(root: yaml.Node) -> None:
+    """go-yaml refuses ``\\uD800``-style escapes (surrogates) in double-quoted scalars; PyYAML
+    turns them into lone surrogates. source: go-yaml v3 scannerc.go yaml_parser_scan_flow_scalar
+    ("found invalid Unicode character escape code"; a scanner error names the 1-based line)."""
+    stack: list[yaml.Node] = [root]
+    first: int | None = None
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.extend((key, value))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.ScalarNode) and node.style == '"':
+            if any("\ud800" <= ch <= "\udfff" for ch in node.value):
+                line = node.start_mark.line + 1
+                first = line if first is None else min(first, line)
+    if first is not None:  # the scanner stops at the first one in the text
+        raise YAMLSyntaxError(f"yaml: line {first}: found invalid Unicode character escape code")
+
+
 def compose(text: str) -> yaml.Node | None:
     """The first document's node tree (go-yaml's decoder also reads only the first one)."""
     try:
-        documents = yaml.compose_all(text, Loader=yaml.SafeLoader)
+        _check_directives(text)
+        documents = yaml.compose_all(text, Loader=_Loader)
         root = next(iter(documents), None)
         if root is not None:
             _check_expansion(root)
+            _check_escapes(root)
         return root
     except RecursionError as exc:
         raise YAMLSyntaxError(f"yaml: exceeded max depth of {MAX_DEPTH}") from exc
+    except ValueError as exc:  # chr() of an escape beyond U+10FFFF
+        raise YAMLSyntaxError("yaml: found invalid Unicode character escape code") from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -126,11 +194,53 @@ def _go_parse_int(text: str) -> int | None:
     return value
 
 
+def explicit_tag(node: yaml.Node) -> str | None:
+    """The tag the author wrote (``!!int``, ``!foo``), short form; None when untagged."""
+    tag = node.tag
+    if tag in (UNTAGGED, "!") or (
+        not isinstance(node, yaml.ScalarNode) and tag in (_YAML_PREFIX + "map", _YAML_PREFIX + "seq")
+    ):
+        return None
+    return "!!" + tag[len(_YAML_PREFIX) :] if tag.startswith(_YAML_PREFIX) else tag
+
+
+_RESOLVABLE = frozenset({"!!str", "!!bool", "!!int", "!!float", "!!timestamp", "!!null"})
+
+
 def resolve(node: yaml.ScalarNode) -> tuple[Tag, object]:
-    """go-yaml v3's ``resolve()`` for one scalar: its tag and value (quoted scalars are strings)."""
-    text = node.value
-    if not is_plain(node):
-        return "!!str", text
+    """go-yaml v3's ``resolve()`` for one scalar: its tag and value.
+
+    Quoted scalars are strings unless explicitly tagged; an explicit tag of the core schema makes
+    go-yaml resolve the text as if plain and insist on that tag (``!!bool "true"`` is true,
+    ``!!bool yes`` an error), ``!!float`` takes an int. source: go-yaml v3 resolve.go ``resolve``,
+    decode.go ``scalar``/``indicatedString``.
+    """
+    tag = explicit_tag(node)
+    if tag is None:
+        if not is_plain(node):
+            return "!!str", node.value
+        return _resolve_plain(node.value)
+    if tag == "!!binary":
+        # decode.go scalar(): base64.StdEncoding (which skips CR and LF); the bytes become the
+        # Go string as they are, so they are carried here as surrogate escapes.
+        try:
+            data = base64.b64decode(node.value.replace("\r", "").replace("\n", ""), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise YAMLSyntaxError("yaml: !!binary value contains invalid base64 data") from exc
+        return "!!str", data.decode("utf-8", "surrogateescape")
+    if tag == "!!str" or tag not in _RESOLVABLE:
+        return "!!str", node.value  # unknown tags keep the text (go-yaml: not resolvable)
+    found, value = _resolve_plain(node.value)
+    if found == "!!timestamp" and tag != "!!timestamp":
+        found, value = "!!str", node.value
+    if found == tag:
+        return found, value
+    if tag == "!!float" and found == "!!int" and isinstance(value, int):
+        return "!!float", float(value)
+    raise YAMLSyntaxError(f"yaml: cannot decode {found} `{node.value}` as a {tag}")
+
+
+def _resolve_plain(text: str) -> tuple[Tag, object]:
     if text in NULL_VALUES:
         return "!!null", None
     if text in TRUE_VALUES:
@@ -164,7 +274,7 @@ def node_tag(node: yaml.Node) -> str:
     if isinstance(node, yaml.SequenceNode):
         return "!!seq"
     assert isinstance(node, yaml.ScalarNode)
-    return resolve(node)[0]
+    return explicit_tag(node) or resolve(node)[0]
 
 
 def is_null(node: yaml.Node) -> bool:
@@ -189,9 +299,10 @@ def to_str(node: yaml.Node) -> str | None:
     """A Go ``*string`` field: the scalar's source text, or None for null."""
     if not isinstance(node, yaml.ScalarNode):
         raise ScalarError(cannot_unmarshal(node, "string"))
-    if is_plain(node) and node.value in NULL_VALUES:
+    tag, value = resolve(node)
+    if tag == "!!null":
         return None
-    return str(node.value)
+    return str(value) if explicit_tag(node) == "!!binary" else str(node.value)
 
 
 def to_bool(node: yaml.Node) -> bool | None:

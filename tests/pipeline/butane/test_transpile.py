@@ -109,7 +109,7 @@ def test_duplicate_units_and_illegal_mode_and_hash() -> None:
         "        verification:\n          hash: md5-00\n"
     )
     found = set(messages(body))
-    assert "error at $.systemd.units.1.name, line 6 col 13: duplicate entry defined" in found
+    assert "error at $.systemd.units.1, line 6 col 7: duplicate entry defined" in found
     assert "error at $.storage.files.0.mode, line 10 col 13: illegal file mode" in found
     assert (
         "error at $.storage.files.1.contents.verification.hash, line 15 col 17: unrecognized hash function"
