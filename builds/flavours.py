@@ -452,8 +452,13 @@ def _resolve_extensions(
     previous: Sequence[ExtensionVersion],
     errors: _Errors,
 ) -> list[ChosenExtension]:
-    if not isinstance(raw, list) or not raw:
-        errors.add("extensions", "Choose at least one extension, as a list of {name, version}.")
+    # The composer page and the API share these messages: page words, API shapes only where
+    # only a script can go wrong (a page never sends anything but a list).
+    if not isinstance(raw, list):
+        errors.add("extensions", "Extensions must be a list of {name, version} objects.")
+        return []
+    if not raw:
+        errors.add("extensions", "Choose at least one extension.")
         return []
     if len(raw) > MAX_EXTENSIONS:
         errors.add("extensions", f"A flavour has at most {MAX_EXTENSIONS} extensions.")
@@ -494,7 +499,8 @@ def _resolve_extensions(
             errors.add(where, f"{ext_name} needs a source build and cannot be part of a flavour.")
             continue
         if found.status != VersionStatus.APPROVED:
-            errors.add(where, f"{ext_name} {version} is not approved (it is {found.status}).")
+            state = VersionStatus(found.status).label.lower()
+            errors.add(where, f"{ext_name} {version} is not approved yet (it is {state}).")
             continue
         if found.deprecated and found.pk not in previous_ids:
             errors.add(where, f"{ext_name} {version} is deprecated and not offered for new flavours.")

@@ -48,7 +48,9 @@ from builds.pipeline.vocabulary import DEFAULT_ARCH, DEFAULT_CHANNEL
 from builds.preview import PREVIEW_HASH_NOTE, PREVIEW_KEYRING_NOTE, ButanePreview, flavour_preview_butane
 from builds.published import VERIFY_COMMAND, flavour_published_text, published_directories
 from catalog import services as catalog_services
-from catalog.models import Delivery, ExtensionVersion, Role, Team
+from catalog.errors import CatalogError
+from catalog.forms import TeamMemberAddForm, TeamMemberRoleForm
+from catalog.models import Delivery, Extension, ExtensionVersion, Role, Team
 from catalog.permissions import has_team_role
 from catalog.selectors import extensions_visible_to, versions_usable_for_new_flavours
 
@@ -236,19 +238,21 @@ def compose_extensions(request: HttpRequest) -> HttpResponse:
         step_errors = _errors_for_step(_flavour_problems(state, team), 2)
         if not step_errors:
             return _redirect_to_step(3, state)
-    unavailable = extensions_visible_to(request.user, team=team).exclude(
-        pk__in=[row.extension.pk for row in rows]
+    others = (
+        extensions_visible_to(request.user, team=team)
+        .exclude(pk__in=[row.extension.pk for row in rows])
+        .prefetch_related("versions")
     )
+    unavailable = [
+        e for e in others if e.delivery == Delivery.SOURCE_BUILD_REQUIRED or state.arch not in e.arches
+    ]
     context = {
         "state": state,
         "team": team,
         "rows": rows,
         "hints": relation_hints(rows, state, step_url=reverse("builds:compose-extensions")),
-        "unavailable": [
-            e
-            for e in unavailable
-            if e.delivery == Delivery.SOURCE_BUILD_REQUIRED or state.arch not in e.arches
-        ],
+        "unavailable": unavailable,
+        "unapproved": _unapproved_extensions(request.user, [e for e in others if e not in unavailable]),
         "errors": [reason for reasons in step_errors.values() for reason in reasons],
         "steps": _step_links(state, 2),
         # Picks the list cannot show stay in the form, so that Next reports them instead of dropping them.
@@ -270,6 +274,43 @@ def compose_extensions(request: HttpRequest) -> HttpResponse:
         },
     }
     return render(request, "builds/compose_extensions.html", context)
+
+
+def _unapproved_extensions(user: Any, extensions: list[Extension]) -> list[dict[str, Any]]:
+    """Extensions the composer cannot offer only because no version is approved yet, grouped by
+    who approves them (Django staff for the global catalog, a team's curators for its own), with
+    a link to the review of the newest undecided version for those who can."""
+    from catalog.views import extension_url
+
+    groups: dict[Team | None, dict[str, Any]] = {}
+    for extension in extensions:
+        team = extension.team
+        group = groups.get(team)
+        if group is None:
+            group = groups[team] = {
+                "approvers": "Django staff (the global catalog's curators)"
+                if team is None
+                else f"The curators of team {team.name}",
+                "can_approve": has_team_role(user, team, Role.CURATOR),
+                "rows": [],
+            }
+        versions = extension.newest_versions()
+        decidable = next((v for v in versions if v.decidable), None)
+        current = decidable or (versions[0] if versions else None)
+        link = extension_url(extension)
+        if group["can_approve"] and decidable is not None:
+            link = reverse("catalog:version-review", args=[decidable.pk])
+        group["rows"].append(
+            {
+                "extension": extension,
+                "status": f"{current.version} {current.status_text}"
+                if current
+                else "no version proposed yet",
+                "version": decidable,
+                "link": link,
+            }
+        )
+    return sorted(groups.values(), key=lambda g: (not g["can_approve"], g["approvers"]))
 
 
 @login_required
@@ -597,14 +638,20 @@ def flavour_rotate_token(request: HttpRequest, flavour_id: str) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
-    """Members and their roles; webhooks (admins add and remove them)."""
+    """Members and their roles, settings and webhooks: every member reads them, admins change them."""
     team = get_object_or_404(selectors.teams_where_user_is(user=request.user), slug=slug)
     is_admin = has_team_role(request.user, team, Role.ADMIN)
-    form = WebhookForm(request.POST or None)
+    member_action = request.POST.get("member_action") if request.method == "POST" else None
+    member_form = TeamMemberAddForm(request.POST if member_action == "add" else None)
+    form = WebhookForm(request.POST if request.method == "POST" and not member_action else None)
     new_secret = ""
     if request.method == "POST":
         if not is_admin:
             return _forbidden_admin(request, team)
+        if member_action:
+            done = _team_member_change(request, team, member_action, member_form)
+            if done:
+                return redirect(f"{reverse('builds:team-detail', args=[team.slug])}#members")
         if "team_settings" in request.POST:
             settings_form = TeamSettingsForm(request.POST)
             settings_form.is_valid()  # two check boxes: always valid
@@ -618,7 +665,7 @@ def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
             hook.delete()  # as the API's DELETE /api/webhooks/{id}/ does: nothing else to undo
             messages.success(request, f"Webhook {hook.url} removed.")
             return redirect("builds:team-detail", team.slug)
-        if form.is_valid():
+        elif form.is_valid():
             try:
                 hook = services.webhook_create(team=team, user=request.user, url=form.cleaned_data["url"])
             except services.BuildRefused as refused:
@@ -632,6 +679,8 @@ def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "memberships": team.memberships.select_related("user").order_by("user__username"),
         "webhooks": selectors.webhooks_visible_to(user=request.user).filter(team=team),
         "is_admin": is_admin,
+        "member_form": member_form,
+        "roles": Role.choices,
         "form": form,
         "settings_form": TeamSettingsForm(
             initial={name: getattr(team, name) for name in catalog_services.TEAM_SETTINGS}
@@ -641,6 +690,47 @@ def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
     return render(request, "builds/team_detail.html", context)
 
 
+def _team_member_change(request: HttpRequest, team: Team, action: str, add_form: TeamMemberAddForm) -> bool:
+    """Add a member, change a role or remove a member; True when done (or refused with a message).
+
+    A refusal of the add form stays on the page next to its field; the others become a message.
+    """
+    try:
+        if action == "add":
+            if not add_form.is_valid():
+                return False
+            data = add_form.cleaned_data
+            added = catalog_services.team_member_add(
+                team=team, actor=request.user, username=data["username"], role=data["role"]
+            )
+            who, role = added.user.get_username(), added.get_role_display()
+            messages.success(request, f"{who} joined the team as {role}.")
+            return True
+        username = request.POST.get("username", "")
+        if action == "role":
+            role_form = TeamMemberRoleForm(request.POST)
+            if not role_form.is_valid():
+                messages.error(request, "Choose one of the roles.")
+                return True
+            changed = catalog_services.team_member_change_role(
+                team=team, actor=request.user, username=username, role=role_form.cleaned_data["role"]
+            )
+            messages.success(request, f"{username} is now {changed.get_role_display()}.")
+            return True
+        if action == "remove":
+            catalog_services.team_member_remove(team=team, actor=request.user, username=username)
+            messages.success(request, f"{username} was removed from the team.")
+            return True
+    except CatalogError as exc:
+        if action == "add":
+            add_form.add_error("username" if exc.code != "team.invalid-role" else "role", exc.message)
+            return False
+        messages.error(request, exc.message)
+        return True
+    messages.error(request, "Unknown action.")
+    return True
+
+
 def _forbidden_admin(request: HttpRequest, team: Team) -> HttpResponse:
-    message = f"Managing webhooks and team settings needs the admin role in team {team.name}."
+    message = f"Managing members, webhooks and team settings needs the admin role in team {team.name}."
     return render(request, "error.html", {"title": "Not allowed", "message": message}, status=403)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 from django import forms
 
 from builds.pipeline.vocabulary import ARCHES, DEFAULT_ARCH
-from catalog.models import Category
+from catalog.models import Category, Role
 
 if TYPE_CHECKING:
     from catalog.models import Team
@@ -99,3 +99,18 @@ class CustomUploadForm(forms.Form):
     def __init__(self, *args: Any, teams: Iterable[Team], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["team"]).choices = [(t.slug, t.name) for t in teams]
+
+
+ROLE_HELP = "Viewers read, builders compose and build, curators approve versions, admins manage the team."
+
+
+class TeamMemberAddForm(forms.Form):
+    """A team admin adds an existing account to the team (the same rules as the API's)."""
+
+    username = forms.CharField(label="Username", max_length=150, help_text="The account must exist already.")
+    role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.VIEWER, help_text=ROLE_HELP)
+
+
+class TeamMemberRoleForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    role = forms.ChoiceField(choices=Role.choices)

@@ -9,6 +9,7 @@ files' sha256 pinned) and not ``deprecated``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,19 @@ from builds.pipeline import vocabulary
 
 if TYPE_CHECKING:
     from builds.pipeline.recipe import Recipe
+
+
+_NUMBER = re.compile(r"(\d+)")
+
+
+def version_sort_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order for version strings ("v1.10.0" after "v1.9.2"; "rc" parts sort as text)."""
+    key: list[tuple[int, int | str]] = []
+    for part in _NUMBER.split(version.lstrip("vV")):
+        if not part:
+            continue
+        key.append((1, int(part)) if part.isdigit() else (0, part))
+    return tuple(key)
 
 
 class Role(models.TextChoices):
@@ -126,6 +140,9 @@ class Extension(models.Model):
     category = models.CharField(max_length=32, choices=Category.choices, default=Category.TOOL)
     delivery = models.CharField(max_length=32, choices=Delivery.choices, default=Delivery.BAKE)
     arches = models.JSONField(default=list, help_text="Supported systemd arches, e.g. ['x86-64', 'arm64'].")
+    keywords = models.JSONField(
+        default=list, blank=True, help_text="Search words from the recipe's 'keywords', e.g. ['wasm']."
+    )
     recipe_text = models.TextField(help_text="The recipe YAML, verbatim.")
     recipe_digest = models.CharField(max_length=64, help_text="sha256 of the canonical recipe content.")
     requires = models.JSONField(default=list, help_text="List of any-of groups: [['containerd', 'docker']].")
@@ -160,6 +177,10 @@ class Extension(models.Model):
         """Whether a flavour may include it at all (source-build-only extensions may not)."""
         return self.delivery != Delivery.SOURCE_BUILD_REQUIRED
 
+    def newest_versions(self) -> list[ExtensionVersion]:
+        """Its versions, newest version number first (v1.10.0 before v1.9.2); uses the prefetch."""
+        return sorted(self.versions.all(), key=lambda v: (version_sort_key(v.version), v.pk), reverse=True)
+
     def recipe(self) -> Recipe:
         """The pipeline's view of this extension, parsed from ``recipe_text``.
 
@@ -177,6 +198,10 @@ class Extension(models.Model):
 class VersionStatus(models.TextChoices):
     """Life cycle of a version: proposed -> pinning -> approved, or -> rejected.
 
+    Pinning that fails (an upstream 404, a changed file, a lost task) leaves the version in
+    ``pin-failed`` with ``pinning_error`` saying why: never back in "proposed", which would read
+    as a fresh proposal. A curator approves it again (or rejects it) from there.
+
     An uploaded version starts as ``checking`` while a worker unpacks its archive, then becomes
     proposed, or rejected when the archive is refused (``UploadedArchive`` says why).
     """
@@ -184,6 +209,7 @@ class VersionStatus(models.TextChoices):
     CHECKING = "checking", "Checking upload"
     PROPOSED = "proposed", "Proposed"
     PINNING = "pinning", "Pinning digests"
+    PIN_FAILED = "pin-failed", "Pinning failed"
     APPROVED = "approved", "Approved"
     REJECTED = "rejected", "Rejected"
 
@@ -193,13 +219,17 @@ class VersionStatus(models.TextChoices):
         return STATUS_BADGES[self.value]
 
 
+# Each colour pairs with the status's text in the badge (colour alone is not enough to read).
 STATUS_BADGES = {
     "checking": "yellow",
     "proposed": "blue",
     "pinning": "yellow",
+    "pin-failed": "red",
     "approved": "green",
-    "rejected": "red",
+    "rejected": "grey",
 }
+# A curator may decide (approve or reject) a version in these states.
+DECIDABLE_STATUSES: tuple[str, ...] = ("proposed", "pin-failed")
 
 
 class ExtensionVersion(models.Model):
@@ -242,6 +272,18 @@ class ExtensionVersion(models.Model):
     @property
     def status_badge(self) -> str:
         return VersionStatus(self.status).badge
+
+    @property
+    def decidable(self) -> bool:
+        """Whether a curator may approve or reject it now (proposed, or its pinning failed)."""
+        return self.status in DECIDABLE_STATUSES
+
+    @property
+    def status_text(self) -> str:
+        """The status as pages and the API spell it; "pinning failed: <reason>" says why."""
+        if self.status == VersionStatus.PIN_FAILED:
+            return f"pinning failed: {self.pinning_error}" if self.pinning_error else "pinning failed"
+        return VersionStatus(self.status).label.lower()
 
     @property
     def usable_for_new_flavours(self) -> bool:

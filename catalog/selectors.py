@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from django.db.models import Prefetch, Q, QuerySet
@@ -16,6 +15,7 @@ from catalog.models import (
     Team,
     UpstreamDigest,
     VersionStatus,
+    version_sort_key,
 )
 from catalog.permissions import extensions_for_user, team_for_user, team_role, versions_for_user
 
@@ -90,16 +90,3 @@ def versions_usable_for_new_flavours(
         # SQLite has no JSON containment lookup; the catalog is small enough to filter here.
         qs = qs.filter(pk__in=[v.pk for v in qs if arch in v.extension.arches])
     return qs
-
-
-_NUMBER = re.compile(r"(\d+)")
-
-
-def version_sort_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Natural order for version strings ("v1.10.0" after "v1.9.2"; "rc" parts sort as text)."""
-    key: list[tuple[int, int | str]] = []
-    for part in _NUMBER.split(version.lstrip("vV")):
-        if not part:
-            continue
-        key.append((1, int(part)) if part.isdigit() else (0, part))
-    return tuple(key)

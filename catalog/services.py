@@ -25,6 +25,7 @@ from builds.pipeline.recipe import Recipe, load_recipe, parse_recipe, var_proble
 from catalog import discovery, uploads
 from catalog.errors import CatalogConflict, CatalogError, CatalogForbidden, CatalogNotFound
 from catalog.models import (
+    DECIDABLE_STATUSES,
     ApprovalAction,
     ApprovalRecord,
     Extension,
@@ -61,6 +62,7 @@ def _extension_fields(recipe: Recipe, text: str) -> dict[str, Any]:
         "category": recipe.category,
         "delivery": recipe.delivery,
         "arches": list(recipe.arches),
+        "keywords": list(recipe.keywords),
         "recipe_text": text,
         "recipe_digest": recipe.digest,
         "requires": [list(group) for group in recipe.requires],
@@ -117,7 +119,7 @@ def _check_not_proposer(version: ExtensionVersion, actor: Any) -> None:
 
     The proposer is ``proposed_by``, set by every way a person files a version (API, page, a
     team's recipe, an upload; the admin site cannot add versions) and never changed afterwards:
-    a version that failed pinning goes back to ``proposed`` with its proposer, and a rejected
+    a version whose pinning failed keeps its proposer (``pin-failed``), and a rejected
     version cannot be proposed again. Versions without a proposer were filed by the system
     (built-in recipes, discovery) or by an account since deleted; either way not by ``actor``.
     """
@@ -199,6 +201,98 @@ def team_member_set(*, team_slug: str, team_name: str = "", username: str, role:
         team, _ = Team.objects.get_or_create(slug=team_slug, defaults={"name": team_name or team_slug})
         membership, _ = Membership.objects.update_or_create(team=team, user=user, defaults={"role": role})
     return membership
+
+
+def _check_role(role: str) -> None:
+    if role not in Role.values:
+        raise CatalogError("team.invalid-role", f"Role {role!r} is not one of {', '.join(Role.values)}.")
+
+
+def _locked_membership(team: Team, username: str) -> Membership:
+    membership = (
+        Membership.objects.select_for_update()
+        .select_related("user", "team")
+        .filter(team=team, user__username=username)
+        .first()
+    )
+    if membership is None:
+        raise CatalogNotFound("team.not-member", f"{username!r} is not a member of team {team.slug}.")
+    return membership
+
+
+def _lock_admins(team: Team) -> list[int]:
+    """Lock the team's admin rows, always in one order, before any member row is touched: two
+    admins demoting each other at once then queue up instead of both succeeding (or deadlocking)."""
+    return list(
+        Membership.objects.select_for_update()
+        .filter(team=team, role=Role.ADMIN)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+def _check_not_last_admin(membership: Membership, admins: list[int], *, leaving: bool) -> None:
+    """Refuse to leave a team without an admin (no one could manage its members any more)."""
+    if admins == [membership.pk]:
+        what = "remove" if leaving else "change the role of"
+        raise CatalogConflict(
+            "team.last-admin",
+            f"{membership.user.get_username()} is the last admin of team {membership.team.slug}: "
+            f"make another member admin before you {what} them.",
+        )
+
+
+def team_member_add(*, team: Team, actor: Any, username: str, role: str = Role.VIEWER) -> Membership:
+    """A team admin adds an existing account to the team with ``role``."""
+    require_team_role(actor, team, Role.ADMIN, action="add team members")
+    _check_role(role)
+    username = username.strip()
+    user = get_user_model().objects.filter(username=username).first() if username else None
+    if user is None:
+        raise CatalogError(
+            "team.unknown-user",
+            f"No account is called {username!r}. Check the spelling, or ask an administrator to "
+            "create the account first.",
+        )
+    try:
+        with transaction.atomic():
+            membership = Membership.objects.create(team=team, user=user, role=role)
+    except IntegrityError:
+        raise CatalogConflict(
+            "team.already-member", f"{username} is already a member of team {team.slug}."
+        ) from None
+    log.info("team %s: %s added as %s by %s", team.slug, username, role, actor.get_username())
+    return membership
+
+
+def team_member_change_role(*, team: Team, actor: Any, username: str, role: str) -> Membership:
+    """A team admin gives a member another role; the last admin keeps theirs."""
+    require_team_role(actor, team, Role.ADMIN, action="change team members' roles")
+    _check_role(role)
+    with transaction.atomic():
+        admins = _lock_admins(team)
+        # Again under the lock: another admin may have demoted the actor meanwhile.
+        require_team_role(actor, team, Role.ADMIN, action="change team members' roles")
+        membership = _locked_membership(team, username)
+        if membership.role == role:
+            return membership
+        _check_not_last_admin(membership, admins, leaving=False)
+        membership.role = role
+        membership.save(update_fields=["role"])
+    log.info("team %s: %s is now %s (by %s)", team.slug, username, role, actor.get_username())
+    return membership
+
+
+def team_member_remove(*, team: Team, actor: Any, username: str) -> None:
+    """A team admin removes a member (themselves included, unless they are the last admin)."""
+    require_team_role(actor, team, Role.ADMIN, action="remove team members")
+    with transaction.atomic():
+        admins = _lock_admins(team)
+        require_team_role(actor, team, Role.ADMIN, action="remove team members")
+        membership = _locked_membership(team, username)
+        _check_not_last_admin(membership, admins, leaving=True)
+        membership.delete()
+    log.info("team %s: %s removed by %s", team.slug, username, actor.get_username())
 
 
 TEAM_SETTINGS = ("two_person_approval", "private_artifacts")
@@ -321,8 +415,8 @@ def _sync_one(recipe: Recipe, text: str) -> str:
             changed = True
         if changed:
             version.save(update_fields=["vars", "deprecated"])
-        if pins is not None and version.status in (VersionStatus.PROPOSED, VersionStatus.APPROVED):
-            if version.status == VersionStatus.PROPOSED:
+        if pins is not None and version.status in (*DECIDABLE_STATUSES, VersionStatus.APPROVED):
+            if version.status in DECIDABLE_STATUSES:
                 _approve_with_recipe_pins(version, recipe, pins)
                 changed = True
             elif _store_recipe_pins(version, recipe, pins):
@@ -424,7 +518,8 @@ def _check_version_fits_recipe(version: ExtensionVersion) -> None:
     except KeyError as exc:
         raise CatalogError(
             "version.invalid",
-            f"The recipe's URLs need the variable {exc.args[0]!r}; give it in 'vars'.",
+            f"The recipe's URLs need the variable {exc.args[0]!r}; give it as a template variable "
+            "('vars' in the API).",
         ) from exc
 
 
@@ -444,10 +539,11 @@ def version_approve(*, version: ExtensionVersion, actor: Any, reason: str = "") 
             .select_related("extension__team", "proposed_by")
             .get(pk=version.pk)
         )
-        if locked.status != VersionStatus.PROPOSED:
+        if locked.status not in DECIDABLE_STATUSES:
             raise CatalogConflict(
                 "version.not-proposed",
-                f"{version} is {locked.status}; only proposed versions can be approved.",
+                f"{version} is {locked.status}; only proposed versions (or ones whose pinning failed) "
+                "can be approved.",
             )
         _check_not_proposer(locked, actor)
         locked.status = VersionStatus.PINNING
@@ -473,13 +569,14 @@ def version_reject(*, version: ExtensionVersion, actor: Any, reason: str) -> Ext
     """A curator rejects a proposed version, saying why."""
     require_team_role(actor, version.extension.team, Role.CURATOR, action="reject a version")
     if not reason or not reason.strip():
-        raise CatalogError("reason.required", "Say why the version is rejected (reason).")
+        raise CatalogError("reason.required", "Give a reason to reject the version.")
     with transaction.atomic():
         locked = ExtensionVersion.objects.select_for_update().get(pk=version.pk)
-        if locked.status != VersionStatus.PROPOSED:
+        if locked.status not in DECIDABLE_STATUSES:
             raise CatalogConflict(
                 "version.not-proposed",
-                f"{version} is {locked.status}; only proposed versions can be rejected.",
+                f"{version} is {locked.status}; only proposed versions (or ones whose pinning failed) "
+                "can be rejected.",
             )
         locked.status = VersionStatus.REJECTED
         locked.decided_by = actor
@@ -538,8 +635,8 @@ def version_pin_digests(*, version_id: int, last_attempt: bool = True) -> Extens
     is raised while ``last_attempt`` is False, the version staying in ``pinning`` with the error
     noted, so the task retries it: a passing upstream hiccup never undoes a curator's approval.
     A permanent error (a 404, a changed file, a bad recipe), or transient trouble on the last
-    attempt, sends the version back to ``proposed`` with the error recorded, so a curator can
-    approve again. Pins already known (from the recipe or an upload) are enforced, not replaced.
+    attempt, leaves the version ``pin-failed`` with the error recorded, so a curator sees why
+    and can approve again. Pins already known (from the recipe or an upload) are enforced, not replaced.
     """
     version = ExtensionVersion.objects.select_related("extension").filter(pk=version_id).first()
     if version is None or version.status != VersionStatus.PINNING:
@@ -595,8 +692,8 @@ def version_pin_digests(*, version_id: int, last_attempt: bool = True) -> Extens
 
 
 def versions_reap_stuck_pinning(*, now: Any = None, timeout: float | None = None) -> list[int]:
-    """Return versions stuck in ``pinning`` (their task lost: broker flushed, worker killed) to
-    ``proposed`` with the error recorded, so a curator sees why and can approve again."""
+    """Mark versions stuck in ``pinning`` (their task lost: broker flushed, worker killed)
+    ``pin-failed`` with the error recorded, so a curator sees why and can approve again."""
     timeout = timeout if timeout is not None else settings.CATALOG_PINNING_TIMEOUT
     cutoff = (now or timezone.now()) - timedelta(seconds=timeout)
     stuck = ExtensionVersion.objects.filter(status=VersionStatus.PINNING, decided_at__lt=cutoff)
@@ -644,7 +741,7 @@ def _pinning_failed(version: ExtensionVersion, error: str) -> None:
         locked = ExtensionVersion.objects.select_for_update().get(pk=version.pk)
         if locked.status != VersionStatus.PINNING:
             return
-        locked.status = VersionStatus.PROPOSED
+        locked.status = VersionStatus.PIN_FAILED
         locked.pinning_error = error
         locked.save(update_fields=["status", "pinning_error"])
         _record(locked, ApprovalAction.PIN_FAILED, label=PINNING_LABEL, reason=error)

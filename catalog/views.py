@@ -21,7 +21,7 @@ from catalog.forms import (
     VersionDecisionForm,
     VersionProposeForm,
 )
-from catalog.models import Extension, ExtensionVersion, Role, Team
+from catalog.models import Extension, ExtensionVersion, Role, Team, VersionStatus
 from catalog.permissions import teams_of
 from catalog.selectors import (
     extension_detail_queryset,
@@ -56,7 +56,7 @@ def extension_detail(request: HttpRequest, name: str) -> HttpResponse:
         "catalog/extension_detail.html",
         {
             "extension": extension,
-            "versions": extension.versions.all(),
+            "versions": extension.newest_versions(),
             "can_propose": role is not None and role.at_least(Role.BUILDER),
             "can_decide": role is not None and role.at_least(Role.CURATOR),
         },
@@ -143,24 +143,28 @@ def version_review(request: HttpRequest, pk: int) -> HttpResponse:
                 return error_page(request, exc, back=extension_url(extension))
             _attach_error(form, exc, {"reason": "reason"})
         else:
-            verb = (
-                "approved: its upstream digests are being pinned"
-                if decided.status != "rejected"
-                else "rejected"
-            )
-            messages.success(request, f"{decided} {verb}.")
-            return redirect(extension_url(extension))
+            if decided.status == "rejected":
+                messages.success(request, f"{decided} rejected.")
+                return redirect(extension_url(extension))
+            # The review page follows the pinning live until it is approved or fails.
+            messages.success(request, f"{decided} approved: its upstream digests are being pinned.")
+            return redirect("catalog:version-review", decided.pk)
     own_proposal = services.two_person_rule(extension.team) and version.proposed_by_id == request.user.pk
     try:
         source_urls, source_urls_error = version.source_urls(), ""
         source_build = version.source_build()
     except PipelineError as exc:
         source_urls, source_urls_error, source_build = [], f"{exc.code}: {exc.message}", None
+    pinned = {(d.arch, d.source_id): d.sha256 for d in version.digests.all()}
+    for source in source_urls:
+        source["sha256"] = pinned.get((source["arch"], source["source_id"]), "")
     context = {
         "version": version,
         "extension": extension,
         "form": form,
         "can_decide": can_decide,
+        # While pinning runs the form is kept hidden: the page shows it again if pinning fails.
+        "show_decision": can_decide and (version.decidable or version.status == VersionStatus.PINNING),
         "own_proposal": own_proposal,
         "source_urls": source_urls,
         "source_urls_error": source_urls_error,

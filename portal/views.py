@@ -15,6 +15,7 @@ from rest_framework.authtoken.models import Token
 
 from builds import selectors
 from catalog.models import Membership
+from portal.checklist import first_run_steps
 from portal.forms import ThrottledAuthenticationForm
 from portal.signin_throttle import SignInUnavailable
 
@@ -29,7 +30,10 @@ def home(request: HttpRequest) -> HttpResponse:
     if not request.user.is_authenticated:
         return redirect("login")
     memberships = Membership.objects.filter(user=request.user).select_related("team").order_by("team__name")
+    steps = first_run_steps(request.user)
     context = {
+        "checklist": steps,
+        "checklist_done": all(step.done for step in steps),
         "memberships": memberships,
         "flavours": selectors.flavours_visible_to(user=request.user).order_by("-created_at")[:5],
         "builds": selectors.builds_visible_to(user=request.user).order_by("-created_at")[:5],

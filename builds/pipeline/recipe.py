@@ -32,6 +32,7 @@ BUILTIN_PLACEHOLDERS = ("version", "arch", "version_nov")
 MAX_RECIPE_BYTES = 256 * 1024
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_KEYWORD_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9.,_+-]+$")
 _HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
@@ -77,6 +78,7 @@ _TOP_KEYS = frozenset(
         "min_flatcar",
         "versions",
         "build",
+        "keywords",
     }
 )
 _SOURCE_KEYS = frozenset({"url", "id", "archive", "strip_components", "arches", "checksum_url", "install"})
@@ -222,6 +224,9 @@ class Recipe:
     versions: dict[str, VersionSpec]
     digest: str
     build: BuildSpec | None = None  # None: the sources' own install rules give the image
+    # Words the catalog search also matches ("wasm", "k8s"); not part of ``digest``: finding an
+    # extension differently changes nothing it builds.
+    keywords: tuple[str, ...] = ()
 
     def image_digest(self, version: str) -> str:
         """sha256 of what shapes the image of ``version``: sources, files, units and release
@@ -529,6 +534,17 @@ class _RecipeParser:
             self.fail(field, f"{text!r} must be lowercase letters, digits, '-' or '_' (at most 63)")
         return text
 
+    def keywords(self, value: Any) -> tuple[str, ...]:
+        """Search words: short, lowercase, each once."""
+        words = []
+        for i, item in enumerate(self.sequence(value, "keywords")):
+            word = self.string(item, f"keywords[{i}]").strip().lower()
+            if not _KEYWORD_RE.match(word):
+                self.fail(f"keywords[{i}]", f"{word!r} must be one word: letters, digits or '-' (at most 32)")
+            if word not in words:
+                words.append(word)
+        return tuple(words)
+
     def names(self, value: Any, field: str) -> tuple[str, ...]:
         items = [self.name(v, f"{field}[{i}]") for i, v in enumerate(self.sequence(value, field))]
         if len(set(items)) != len(items):
@@ -669,9 +685,10 @@ class _RecipeParser:
             "min_flatcar": min_flatcar,
             "versions": versions,
         }
+        keywords = self.keywords(top.get("keywords", []))
         if build is None:
-            return Recipe(**fields, digest=_digest(fields))
-        return Recipe(**fields, digest=_digest({**fields, "build": build}), build=build)
+            return Recipe(**fields, digest=_digest(fields), keywords=keywords)
+        return Recipe(**fields, digest=_digest({**fields, "build": build}), build=build, keywords=keywords)
 
     def arch_map(self, value: Any, field: str, allowed_arches: tuple[str, ...]) -> dict[str, str]:
         mapping = self.mapping(value, field)

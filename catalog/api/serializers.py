@@ -9,7 +9,16 @@ from rest_framework import serializers
 
 from builds.pipeline.errors import PipelineError
 from builds.pipeline.vocabulary import ARCHES
-from catalog.models import ApprovalRecord, Category, Extension, ExtensionVersion, Team, UpstreamDigest
+from catalog.models import (
+    ApprovalRecord,
+    Category,
+    Extension,
+    ExtensionVersion,
+    Membership,
+    Role,
+    Team,
+    UpstreamDigest,
+)
 
 
 def _username(user: Any) -> str | None:
@@ -59,6 +68,31 @@ class TeamSerializer(serializers.ModelSerializer):
         read_only_fields = ["slug", "name"]
 
 
+class TeamMemberSerializer(serializers.ModelSerializer):
+    """A member of a team and their role; every member sees the list, admins change it."""
+
+    username = serializers.CharField(source="user.username", read_only=True)
+    since = serializers.DateTimeField(source="created_at", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["username", "role", "since"]
+
+
+class TeamMemberAddSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150, help_text="An existing account's username.")
+    role = serializers.ChoiceField(
+        choices=Role.choices,
+        default=Role.VIEWER,
+        help_text="viewer reads, builder composes and builds, curator approves versions, admin manages "
+        "the team and its members.",
+    )
+
+
+class TeamMemberRoleSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
 class SourceUrlSerializer(serializers.Serializer):
     arch = serializers.CharField()
     source_id = serializers.CharField()
@@ -93,6 +127,11 @@ class ExtensionVersionSerializer(serializers.ModelSerializer):
     proposed_by = serializers.SerializerMethodField()
     decided_by = serializers.SerializerMethodField()
     usable_for_new_flavours = serializers.BooleanField(read_only=True)
+    status_text = serializers.CharField(
+        read_only=True,
+        help_text='The status as people read it; after a failed pinning "pinning failed: <code>: <reason>" '
+        "(status pin-failed: a curator approves again or rejects).",
+    )
     digests = UpstreamDigestSerializer(many=True, read_only=True)
     approvals = ApprovalRecordSerializer(many=True, read_only=True)
 
@@ -104,6 +143,7 @@ class ExtensionVersionSerializer(serializers.ModelSerializer):
             "team",
             "version",
             "status",
+            "status_text",
             "deprecated",
             "usable_for_new_flavours",
             "vars",
@@ -162,6 +202,7 @@ class ExtensionListSerializer(serializers.ModelSerializer):
             "delivery",
             "selectable",
             "arches",
+            "keywords",
             "approved_versions",
         ]
 
@@ -169,13 +210,15 @@ class ExtensionListSerializer(serializers.ModelSerializer):
         return extension.team.slug if extension.team is not None else None
 
     def get_approved_versions(self, extension: Extension) -> list[str]:
-        """Versions offered for new flavours (approved, not deprecated)."""
-        return [v.version for v in extension.versions.all() if v.usable_for_new_flavours]
+        """Versions offered for new flavours (approved, not deprecated), newest first."""
+        return [v.version for v in extension.newest_versions() if v.usable_for_new_flavours]
 
 
 class ExtensionDetailSerializer(ExtensionListSerializer):
     relations = serializers.SerializerMethodField()
-    versions = ExtensionVersionSerializer(many=True, read_only=True)
+    versions = ExtensionVersionSerializer(
+        many=True, read_only=True, source="newest_versions", help_text="Newest version first."
+    )
 
     class Meta(ExtensionListSerializer.Meta):
         fields = [

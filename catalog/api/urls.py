@@ -6,6 +6,12 @@ app_name = "catalog-api"
 
 urlpatterns = [
     path("teams/<slug:slug>/", views.TeamDetailView.as_view(), name="team-detail"),
+    path("teams/<slug:slug>/members/", views.TeamMemberListView.as_view(), name="team-member-list"),
+    path(
+        "teams/<slug:slug>/members/<str:username>/",
+        views.TeamMemberDetailView.as_view(),
+        name="team-member-detail",
+    ),
     path("extensions/", views.ExtensionListView.as_view(), name="extension-list"),
     path("extensions/<str:name>/", views.ExtensionDetailView.as_view(), name="extension-detail"),
     path("extensions/<str:name>/versions/", views.VersionProposeView.as_view(), name="version-propose"),

@@ -19,11 +19,14 @@ from catalog.api.serializers import (
     ExtensionDetailSerializer,
     ExtensionListSerializer,
     ExtensionVersionSerializer,
+    TeamMemberAddSerializer,
+    TeamMemberRoleSerializer,
+    TeamMemberSerializer,
     TeamSerializer,
     VersionDecisionSerializer,
     VersionProposeSerializer,
 )
-from catalog.errors import CatalogError
+from catalog.errors import CatalogError, CatalogNotFound
 from catalog.filters import ExtensionFilterSet
 from catalog.models import Extension, ExtensionVersion, Role, Team
 from catalog.permissions import has_team_role, team_for_user, teams_of
@@ -51,7 +54,8 @@ def _with_versions(qs: Any) -> Any:
 
 
 class ExtensionListView(mixins.ListModelMixin, CatalogAPIView):
-    """GET: the extensions you can see (``?search=&category=&arch=&team=``). POST: add a custom one."""
+    """GET: the extensions you can see (``?search=&status=&category=&arch=&team=``).
+    POST: add a custom one."""
 
     # ListModelMixin only tells the OpenAPI generator that GET is a paginated list; the filter
     # backend documents ExtensionFilterSet's parameters and answers a wrong value with a 400.
@@ -222,3 +226,54 @@ class TeamDetailView(CatalogAPIView):
         form.is_valid(raise_exception=True)
         services.team_settings_update(team=team, actor=request.user, **form.validated_data)
         return Response(TeamSerializer(team).data)
+
+
+class TeamMemberListView(CatalogAPIView):
+    """GET: a team's members and roles (any member). POST: a team admin adds an existing account
+    (``{username, role}``); an unknown username is a 400 saying so, an existing member a 409."""
+
+    serializer_class = TeamMemberSerializer
+
+    @extend_schema(responses={200: TeamMemberSerializer(many=True)})
+    def get(self, request: Request, slug: str) -> Response:
+        team = team_for_user(request.user, slug)
+        members = team.memberships.select_related("user").order_by("user__username")
+        return Response(TeamMemberSerializer(members, many=True).data)
+
+    @extend_schema(request=TeamMemberAddSerializer, responses={201: TeamMemberSerializer})
+    def post(self, request: Request, slug: str) -> Response:
+        team = team_for_user(request.user, slug)
+        form = TeamMemberAddSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        membership = services.team_member_add(team=team, actor=request.user, **form.validated_data)
+        return Response(TeamMemberSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+
+class TeamMemberDetailView(CatalogAPIView):
+    """PATCH ``{role}``: a team admin changes a member's role. DELETE: removes the member.
+    The team's last admin can be neither demoted nor removed (409)."""
+
+    serializer_class = TeamMemberSerializer
+
+    def get(self, request: Request, slug: str, username: str) -> Response:
+        team = team_for_user(request.user, slug)
+        membership = team.memberships.select_related("user").filter(user__username=username).first()
+        if membership is None:
+            raise CatalogNotFound("team.not-member", f"{username!r} is not a member of team {team.slug}.")
+        return Response(TeamMemberSerializer(membership).data)
+
+    @extend_schema(request=TeamMemberRoleSerializer, responses={200: TeamMemberSerializer})
+    def patch(self, request: Request, slug: str, username: str) -> Response:
+        team = team_for_user(request.user, slug)
+        form = TeamMemberRoleSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        membership = services.team_member_change_role(
+            team=team, actor=request.user, username=username, role=form.validated_data["role"]
+        )
+        return Response(TeamMemberSerializer(membership).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, slug: str, username: str) -> Response:
+        team = team_for_user(request.user, slug)
+        services.team_member_remove(team=team, actor=request.user, username=username)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -62,7 +62,7 @@ def test_read_pages_and_curating_work_without_javascript(no_js_page, snap, world
     page.get_by_role("link", name="Review 1.1.0").click()
     page.get_by_label("Reject").check()
     page.get_by_role("button", name="Record decision").click()
-    expect(page.locator("#id_reason_error")).to_contain_text("Say why the version is rejected")
+    expect(page.locator("#id_reason_error")).to_contain_text("Give a reason to reject the version")
     snap(page, "review-error-next-to-field")
     page.get_by_label("Reject").check()
     page.get_by_label("Reason").fill("Superseded by 1.2.0")

@@ -76,8 +76,8 @@ def test_list_cards_show_every_version_with_its_status(client, cast):
     ExtensionVersion.objects.create(extension=compose, version="v2.34.0", status=VersionStatus.PROPOSED)
     client.force_login(cast.curator)
     html = client.get("/catalog/").content.decode()
-    assert ">v2.34.0 proposed</span>" in html
-    assert ">28.0.4 approved</span>" in html
+    assert ">v2.34.0 · Proposed</span>" in html
+    assert ">28.0.4 · Approved</span>" in html
     assert html.count(">none yet<") == 2  # wasmtime and blue-agent have no version at all
 
 
@@ -136,7 +136,7 @@ def test_reject_without_a_reason_shows_the_error_next_to_the_field(client, team_
     response = client.post(url, {"decision": "reject", "reason": ""})
     html = response.content.decode()
     assert response.status_code == 200
-    assert 'id="id_reason_error"' in html and "Say why the version is rejected" in html
+    assert 'id="id_reason_error"' in html and "Give a reason to reject the version" in html
     assert 'aria-invalid="true"' in html
     team_ext["proposed"].refresh_from_db()
     assert team_ext["proposed"].status == VersionStatus.PROPOSED

@@ -67,7 +67,7 @@ def test_rejecting_needs_a_reason_and_the_owning_teams_curator(cast: Cast, catal
     cast.staff.is_superuser = True
     cast.staff.save()
     no_reason = act(client, "reject_versions", catalog)
-    assert "Say why" in no_reason
+    assert "Give a reason" in no_reason
     catalog.refresh_from_db()
     assert catalog.status == VersionStatus.PROPOSED
 

@@ -90,7 +90,7 @@ def test_approval_pins_every_upstream_file_and_a_changed_upstream_then_fails(
     assert "demo v1.0.1 x86-64" in caught.value.message
 
 
-def test_failed_pinning_returns_the_version_to_proposed_with_the_error(
+def test_failed_pinning_is_pin_failed_with_the_error_never_a_new_proposal(
     cast: Cast, demo: dict[str, bytes], django_capture_on_commit_callbacks
 ) -> None:
     v100 = version("v1.0.0")  # the fake upstream has no files for it: 404
@@ -100,7 +100,7 @@ def test_failed_pinning_returns_the_version_to_proposed_with_the_error(
     assert response.status_code == 200
 
     v100.refresh_from_db()
-    assert v100.status == VersionStatus.PROPOSED
+    assert v100.status == VersionStatus.PIN_FAILED
     assert v100.pinning_error.startswith("fetch.http-error")
     assert "404" in v100.pinning_error
     assert not v100.digests.exists()

@@ -77,7 +77,7 @@ def test_a_local_file_recipe_already_in_the_database_is_refused_at_approval_and_
     ExtensionVersion.objects.filter(pk=version.pk).update(status=VersionStatus.PINNING)
     version_pin_digests(version_id=version.pk)
     version.refresh_from_db()
-    assert version.status == VersionStatus.PROPOSED
+    assert version.status == VersionStatus.PIN_FAILED
     assert version.pinning_error.startswith("fetch.file-refused: ")
     assert not version.digests.exists()
     assert not list((var_dir / "cache" / "blobs").iterdir())
@@ -116,7 +116,7 @@ def test_approving_a_recipe_with_an_internal_source_fetches_nothing(
         approved = cast.client(cast.curator).post(f"/api/versions/{version['id']}/approve", {}, format="json")
     assert approved.status_code == 200, approved.content
     row = ExtensionVersion.objects.get(pk=version["id"])
-    assert row.status == VersionStatus.PROPOSED  # pinning failed; the curator sees why
+    assert row.status == VersionStatus.PIN_FAILED  # the curator sees why
     assert row.pinning_error.startswith("fetch.refused-address: "), row.pinning_error
     assert "public addresses" in row.pinning_error
     assert not row.digests.exists()

@@ -84,7 +84,7 @@ def test_transient_trouble_keeps_the_version_pinning_until_the_last_attempt(
 
     services.version_pin_digests(version_id=version.pk, last_attempt=True)
     version.refresh_from_db()
-    assert version.status == VersionStatus.PROPOSED
+    assert version.status == VersionStatus.PIN_FAILED
     assert version.pinning_error.startswith("fetch.http-error")
     assert "gave up after several attempts" in version.pinning_error
     assert ApprovalRecord.objects.filter(version=version, action="pin-failed").exists()
@@ -100,6 +100,6 @@ def test_a_permanent_upstream_error_returns_the_version_to_proposed_at_once(
 
     services.version_pin_digests(version_id=version.pk, last_attempt=False)  # no retry for a 404
     version.refresh_from_db()
-    assert version.status == VersionStatus.PROPOSED
+    assert version.status == VersionStatus.PIN_FAILED
     assert version.pinning_error.startswith("fetch.http-error") and "404" in version.pinning_error
     assert upstream.hits(FILES["x86-64"]) == 1

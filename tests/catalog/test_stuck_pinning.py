@@ -28,13 +28,13 @@ def _pinning(cast: Cast, version: str, *, decided_ago: timedelta) -> ExtensionVe
     )
 
 
-def test_lost_pinning_returns_to_proposed_with_the_error_recorded(cast: Cast) -> None:
+def test_lost_pinning_is_pin_failed_with_the_error_recorded(cast: Cast) -> None:
     lost = _pinning(cast, "v1.0.0", decided_ago=timedelta(hours=2))
     fresh = _pinning(cast, "v1.0.1", decided_ago=timedelta(minutes=1))
     assert services.versions_reap_stuck_pinning(timeout=3600) == [lost.pk]
     lost.refresh_from_db()
     fresh.refresh_from_db()
-    assert lost.status == VersionStatus.PROPOSED
+    assert lost.status == VersionStatus.PIN_FAILED
     assert lost.pinning_error.startswith("pinning.lost:")
     assert ApprovalRecord.objects.filter(version=lost, action="pin-failed").exists()
     assert fresh.status == VersionStatus.PINNING  # its task may still be running

@@ -497,3 +497,20 @@ def test_image_digest_ignores_other_versions_and_descriptions():
         _edit("to: usr/bin/wasmtime", "to: usr/bin/wasmtime2"), source="wasmtime.yaml"
     )
     assert changed_install.image_digest("v30.0.2") != recipe.image_digest("v30.0.2")
+
+
+def test_keywords_are_search_words_outside_the_digest() -> None:
+    plain = parse_recipe(WASMTIME, "wasmtime.yaml")
+    assert plain.keywords == ()
+    with_words = parse_recipe(
+        WASMTIME.replace("category: wasm-runtime", "category: wasm-runtime\nkeywords: [Wasm, wasi, wasm]"),
+        "wasmtime.yaml",
+    )
+    assert with_words.keywords == ("wasm", "wasi")  # lowercased, each once
+    assert with_words.digest == plain.digest  # finding it differently changes nothing it builds
+    for bad in ("keywords: wasm", "keywords: [two words]", "keywords: [{a: b}]"):
+        with pytest.raises(PipelineError) as refused:
+            parse_recipe(
+                WASMTIME.replace("category: wasm-runtime", f"category: wasm-runtime\n{bad}"), "wasmtime.yaml"
+            )
+        assert "keywords" in refused.value.message

@@ -150,6 +150,7 @@ def make_world(settings: Any, tmp_path: Path) -> World:
         "approved": str(approved.pk),
         "proposed": str(proposed.pk),
         "team": "blue",
+        "member": "vera",  # blue's viewer
         "private_flavour": private_flavour.pk,
         "token": flavour_token(private_flavour),
         "private_key": private_key,
@@ -317,6 +318,22 @@ ROUTES: dict[str, Route] = {
         {
             "GET": Call(api_read),
             "PATCH": Call(api_write("admin", 200), {"two_person_approval": True}),
+        },
+    ),
+    # Every member reads the member list; only admins change it ("sam" is staff in no team).
+    "api/teams/<slug:slug>/members/": Route(
+        {"slug": "team"},
+        {
+            "GET": Call(api_read),
+            "POST": Call(api_write("admin", 201), {"username": "sam", "role": "viewer"}),
+        },
+    ),
+    "api/teams/<slug:slug>/members/<str:username>/": Route(
+        {"slug": "team", "username": "member"},
+        {
+            "GET": Call(api_read),
+            "PATCH": Call(api_write("admin", 200), {"role": "builder"}),
+            "DELETE": Call(api_write("admin", 204)),
         },
     ),
     "api/builds/": Route({}, {"GET": Call(api_list)}),

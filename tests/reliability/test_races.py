@@ -124,3 +124,33 @@ def test_approvals_of_one_version_at_once_record_one_approval(live_server: Any, 
     assert ApprovalRecord.objects.filter(version=version, action="approved").count() == 1
     version.refresh_from_db()
     assert version.status != VersionStatus.PROPOSED
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one_admin(live_server: Any, cast: Cast) -> None:
+    """Each sees another admin, so each demotion alone is allowed; together they must not leave
+    team blue without an admin (nor deadlock into a 500)."""
+    from catalog.models import Membership, Role
+
+    Membership.objects.filter(team=cast.blue, user=cast.curator).update(role=Role.ADMIN)
+    barrier = threading.Barrier(2)
+    answers: list[int] = []
+
+    def demote(actor: Any, target: str) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Token {Token.objects.get_or_create(user=actor)[0].key}"
+        barrier.wait(timeout=30)
+        url = f"{live_server.url}/api/teams/blue/members/{target}/"
+        answers.append(session.patch(url, json={"role": "viewer"}, timeout=60).status_code)
+
+    threads = [
+        threading.Thread(target=demote, args=(cast.admin, cast.curator.username)),
+        threading.Thread(target=demote, args=(cast.curator, cast.admin.username)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    # The first demotion wins; the second is refused: its actor is no longer an admin (403) or
+    # its target is now the last admin (409).
+    assert sorted(answers)[0] == 200 and sorted(answers)[1] in (403, 409), answers
+    assert Membership.objects.filter(team=cast.blue, role=Role.ADMIN).count() == 1
