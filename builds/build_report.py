@@ -163,7 +163,8 @@ class FailureAdvice:
     kind: str  # user | upstream | infrastructure ('' for an unknown code)
     # What to do, in a sentence addressed to the reader.
     advice: str
-    # The reader may press Retry (a builder of the team, on a failed or cancelled build).
+    # Retry is offered: the reader is a builder of the team and retrying can help (not for a
+    # user error, which fails the same way again; the API still accepts it).
     can_retry: bool
     # Whom to ask when the reader cannot act: "a curator of team blue", "an operator"...
     ask: str
@@ -200,6 +201,7 @@ def failure_advice(build: Build, *, can_build: bool) -> FailureAdvice | None:
             f"edit the flavour to make a new revision, or ask {ask} to fix the extension's recipe or pins. "
             "Retrying the same flavour fails the same way."
         )
+        can_build = False  # the same inputs fail the same way: no Retry button
     return FailureAdvice(
         code=build.error_code,
         sentence=build.error_message,

@@ -147,23 +147,32 @@
   }
 
   // --- log: each line into the section of the step that wrote it ----------------------------------
-  function appendLines(lines) {
-    for (const line of lines) {
+  // A line may arrive before its step does (the step started between two reads): it waits for
+  // the next render; once the build has ended, whatever still waits goes to the build's section.
+  let waiting = [];
+  function appendLines(lines, ended) {
+    const still = [];
+    for (const line of [...waiting, ...lines]) {
       const details = line.step === null ? null : stepsRoot.querySelector(`details[data-step-id="${line.step}"]`);
+      if (line.step !== null && !details && !ended) {
+        still.push(line);
+        continue;
+      }
       const pre = (details || $("build-log")).querySelector("pre");
       const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
       pre.append(`${clock(line.at)} ${line.text}\n`);
       if (atBottom) pre.scrollTop = pre.scrollHeight;
     }
+    waiting = still;
   }
 
-  async function pollLog() {
+  async function pollLog(ended) {
     const response = await fetch(`${logUrl}?after=${logAfter}`, { headers: { Accept: "application/json" } });
     if (!response.ok) return true;
     const body = await response.json();
-    appendLines(body.lines);
+    appendLines(body.lines, ended && body.finished);
     logAfter = body.next_after;
-    return body.finished;
+    return body.finished && !waiting.length;
   }
 
   // The build is followed even after it ended: a retry or cancel made through the API shows up
@@ -171,7 +180,7 @@
   let logFinished = false;
   window.Bakehouse.poll(apiUrl, async (build) => {
     const ended = renderBuild(build); // steps first, so every new line finds its step's section
-    if (!logFinished) logFinished = (await pollLog()) && ended;
+    if (!logFinished) logFinished = (await pollLog(ended)) && ended;
     return false;
   });
 })();

@@ -131,16 +131,20 @@ def test_watch_a_build_from_the_queue_to_success_then_a_failure_with_its_advice(
     expect(page.locator("#build-advice")).to_contain_text("edit the flavour to make a new revision")
     expect(page.locator("#build-advice")).to_contain_text("ask a curator of team Blue")
     expect(page.locator("#build-success")).to_be_hidden()
+    expect(page.locator("#retry-form")).to_be_hidden()  # the same flavour would fail the same way
     failed_bake = page.locator('section[data-group="extension:broken"] details.step').first
     expect(failed_bake.locator(".step-icon")).to_have_class(re.compile("outcome-failed"))
     expect(failed_bake.locator("pre")).to_be_visible()  # open: the failure's lines are there
+    expect(failed_bake.locator("pre")).to_contain_text(
+        "[broken v1.0.0] fetch: https://github.com/example/broken/"
+    )
+    expect(page.locator("#build-log pre")).not_to_contain_text("[broken v1.0.0]")
     snap(page, "failed")
 
     # A retry through the API shows up on the open page of the failed build.
     response = cast.client(cast.bob).post(f"/api/builds/{failing.pk}/retry")
     assert response.status_code == 202, response.json()
     expect(page.get_by_role("link", name=re.compile(r"Retry: attempt 2"))).to_be_visible()
-    expect(page.locator("#retry-form")).to_be_hidden()
     snap(page, "retried-through-the-api")
 
 
