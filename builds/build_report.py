@@ -71,10 +71,11 @@ class StepGroup:
 
     @property
     def outcome(self) -> str:
-        """failed if a step failed, '' while one runs, else ok."""
+        """failed if a step failed, cancelled if one was stopped, '' while one runs, else ok."""
         outcomes = [step.outcome for step in self.steps]
-        if "failed" in outcomes:
-            return "failed"
+        for ended in ("failed", "cancelled"):
+            if ended in outcomes:
+                return ended
         return "" if "" in outcomes else "ok"
 
     @property
@@ -147,7 +148,7 @@ def queue_estimate(build: Build) -> QueueEstimate | None:
         .order_by("-finished_at")
         .values_list("started_at", "finished_at")[:ESTIMATE_SAMPLE]
     )
-    durations = [(end - start).total_seconds() for start, end in recent]
+    durations = [(end - start).total_seconds() for start, end in recent if start and end]
     typical = statistics.median(durations) if durations else None
     wait = typical * position / max(running, 1) if typical is not None else None
     return QueueEstimate(position, running, typical, wait)

@@ -197,7 +197,7 @@ class BuildStep(models.Model):
     extension = models.CharField(max_length=100, blank=True, default="")
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
-    outcome = models.CharField(max_length=16, blank=True)  # ok | failed | reused | skipped
+    outcome = models.CharField(max_length=16, blank=True)  # ok | failed | cancelled | reused | skipped
 
     class Meta:
         ordering = ["started_at", "id"]

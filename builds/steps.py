@@ -120,7 +120,8 @@ def scrub_worker_paths(text: str) -> str:
         shown = parts[-1] if parts else "the work directory"
         return shown + trailing
 
-    return re.sub(rf"({pattern})(?=/|\b|$)(?:/{_PATH_END})?", name, text)
+    # Not inside a URL or a longer path (https://example.com/tmp/x stays as it is).
+    return re.sub(rf"(?<![\w./:~-])({pattern})(?=/|\b|$)(?:/{_PATH_END})?", name, text)
 
 
 def build_log(*, build_id: Any, text: str) -> None:
@@ -171,8 +172,9 @@ class BuildSteps:
         outer, self._step_id = self._step_id, row.pk
         try:
             yield row
-        except BaseException:
-            BuildStep.objects.filter(pk=row.pk).update(finished_at=timezone.now(), outcome="failed")
+        except BaseException as stopped:
+            outcome = "cancelled" if isinstance(stopped, BuildCancelled) else "failed"
+            BuildStep.objects.filter(pk=row.pk).update(finished_at=timezone.now(), outcome=outcome)
             self._failed_step_id = self._failed_step_id or row.pk
             raise
         finally:
@@ -276,8 +278,11 @@ def build_end(build: Build, state: str, *, code: str = "", message: str = "") ->
         changed = Build.objects.filter(pk=build.pk, state__in=ACTIVE_BUILD_STATES).update(**updates)
         if not changed:
             return False
+        outcome = {BuildState.SUCCEEDED: "ok", BuildState.CANCELLED: "cancelled"}.get(
+            BuildState(state), "failed"
+        )
         BuildStep.objects.filter(build_id=build.pk, finished_at__isnull=True).update(
-            finished_at=now, outcome="failed" if state != BuildState.SUCCEEDED else "ok"
+            finished_at=now, outcome=outcome
         )
         text = {
             BuildState.SUCCEEDED: "Build succeeded.",

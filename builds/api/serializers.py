@@ -181,7 +181,7 @@ class BuildStepSerializer(serializers.ModelSerializer):
         help_text="The extension a per-image step (bake, verify) works on; '' for the flavour's.",
     )
     outcome = serializers.CharField(
-        read_only=True, help_text="ok, failed, reused, skipped; '' while it runs."
+        read_only=True, help_text="ok, failed, cancelled, reused, skipped; '' while it runs."
     )
 
     class Meta:
@@ -196,7 +196,9 @@ class BuildStepGroupSerializer(serializers.Serializer):
     key = serializers.CharField(help_text="'extension:NAME' or 'flavour'.")
     title = serializers.CharField()
     extension = serializers.CharField(help_text="'' for the flavour's steps (plan, sign, publish, notify).")
-    outcome = serializers.CharField(help_text="failed if a step failed, '' while one runs, else ok.")
+    outcome = serializers.CharField(
+        help_text="failed if a step failed, cancelled if one was stopped, '' while one runs, else ok."
+    )
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     duration_seconds = serializers.FloatField(allow_null=True)

@@ -178,5 +178,7 @@ def test_api_changes_show_on_open_pages(
     expect(page.locator("#build-state")).to_have_text("Cancelled", timeout=60_000)
     expect(page.locator("#build-advice")).to_contain_text("Ask a builder of team Blue to build it again.")
     expect(page.locator("#retry-form")).to_have_count(0)  # a viewer may not retry
+    stopped = page.locator('section[data-group="extension:slow"] details.step').first
+    expect(stopped.locator(".step-outcome")).to_have_text("cancelled")
     snap(page, "cancelled-through-the-api")
     assert Build.objects.get(pk=build_id).state == BuildState.CANCELLED
