@@ -110,9 +110,10 @@ def build_image_bake(*, build_id: Any, build_image_id: int) -> None:
         done = BuildImage.objects.filter(build_id=build_id, state=BuildImage.State.DONE).count()
         count = BuildImage.objects.filter(build_id=build_id).count()
         options = FlavourOptions.from_document(build.flavour.options)
+        # The heartbeat first: while the bake step shows as running, a task counts as running.
         with (
-            steps.step("bake", extension=plan.name),
             Heartbeat(build_id),
+            steps.step("bake", extension=plan.name),
             tempfile.TemporaryDirectory(prefix="bh-build-") as scratch,
         ):
             with upstream_fetcher(version.extension) as fetcher:

@@ -442,7 +442,16 @@ def test_reaper_fails_the_build_of_a_worker_that_died(
         client = api(cast.teammate)
         flavour = compose(client, "stuck", ["stuck"])
         build_id = client.post(f"/api/flavours/{flavour['id']}/builds/").json()["id"]
-        wait_for(client, build_id, doomed, lambda b: b["state"] == "fetching" and b["heartbeat_at"])
+        # Killed while its bake downloads (not during the plan, when no task is counted as running).
+        wait_for(
+            client,
+            build_id,
+            doomed,
+            lambda b: (
+                b["state"] == "fetching"
+                and any(s["name"] == "bake" and not s["finished_at"] for s in b["steps"])
+            ),
+        )
         doomed.kill()  # the whole process group, pool children included: no goodbye, no ack
         # While the heartbeat is fresh the reaper leaves the build alone ...
         assert build_id not in recovery.builds_reap_stale(timeout=3600)
