@@ -430,7 +430,8 @@ def _visible_build(request: HttpRequest, build_id: Any) -> Build:
 @login_required
 @require_safe
 def build_detail(request: HttpRequest, build_id: Any) -> HttpResponse:
-    """Progress, current step, per-extension rows, log, verification; live with JS, complete without."""
+    """State, queue estimate, success or failure banner, steps per extension and for the flavour
+    with their logs (builds.build_report); live with JS (static/js/build.js), complete without."""
     build = _visible_build(request, build_id)
     log_lines = list(selectors.build_log_lines(build=build, limit=5000))
     can_build = has_team_role(request.user, build.flavour.team, Role.BUILDER)
