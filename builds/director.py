@@ -2,6 +2,9 @@
 
     plan -> bake -> verify -> sign -> [prebake] -> publish -> notify
 
+bake and verify are steps of one extension each (``BuildStep.extension``), the others the
+flavour's; the log lines a step writes belong to it (the build page folds the log per step).
+
 Three tasks run it (``builds.tasks``), because images bake in parallel on several workers:
 
 - ``build_start``: **plan** — reuse each image already stored, queue one bake per missing image;
@@ -19,6 +22,7 @@ Anything retryable, and any other infrastructure trouble, propagates so the task
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import time
@@ -56,7 +60,7 @@ def build_start(*, build_id: Any) -> None:
     if build is None or not build.is_active:
         return
     steps = BuildSteps(build_id)
-    with _ending_on_user_errors(build_id):
+    with _ending_on_user_errors(build_id, steps):
         steps.check_cancel()
         Build.objects.filter(pk=build_id, started_at__isnull=True).update(started_at=timezone.now())
         with steps.step("plan"):
@@ -93,7 +97,7 @@ def build_image_bake(*, build_id: Any, build_image_id: int) -> None:
         maybe_finalize(build_id)
         return
     steps = BuildSteps(build_id)
-    with _ending_on_user_errors(build_id):
+    with _ending_on_user_errors(build_id, steps):
         steps.check_cancel()
         Build.objects.filter(pk=build_id, started_at__isnull=True).update(started_at=timezone.now())
         plan = image_plan(build, build_image)
@@ -110,9 +114,10 @@ def build_image_bake(*, build_id: Any, build_image_id: int) -> None:
         count = BuildImage.objects.filter(build_id=build_id).count()
         options = FlavourOptions.from_document(build.flavour.options)
         progress = _BakeProgress(steps, f"{plan.name} {plan.version}", done, count)
+        # The heartbeat first: while the bake step shows as running, a task counts as running.
         with (
-            steps.step("bake"),
             Heartbeat(build_id),
+            steps.step("bake", extension=plan.name),
             tempfile.TemporaryDirectory(prefix="bh-build-") as scratch,
         ):
             with upstream_fetcher(version.extension) as fetcher:
@@ -128,7 +133,8 @@ def build_image_bake(*, build_id: Any, build_image_id: int) -> None:
                     pins=plan.pins,
                     progress=progress,
                     build_log=progress.output,  # a recipe built from source: the compiler's output
-                    stage=steps.step,  # ... and its own "compile" step
+                    # ... and its own "compile" step, in the extension's group beside bake and verify
+                    stage=functools.partial(steps.step, extension=plan.name),
                 )
             cache_key = plan.cache_key or baked.cache_key
             stored = get_artifact_store().put_file(f"images/{cache_key}/{baked.image_name}", baked.image_path)
@@ -139,8 +145,8 @@ def build_image_bake(*, build_id: Any, build_image_id: int) -> None:
                     retryable=True,
                 )
             sha512 = sha512_file(baked.image_path)
+            steps.log(f"{baked.image_name}: baked, sha256 {baked.image_sha256}, {baked.image_size} bytes.")
         image = _image_record(build_id, version, plan, baked, cache_key, stored.key, sha512)
-        steps.log(f"{baked.image_name}: baked, sha256 {baked.image_sha256}, {baked.image_size} bytes.")
         _image_done(build_image.pk, image, reused=False)
         maybe_finalize(build_id)
 
@@ -159,12 +165,11 @@ def build_finalize(*, build_id: Any) -> None:
     steps = BuildSteps(build_id)
     flavour = build.flavour
     with (
-        _ending_on_user_errors(build_id),
+        _ending_on_user_errors(build_id, steps),
         Heartbeat(build_id),
         tempfile.TemporaryDirectory(prefix="bh-final-") as scratch,
     ):
-        with steps.step("verify"):
-            ready = _verify_images(steps, build, Path(scratch))
+        ready = _verify_images(steps, build, Path(scratch))
 
         with ExitStack() as signing:
             with steps.step("sign"):
@@ -356,9 +361,8 @@ def _image_done(build_image_id: int, image: ImageArtifact, *, reused: bool) -> N
 
 
 def _verify_images(steps: BuildSteps, build: Build, scratch: Path) -> list[ReadyImage]:
-    """Download each image (checking its bytes) and merge it with systemd-sysext."""
-    from builds.pipeline.verify import verify_with_systemd_sysext
-
+    """Download each image (checking its bytes) and merge it with systemd-sysext: one verify
+    step per extension."""
     build_images = list(
         BuildImage.objects.filter(build_id=build.pk)
         .select_related("extension_version__extension", "image")
@@ -368,27 +372,12 @@ def _verify_images(steps: BuildSteps, build: Build, scratch: Path) -> list[Ready
     skipped: list[str] = []
     for build_image in build_images:
         assert build_image.image is not None
-        item = ReadyImage(build_image, build_image.image, download_image(build_image.image, scratch))
-        try:
-            result = verify_with_systemd_sysext(item.path, item.extension.name, build.flavour.arch)
-        except PipelineError as refused:
-            BuildImage.objects.filter(pk=build_image.pk).update(
-                verification=Verification.FAILED, verification_reason=refused.message
-            )
-            Build.objects.filter(pk=build.pk).update(
-                verification=Verification.FAILED, verification_reason=refused.message
-            )
-            raise
-        BuildImage.objects.filter(pk=build_image.pk).update(
-            verification=result.status, verification_reason=result.reason
-        )
-        if result.verified:
-            steps.log(f"{item.path.name}: merged by systemd-sysext ({len(result.merged_bin)} in usr/bin).")
-        else:
-            skipped.append(f"{item.path.name}: {result.reason}")
-            steps.log(f"{item.path.name}: verification skipped: {result.reason}")
+        with steps.step("verify", extension=build_image.extension_version.extension.name):
+            item = ReadyImage(build_image, build_image.image, download_image(build_image.image, scratch))
+            skip = _verify_one(steps, build, build_image, item)
+        if skip:
+            skipped.append(skip)
         ready.append(item)
-        steps.check_cancel()
     if not build_images:
         verification, reason = Verification.SKIPPED, "The flavour has no image to bake."
     elif skipped:
@@ -397,6 +386,30 @@ def _verify_images(steps: BuildSteps, build: Build, scratch: Path) -> list[Ready
         verification, reason = Verification.VERIFIED, ""
     Build.objects.filter(pk=build.pk).update(verification=verification, verification_reason=reason)
     return ready
+
+
+def _verify_one(steps: BuildSteps, build: Build, build_image: BuildImage, item: ReadyImage) -> str:
+    """Merge one image with systemd-sysext; the reason it was skipped, or ''."""
+    from builds.pipeline.verify import verify_with_systemd_sysext
+
+    try:
+        result = verify_with_systemd_sysext(item.path, item.extension.name, build.flavour.arch)
+    except PipelineError as refused:
+        BuildImage.objects.filter(pk=build_image.pk).update(
+            verification=Verification.FAILED, verification_reason=refused.message
+        )
+        Build.objects.filter(pk=build.pk).update(
+            verification=Verification.FAILED, verification_reason=refused.message
+        )
+        raise
+    BuildImage.objects.filter(pk=build_image.pk).update(
+        verification=result.status, verification_reason=result.reason
+    )
+    if result.verified:
+        steps.log(f"{item.path.name}: merged by systemd-sysext ({len(result.merged_bin)} in usr/bin).")
+        return ""
+    steps.log(f"{item.path.name}: verification skipped: {result.reason}")
+    return f"{item.path.name}: {result.reason}"
 
 
 # --- publish ------------------------------------------------------------------------------------
@@ -434,9 +447,9 @@ def _load_build(build_id: Any) -> Build | None:
 
 
 @contextmanager
-def _ending_on_user_errors(build_id: Any) -> Iterator[None]:
+def _ending_on_user_errors(build_id: Any, steps: BuildSteps) -> Iterator[None]:
     """A user error or a cancel ends the build here; infrastructure errors propagate (the task
-    retries them)."""
+    retries them). A tool's output goes to the log of the step that failed."""
     try:
         yield
     except BuildCancelled:
@@ -447,7 +460,7 @@ def _ending_on_user_errors(build_id: Any) -> Iterator[None]:
         if error.retryable:
             raise
         if error.output:
-            BuildSteps(build_id).log(error.output[-4000:])
+            steps.log_to_failed_step(error.output[-4000:])
         build = _load_build(build_id)
         if build is not None:
             build_end(build, BuildState.FAILED, code=error.code, message=error.message)

@@ -187,13 +187,17 @@ class Build(models.Model):
 
 
 class BuildStep(models.Model):
-    """A timed step of a build: plan, bake (one per image), verify, sign, publish, notify."""
+    """A timed step of a build: plan, bake and verify (one per extension), sign, publish, notify.
+
+    ``extension`` names the extension a per-image step works on; empty for the flavour's steps.
+    """
 
     build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="steps")
     name = models.CharField(max_length=100)
+    extension = models.CharField(max_length=100, blank=True, default="")
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
-    outcome = models.CharField(max_length=16, blank=True)  # ok | failed | reused | skipped
+    outcome = models.CharField(max_length=16, blank=True)  # ok | failed | cancelled | reused | skipped
 
     class Meta:
         ordering = ["started_at", "id"]
@@ -206,6 +210,8 @@ class BuildLogLine(models.Model):
     """One line of a build's live log; ``seq`` counts from 1 per build for tailing."""
 
     build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="log_lines")
+    # The step that wrote the line (the page folds the log per step); null outside any step.
+    step = models.ForeignKey(BuildStep, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     seq = models.PositiveIntegerField()
     at = models.DateTimeField(auto_now_add=True)
     text = models.TextField()

@@ -7,6 +7,8 @@ one way a build reaches a final state (and queues its webhooks).
 from __future__ import annotations
 
 import logging
+import re
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,13 +58,17 @@ def heartbeat_interval() -> float:
     return float(settings.BUILD_HEARTBEAT_INTERVAL)
 
 
-def log(build_id: Any, text: str) -> None:
+def log(build_id: Any, text: str, *, step_id: int | None = None) -> None:
     """Append a line to the build's log; ``seq`` is dense per build (tails use ``?after=``).
+
+    ``step_id`` is the ``BuildStep`` that wrote it (the page folds the log per step). The text
+    goes through ``scrub_worker_paths``: a user reads what happened, not where on the worker.
 
     The build's row is locked before the next number is taken, so writers queue on that one
     lock in the same order as every other build update. Taking the number first and locking
     the build afterwards deadlocked a cancel against a worker's progress update on PostgreSQL.
     """
+    text = scrub_worker_paths(text)[:10000]
     for _ in range(20):
         try:
             with transaction.atomic():
@@ -74,22 +80,64 @@ def log(build_id: Any, text: str) -> None:
                     .values_list("seq", flat=True)
                     .first()
                 )
-                BuildLogLine.objects.create(build_id=build_id, seq=(last or 0) + 1, text=text[:10000])
+                BuildLogLine.objects.create(
+                    build_id=build_id, step_id=step_id, seq=(last or 0) + 1, text=text
+                )
             return
         except IntegrityError:
             continue  # only without row locks (SQLite serialises writers anyway): take the next
     logger.warning("build %s: log line dropped after repeated seq conflicts: %s", build_id, text)
 
 
+_PATH_END = r"[^\s'\"`:,;()\[\]<>]*"
+
+
+def _worker_roots() -> list[str]:
+    """Directories whose paths mean nothing to a user: the temporary, var, cache and store dirs."""
+    roots = {tempfile.gettempdir(), "/tmp", "/var/tmp"}  # noqa: S108 (names to hide, not to use)
+    for directory in (settings.VAR_DIR, settings.FETCH_CACHE_DIR, settings.ARTIFACT_DIR):
+        roots.add(str(directory))
+    return sorted((root.rstrip("/") for root in roots if root and root != "/"), key=len, reverse=True)
+
+
+def scrub_worker_paths(text: str) -> str:
+    """The last resort against worker paths in a build's log and error sentence: a path under a
+    scratch, var, cache or store directory becomes its file name (``hello.raw``), or "the work
+    directory" when only a directory is left. The steps themselves say what, not where; this
+    catches what a tool printed (mksquashfs, gpg, an OSError)."""
+    if "/" not in text:
+        return text
+    pattern = "|".join(re.escape(root) for root in _worker_roots())
+
+    def name(match: re.Match[str]) -> str:
+        whole = match.group(0)
+        trailing = ""
+        while whole and whole[-1] in ".":
+            whole, trailing = whole[:-1], whole[-1] + trailing
+        parts = [part for part in whole[len(match.group(1)) :].split("/") if part]
+        while parts and (
+            parts[-1].startswith(("bh-", "bakehouse-", "pytest-", "tmp")) or parts[-1] == "root"
+        ):
+            parts.pop()
+        shown = parts[-1] if parts else "the work directory"
+        return shown + trailing
+
+    # Not inside a URL or a longer path (https://example.com/tmp/x stays as it is).
+    return re.sub(rf"(?<![\w./:~-])({pattern})(?=/|\b|$)(?:/{_PATH_END})?", name, text)
+
+
 def build_log(*, build_id: Any, text: str) -> None:
     log(build_id, text)
 
 
-def advance(build_id: Any, state: str, *, step: str | None = None, progress: int | None = None) -> None:
-    """Move the build forward to ``state`` (never backwards) and refresh its heartbeat."""
-    earlier = STATE_ORDER[: STATE_ORDER.index(BuildState(state))]
+def advance(
+    build_id: Any, state: str | None, *, step: str | None = None, progress: int | None = None
+) -> None:
+    """Move the build forward to ``state`` (never backwards; None: stay) and refresh its heartbeat."""
     now = timezone.now()
-    Build.objects.filter(pk=build_id, state__in=earlier).update(state=state)
+    if state is not None:
+        earlier = STATE_ORDER[: STATE_ORDER.index(BuildState(state))]
+        Build.objects.filter(pk=build_id, state__in=earlier).update(state=state)
     updates: dict[str, Any] = {"heartbeat_at": now}
     if step is not None:
         updates["current_step"] = step[:64]
@@ -107,32 +155,47 @@ class BuildSteps:
 
     def __init__(self, build_id: Any) -> None:
         self.build_id = build_id
+        self._step_id: int | None = None
+        self._failed_step_id: int | None = None
 
     @contextmanager
-    def step(self, name: str, *, cancellable: bool = True) -> Iterator[BuildStep]:
-        """Run the block as step ``name``; failed when it raises. ``cancellable=False`` for the
-        steps after which stopping would leave a half-told story (notify)."""
-        state, progress = STEPS[name]
+    def step(self, name: str, *, extension: str = "", cancellable: bool = True) -> Iterator[BuildStep]:
+        """Run the block as step ``name`` (of ``extension`` for a per-image step); failed when it
+        raises. ``cancellable=False`` for the steps after which stopping would leave a half-told
+        story (notify). A name missing from ``STEPS`` is recorded and timed but moves neither the
+        state nor the bar. Lines logged inside the block belong to the step."""
+        state, progress = STEPS.get(name, (None, None))
         if cancellable:
             check_cancel(self.build_id)
         advance(self.build_id, state, step=name, progress=progress)
-        row = BuildStep.objects.create(build_id=self.build_id, name=name, started_at=timezone.now())
+        row = BuildStep.objects.create(
+            build_id=self.build_id, name=name, extension=extension[:100], started_at=timezone.now()
+        )
+        outer, self._step_id = self._step_id, row.pk
         try:
             yield row
-        except BaseException:
-            BuildStep.objects.filter(pk=row.pk).update(finished_at=timezone.now(), outcome="failed")
+        except BaseException as stopped:
+            outcome = "cancelled" if isinstance(stopped, BuildCancelled) else "failed"
+            BuildStep.objects.filter(pk=row.pk).update(finished_at=timezone.now(), outcome=outcome)
+            self._failed_step_id = self._failed_step_id or row.pk
             raise
+        finally:
+            self._step_id = outer
         BuildStep.objects.filter(pk=row.pk).update(finished_at=timezone.now(), outcome=row.outcome or "ok")
 
     def progress(self, name: str, percent: int, *, state: str | None = None) -> None:
         """Move the progress bar (and the state, if given) within step ``name``; refresh the heartbeat."""
-        advance(self.build_id, state or STEPS[name][0], step=name, progress=percent)
+        advance(self.build_id, state or STEPS.get(name, (None, 0))[0], step=name, progress=percent)
 
     def check_cancel(self) -> None:
         check_cancel(self.build_id)
 
     def log(self, text: str) -> None:
-        log(self.build_id, text)
+        log(self.build_id, text, step_id=self._step_id)
+
+    def log_to_failed_step(self, text: str) -> None:
+        """A line about a failure (a tool's output), in the log of the step that failed."""
+        log(self.build_id, text, step_id=self._step_id or self._failed_step_id)
 
 
 def check_cancel(build_id: Any) -> None:
@@ -211,13 +274,17 @@ def build_end(build: Build, state: str, *, code: str = "", message: str = "") ->
     if state == BuildState.SUCCEEDED:
         updates["progress"] = 100
     if code:
+        message = scrub_worker_paths(message)
         updates.update(error_code=code[:100], error_message=message)
     with transaction.atomic():
         changed = Build.objects.filter(pk=build.pk, state__in=ACTIVE_BUILD_STATES).update(**updates)
         if not changed:
             return False
+        outcome = {BuildState.SUCCEEDED: "ok", BuildState.CANCELLED: "cancelled"}.get(
+            BuildState(state), "failed"
+        )
         BuildStep.objects.filter(build_id=build.pk, finished_at__isnull=True).update(
-            finished_at=now, outcome="failed" if state != BuildState.SUCCEEDED else "ok"
+            finished_at=now, outcome=outcome
         )
         text = {
             BuildState.SUCCEEDED: "Build succeeded.",

@@ -15,7 +15,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from builds import selectors, services
+from builds import build_report, selectors, services
 from builds.access import (
     artifact_url_for,
     flavour_is_private,
@@ -460,33 +460,49 @@ def _visible_build(request: HttpRequest, build_id: Any) -> Build:
     return get_object_or_404(queryset, pk=build_id)
 
 
-def step_duration_text(step: Any) -> str:
-    """How long a finished step took, for people: "0.4 s", "12 s", "3 min 5 s" ('' while running)."""
-    if step.finished_at is None:
-        return ""
-    seconds = (step.finished_at - step.started_at).total_seconds()
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
-
-
 @login_required
 @require_safe
 def build_detail(request: HttpRequest, build_id: Any) -> HttpResponse:
-    """Progress, current step, per-extension rows, log, verification; live with JS, complete without."""
+    """State, queue estimate, success or failure banner, steps per extension and for the flavour
+    with their logs (builds.build_report); live with JS (static/js/build.js), complete without."""
     build = _visible_build(request, build_id)
     log_lines = list(selectors.build_log_lines(build=build, limit=5000))
+    can_build = has_team_role(request.user, build.flavour.team, Role.BUILDER)
+    report = build_report.report_context(build, can_build=can_build)
+    lines_by_step: dict[int | None, list[Any]] = {}
+    for line in log_lines:
+        lines_by_step.setdefault(line.step_id, []).append(line)
+    shown_steps = {step.pk for group in report["groups"] for step in group.steps}
     context = {
         "build": build,
         "flavour": build.flavour,
-        "steps": [(step, step_duration_text(step)) for step in build.steps.all()],
+        # Each group's steps with how long each took and the log lines it wrote.
+        "groups": [
+            (
+                group,
+                build_report.duration_text(group.duration_seconds),
+                [
+                    (
+                        step,
+                        build_report.duration_text(build_report.step_duration_seconds(step)),
+                        lines_by_step.get(step.pk, []),
+                    )
+                    for step in group.steps
+                ],
+            )
+            for group in report["groups"]
+        ],
+        # Lines of no step (queued, cancel requested, the end), and of any step not shown.
+        "build_lines": [line for line in log_lines if line.step_id not in shown_steps],
+        "total": build_report.duration_text(report["duration_seconds"]),
+        "queued_for": build_report.duration_text(report["queued_seconds"]),
+        "queue": report["queue"],
+        "failure": report["failure"],
+        "install_command": report["install_command"],
         "images": build.images.all(),
         "artifacts": build.artifacts.all(),
-        "log_lines": log_lines,
         "log_after": log_lines[-1].seq if log_lines else 0,
-        "queue_position": selectors.build_queue_position(build=build),
-        "can_build": has_team_role(request.user, build.flavour.team, Role.BUILDER),
+        "can_build": can_build,
         "retries": build.retries.order_by("-created_at"),
     }
     return render(request, "builds/build_detail.html", context)

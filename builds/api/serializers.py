@@ -14,7 +14,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from builds import selectors
+from builds import build_report, selectors
 from builds.flavours import OPTIONS, OptionSpec
 from builds.models import Arch, Artifact, Build, BuildLogLine, BuildStep, Flavour, Webhook, WebhookDelivery
 from builds.published import PublishedFile, published_file
@@ -177,15 +177,65 @@ class FlavourSerializer(serializers.ModelSerializer):
 
 class BuildStepSerializer(serializers.ModelSerializer):
     duration_seconds = serializers.SerializerMethodField()
+    extension = serializers.CharField(
+        read_only=True,
+        help_text="The extension a per-image step (bake, verify) works on; '' for the flavour's.",
+    )
+    outcome = serializers.CharField(
+        read_only=True, help_text="ok, failed, cancelled, reused, skipped; '' while it runs."
+    )
 
     class Meta:
         model = BuildStep
-        fields = ["name", "started_at", "finished_at", "duration_seconds", "outcome"]
+        fields = ["id", "name", "extension", "started_at", "finished_at", "duration_seconds", "outcome"]
 
     def get_duration_seconds(self, obj: BuildStep) -> float | None:
-        if obj.finished_at is None:
-            return None
-        return round((obj.finished_at - obj.started_at).total_seconds(), 3)
+        return build_report.step_duration_seconds(obj)
+
+
+class BuildStepGroupSerializer(serializers.Serializer):
+    key = serializers.CharField(help_text="'extension:NAME' or 'flavour'.")
+    title = serializers.CharField()
+    extension = serializers.CharField(help_text="'' for the flavour's steps (plan, sign, publish, notify).")
+    outcome = serializers.CharField(
+        help_text="failed if a step failed, cancelled if one was stopped, '' while one runs, else ok."
+    )
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    duration_seconds = serializers.FloatField(allow_null=True)
+    steps = BuildStepSerializer(many=True)
+
+
+class QueueEstimateSerializer(serializers.Serializer):
+    position = serializers.IntegerField(help_text="1 for the next queued build to start.")
+    running = serializers.IntegerField(
+        help_text="Builds working right now (at least that many run side by side)."
+    )
+    typical_seconds = serializers.FloatField(
+        allow_null=True, help_text="Median duration of the recent succeeded builds; null without any."
+    )
+    wait_seconds = serializers.FloatField(
+        allow_null=True,
+        help_text="About how long until the build starts: typical_seconds x position / max(running, 1).",
+    )
+    text = serializers.CharField(help_text='The same, in a sentence ("about"; says so without history).')
+
+
+class FailureAdviceSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="The stable error code (build.cancelled for a cancelled build).")
+    sentence = serializers.CharField(help_text="What went wrong.")
+    kind = serializers.CharField(help_text="Whose move it is: user, upstream, infrastructure.")
+    advice = serializers.CharField(help_text="What to do next, addressed to the caller.")
+    can_retry = serializers.BooleanField(help_text="The caller may retry (POST .../retry).")
+    ask = serializers.CharField(help_text="Whom to ask when the caller cannot act.")
+
+
+class BuildRetrySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    attempt = serializers.IntegerField()
+    state = serializers.CharField()
+    url = serializers.CharField()
+    page_url = serializers.CharField()
 
 
 class ArtifactSerializer(serializers.ModelSerializer):
@@ -266,17 +316,32 @@ class BuildSerializer(serializers.ModelSerializer):
         "or this installation (infrastructure: an operator has to act; then retry).",
     )
     steps = BuildStepSerializer(many=True, read_only=True)
+    step_groups = serializers.SerializerMethodField()
+    duration_seconds = serializers.SerializerMethodField(
+        help_text="From the start to the end (to now while it runs); null before it started."
+    )
+    queued_seconds = serializers.SerializerMethodField(help_text="How long it waited for a worker.")
+    queue = serializers.SerializerMethodField()
+    failure = serializers.SerializerMethodField()
+    install_command = serializers.SerializerMethodField(
+        help_text="Once succeeded: the commands that install a node from the published Ignition."
+    )
+    page_url = serializers.SerializerMethodField(help_text="The build's page, for people.")
+    flavour_page_url = serializers.SerializerMethodField(help_text="The flavour's page: downloads, install.")
+    retries = serializers.SerializerMethodField()
     images = BuildImageSerializer(many=True, read_only=True)
     artifacts = ArtifactSerializer(many=True, read_only=True)
 
     class Meta:
         model = Build
         fields = [
-            "id", "url", "flavour", "flavour_url", "state", "progress", "current_step", "queue_position",
-            "error_code", "error_message", "error_kind", "verification", "verification_reason",
+            "id", "url", "page_url", "flavour", "flavour_url", "flavour_page_url", "state", "progress",
+            "current_step", "queue_position", "queue",
+            "error_code", "error_message", "error_kind", "failure", "verification", "verification_reason",
             "cancel_requested",
-            "attempt", "retry_of", "created_by", "created_at", "started_at", "finished_at", "heartbeat_at",
-            "steps", "images", "artifacts", "log_url",
+            "attempt", "retry_of", "retries", "created_by", "created_at", "started_at", "finished_at",
+            "heartbeat_at", "duration_seconds", "queued_seconds",
+            "steps", "step_groups", "images", "artifacts", "install_command", "log_url",
         ]  # fmt: skip
 
     def get_url(self, obj: Build) -> str:
@@ -293,11 +358,89 @@ class BuildSerializer(serializers.ModelSerializer):
     def get_queue_position(self, obj: Build) -> int | None:
         return selectors.build_queue_position(build=obj)
 
+    @extend_schema_field(BuildStepGroupSerializer(many=True))
+    def get_step_groups(self, obj: Build) -> list[dict[str, Any]]:
+        groups = build_report.step_groups(list(obj.steps.all()))
+        return [
+            BuildStepGroupSerializer(
+                {
+                    "key": group.key,
+                    "title": group.title,
+                    "extension": group.extension,
+                    "outcome": group.outcome,
+                    "started_at": group.started_at,
+                    "finished_at": group.finished_at,
+                    "duration_seconds": group.duration_seconds,
+                    "steps": group.steps,
+                }
+            ).data
+            for group in groups
+        ]
+
+    def get_duration_seconds(self, obj: Build) -> float | None:
+        return build_report.build_duration_seconds(obj)
+
+    def get_queued_seconds(self, obj: Build) -> float | None:
+        return build_report.queued_seconds(obj)
+
+    @extend_schema_field(QueueEstimateSerializer(allow_null=True))
+    def get_queue(self, obj: Build) -> dict[str, Any] | None:
+        """A queued build's position and about when it starts; null once it started."""
+        estimate = build_report.queue_estimate(obj)
+        if estimate is None:
+            return None
+        return {
+            "position": estimate.position,
+            "running": estimate.running,
+            "typical_seconds": estimate.typical_seconds,
+            "wait_seconds": estimate.wait_seconds,
+            "text": estimate.text,
+        }
+
+    @extend_schema_field(FailureAdviceSerializer(allow_null=True))
+    def get_failure(self, obj: Build) -> dict[str, Any] | None:
+        """A failed or cancelled build's code, sentence and what to do; null otherwise."""
+        from catalog.models import Role
+        from catalog.permissions import has_team_role
+
+        request = self.context.get("request")
+        can_build = request is not None and has_team_role(request.user, obj.flavour.team, Role.BUILDER)
+        advice = build_report.failure_advice(obj, can_build=can_build)
+        return None if advice is None else FailureAdviceSerializer(advice).data
+
+    def get_install_command(self, obj: Build) -> str:
+        return build_report.install_command(obj)
+
+    def get_page_url(self, obj: Build) -> str:
+        return _absolute(self.context.get("request"), reverse("builds:build-detail", args=[obj.pk]))
+
+    def get_flavour_page_url(self, obj: Build) -> str:
+        return _absolute(self.context.get("request"), reverse("builds:flavour-detail", args=[obj.flavour_id]))
+
+    @extend_schema_field(BuildRetrySerializer(many=True))
+    def get_retries(self, obj: Build) -> list[dict[str, Any]]:
+        """The builds that retried this one, newest first (a retry is a new build)."""
+        request = self.context.get("request")
+        return [
+            {
+                "id": retry.pk,
+                "attempt": retry.attempt,
+                "state": retry.state,
+                "url": _absolute(request, reverse("builds-api:build-detail", args=[retry.pk])),
+                "page_url": _absolute(request, reverse("builds:build-detail", args=[retry.pk])),
+            }
+            for retry in obj.retries.order_by("-created_at")
+        ]
+
 
 class BuildLogLineSerializer(serializers.ModelSerializer):
+    step = serializers.IntegerField(
+        source="step_id", allow_null=True, read_only=True, help_text="The id of the step that wrote it."
+    )
+
     class Meta:
         model = BuildLogLine
-        fields = ["seq", "at", "text"]
+        fields = ["seq", "at", "step", "text"]
 
 
 class BuildLogSerializer(serializers.Serializer):

@@ -516,7 +516,8 @@ def _compile(
 def _file_trouble(exc: OSError) -> PipelineError:
     """A file operation of ours failed (a full disk, a vanished directory): the machine's trouble,
     not the recipe's, so a later attempt may succeed."""
-    where = f" on {exc.filename}" if exc.filename else ""
+    # The file's name, not where it lies on the worker (a scratch directory means nothing to users).
+    where = f" on {Path(str(exc.filename)).name}" if exc.filename else ""
     return PipelineError(
         "bake.file-error",
         f"a file operation failed{where}: {exc.strerror or exc}; check the free space and permissions "

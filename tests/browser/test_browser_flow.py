@@ -155,7 +155,7 @@ def test_compose_docker_with_compose_build_and_download(page, snap, chromium, li
     build = Build.objects.get(flavour_id=flavour_id)
     assert build.state == BuildState.SUCCEEDED, f"{build.error_code}: {build.error_message}"
     expect(page.locator("#build-state")).to_have_text("Succeeded")
-    expect(page.locator("#log")).to_contain_text("Build succeeded.")
+    expect(page.locator("#build-log pre")).to_contain_text("Build succeeded.")  # the build's own lines
     snap(page, "build-succeeded")
 
     # A reload shows the same finished build, rendered by the server.

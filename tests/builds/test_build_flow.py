@@ -167,3 +167,58 @@ def test_reaper_fails_a_build_whose_heartbeat_stopped(cast: Cast, db: Any, setti
     assert recovery.builds_reap_stale(timeout=60) == [str(other.pk)]
     other.refresh_from_db()
     assert other.error_code == "build.queue-timeout"
+
+
+def test_the_log_names_steps_extensions_and_published_urls_never_worker_paths(
+    cast: Cast, upstream: UpstreamServer, eager: None, django_capture_on_commit_callbacks: Any, settings: Any
+) -> None:
+    serve_extension(upstream, "hello")
+    serve_extension(upstream, "hello-tools", requires=[["hello"]])
+    client = APIClient()
+    client.force_authenticate(cast.teammate)
+    picks = [{"name": "hello", "version": "v1.0.0"}, {"name": "hello-tools", "version": "v1.0.0"}]
+    flavour = client.post(
+        "/api/flavours/", {"name": "n", "arch": "x86-64", "extensions": picks}, format="json"
+    )
+    build = _build(client, flavour.json()["id"], django_capture_on_commit_callbacks)
+    assert build["state"] == "succeeded", build
+    groups = {group["key"]: [step["name"] for step in group["steps"]] for group in build["step_groups"]}
+    assert groups == {
+        "extension:hello": ["bake", "verify"],
+        "extension:hello-tools": ["bake", "verify"],
+        "flavour": ["plan", "sign", "publish", "notify"],
+    }
+
+    lines = client.get(f"/api/builds/{build['id']}/log").json()["lines"]
+    log = "\n".join(line["text"] for line in lines)
+    worker_dirs = ["/tmp/", str(settings.VAR_DIR), str(settings.ARTIFACT_DIR), str(settings.FETCH_CACHE_DIR)]
+    assert not [d for d in worker_dirs if d in log], log
+    for extension in ("hello", "hello-tools"):
+        assert f"[{extension} v1.0.0]" in log  # the bake's stages name the extension
+        assert f"{settings.PUBLIC_BASE_URL}extensions/{extension}/SHA256SUMS" in log
+    assert f"{settings.PUBLIC_BASE_URL}flavours/{flavour.json()['id']}/" in log
+    # Each extension's lines are in its own steps' sections.
+    steps = {step["id"]: (step["name"], step["extension"]) for step in build["steps"]}
+    for line in lines:
+        if line["text"].startswith("[hello-tools v1.0.0]"):
+            assert steps[line["step"]] == ("bake", "hello-tools")
+
+    # A failing bake whose tool trouble mentions its scratch files: still no worker path.
+    path = "/example/broken/releases/download/v1.0.0/broken-v1.0.0-x86_64.tar.gz"
+    serve_extension(upstream, "broken")
+    upstream.add_bytes(path, b"this is not a gzip archive")
+    UpstreamDigest.objects.filter(version__extension__name="broken", arch="x86-64").update(
+        sha256=hashlib.sha256(b"this is not a gzip archive").hexdigest()
+    )
+    broken = client.post(
+        "/api/flavours/",
+        {"name": "b", "arch": "x86-64", "extensions": [{"name": "broken", "version": "v1.0.0"}]},
+        format="json",
+    )
+    failed = _build(client, broken.json()["id"], django_capture_on_commit_callbacks)
+    assert failed["state"] == "failed" and failed["failure"]["code"], failed
+    failed_log = "\n".join(
+        line["text"] for line in client.get(f"/api/builds/{failed['id']}/log").json()["lines"]
+    )
+    assert "[broken v1.0.0]" in failed_log and failed["failure"]["code"] in failed_log
+    assert not [d for d in worker_dirs if d in failed_log + failed["error_message"]], failed_log
