@@ -150,7 +150,7 @@ else:
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "celery")
 # Image bakes, catalog tasks and the rest each have a queue named after the default one
 # (portal/routing.py); a worker without -Q listens on all three.
-CELERY_TASK_QUEUES = {name: {} for name in queue_names(CELERY_TASK_DEFAULT_QUEUE)}
+CELERY_TASK_QUEUES: dict[str, dict[str, str]] = {name: {} for name in queue_names(CELERY_TASK_DEFAULT_QUEUE)}
 CELERY_TASK_ROUTES = ("portal.routing.route_task",)
 CELERY_TASK_IGNORE_RESULT = True  # build state lives in the database, not in a result backend
 CELERY_TASK_ACKS_LATE = True
