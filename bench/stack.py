@@ -208,10 +208,16 @@ class Stack:
             raise SystemExit(f"build of {flavour_id}: {response.status_code} {response.text[:500]}")
         return dict(response.json())
 
-    def wait_finished(self, build_id: str, timeout: float = 3600, poll: float = 0.02) -> dict[str, Any]:
+    def wait_finished(
+        self, build_id: str, timeout: float = 3600, poll: float = 0.02, token: str | None = None
+    ) -> dict[str, Any]:
+        headers = {"Authorization": f"Token {token or self.token}"}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            body = dict(self.api("GET", f"/api/builds/{build_id}/").json())
+            response = self.session.get(f"{self.web_url}/api/builds/{build_id}/", headers=headers, timeout=60)
+            if response.status_code != 200:
+                raise SystemExit(f"build {build_id}: {response.status_code} {response.text[:300]}")
+            body = dict(response.json())
             if body["state"] in ("succeeded", "failed", "cancelled"):
                 if body["state"] != "succeeded":
                     logs = "\n".join(w.log.read_text(errors="replace")[-2000:] for w in self.workers)
