@@ -231,7 +231,7 @@ def measure_scale(stack: Stack, work: Path, size: dict[str, int]) -> list[Row]:
         stack.start_workers(workers, concurrency=1, separate_var_dirs=separate)
         # Not timed: each worker's first task pays for imports and connections.
         warm = []
-        for n in range(workers):
+        for _ in range(workers):
             run += 1
             name = f"scale-warm-{run}"
             stack.add_extension(name, archive)
