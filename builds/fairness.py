@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import ValidationError
-from django.db import DatabaseError
+from django.db import Error as DatabaseError
 
 from builds.models import ACTIVE_BUILD_STATES, Build
 
