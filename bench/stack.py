@@ -211,6 +211,8 @@ class Stack:
     def wait_finished(
         self, build_id: str, timeout: float = 3600, poll: float = 0.02, token: str | None = None
     ) -> dict[str, Any]:
+        """Poll the build's status until it ends: every 20 ms at first (a cached flavour answers
+        at once), backing off to 250 ms so a long bake is not slowed by the polling itself."""
         headers = {"Authorization": f"Token {token or self.token}"}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -224,6 +226,7 @@ class Stack:
                     raise SystemExit(f"build {build_id} {body['state']}: {body.get('error_message')}\n{logs}")
                 return body
             time.sleep(poll)
+            poll = min(poll * 1.25, 0.25)
         raise SystemExit(f"build {build_id} did not finish in {timeout} s")
 
     # --- the catalog --------------------------------------------------------------------------
