@@ -3,8 +3,9 @@ PYTHON_BOOT ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: run test reliability lint contracts format typecheck bench migrations-check venv clean
+.PHONY: run test reliability lint contracts format typecheck bench bench-pipeline migrations-check venv clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON_BOOT) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Bakehouse needs Python >= 3.11")'
@@ -48,8 +49,14 @@ typecheck: venv
 migrations-check: venv
 	$(PY) manage.py makemigrations --check --dry-run
 
-## bench: pipeline wall time and memory as ratios to the bare tools
+## bench: the whole product (API, Celery, PostgreSQL, S3) against the bare tools, scale, load,
+## memory and fairness: one table with PASS/FAIL per goal, also as JSON in bench/results/.
+## Needs DATABASE_URL (PostgreSQL) and REDIS_URL; BENCH_ARGS="--size quick" for a short run.
 bench: venv
+	$(PY) -m bench $(BENCH_ARGS)
+
+## bench-pipeline: the bake pipeline alone as ratios to the bare tools, two input sizes
+bench-pipeline: venv
 	$(PY) -m bench.bake
 
 clean:

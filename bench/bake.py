@@ -1,4 +1,5 @@
-"""``make bench``: the bake pipeline against the bare tools it wraps.
+"""``make bench-pipeline``: the bake pipeline alone against the bare tools it wraps (``make bench``
+runs the whole product, bench/portal.py).
 
 Packs real binaries from this machine (``/usr/bin``, ``/usr/lib/<triplet>``) into a tar.gz,
 then for two input sizes times:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Case, Count, IntegerField, OuterRef, QuerySet, Subquery, When
+from django.db.models.functions import Coalesce
 
 from builds.models import Build, BuildLogLine, BuildState, Flavour, Webhook
 from catalog.models import Role, Team
@@ -42,8 +43,27 @@ def build_queue_position(*, build: Build) -> int | None:
     """1 for the next queued build to start; None once the build has started or ended."""
     if build.state != BuildState.QUEUED:
         return None
-    ahead = Build.objects.filter(state=BuildState.QUEUED, created_at__lt=build.created_at).count()
-    return ahead + 1
+    ahead = getattr(build, "queued_ahead", None)  # builds_with_queue_position: no query per row
+    if ahead is None:
+        ahead = Build.objects.filter(state=BuildState.QUEUED, created_at__lt=build.created_at).count()
+    return int(ahead) + 1
+
+
+def builds_with_queue_position(builds: QuerySet[Build]) -> QuerySet[Build]:
+    """``builds``, each queued one with ``queued_ahead`` counted in the same query (lists)."""
+    ahead = (
+        Build.objects.filter(state=BuildState.QUEUED, created_at__lt=OuterRef("created_at"))
+        .order_by()
+        .values("state")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    counted = Coalesce(Subquery(ahead, output_field=IntegerField()), 0)
+    return builds.annotate(
+        queued_ahead=Case(
+            When(state=BuildState.QUEUED, then=counted), default=None, output_field=IntegerField()
+        )
+    )
 
 
 def build_log_lines(*, build: Build, after: int = 0, limit: int = 1000) -> QuerySet[BuildLogLine]:

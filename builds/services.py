@@ -178,10 +178,14 @@ def _published_files_present(build: Build) -> bool:
     from builds.adapters.store import ArtifactStoreError, get_artifact_store
 
     store = get_artifact_store()
+    keys = set(build.artifacts.values_list("key", flat=True))
+    # One listing per directory, not one request per file: a cached flavour answers at once.
+    directories = {key.rsplit("/", 1)[0] + "/" for key in keys}
     try:
-        return all(store.stat(key) is not None for key in build.artifacts.values_list("key", flat=True))
+        present = {key for directory in directories for key in store.list(directory)}
     except ArtifactStoreError:
         return True
+    return keys <= present
 
 
 def build_retry(*, build: Build, user: Any) -> tuple[Build, bool]:

@@ -25,6 +25,7 @@ from portal.config import (
     s3_config,
     secret_key_in_file,
 )
+from portal.routing import PRIORITY_STEPS, queue_names
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = env_path("BAKEHOUSE_VAR_DIR", BASE_DIR / "var")
@@ -131,6 +132,8 @@ if REDIS_URL:
         "health_check_interval": 10,
         "socket_keepalive": True,
         "retry_on_timeout": True,
+        # Per-team fairness (portal/routing.py): one Redis list per priority, 0 taken first.
+        "priority_steps": list(PRIORITY_STEPS),
     }
 else:
     # Embedded default: kombu's filesystem transport needs no external service, and a real
@@ -146,6 +149,10 @@ else:
     }
 # Deployments (and test runs) sharing one Redis keep apart by queue name.
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "celery")
+# Image bakes, catalog tasks and the rest each have a queue named after the default one
+# (portal/routing.py); a worker without -Q listens on all three.
+CELERY_TASK_QUEUES: dict[str, dict[str, str]] = {name: {} for name in queue_names(CELERY_TASK_DEFAULT_QUEUE)}
+CELERY_TASK_ROUTES = ("portal.routing.route_task",)
 CELERY_TASK_IGNORE_RESULT = True  # build state lives in the database, not in a result backend
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -324,7 +324,9 @@ class LocalArtifactStore(ArtifactStore):
     def list(self, prefix: str = "") -> list[str]:
         check_prefix(prefix)
         keys = []
-        for directory, dirnames, filenames in os.walk(self.root):
+        # Walk only the directory the prefix names (the whole store for "" or a bare name).
+        start = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        for directory, dirnames, filenames in os.walk(start):
             # Bookkeeping (.tmp, .meta) and anything hidden is not an artifact.
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             relative = Path(directory).relative_to(self.root)

@@ -108,8 +108,10 @@ def _build_queryset(user: Any) -> Any:
     images = BuildImage.objects.select_related("extension_version__extension", "image").order_by(
         "extension_version__extension__name"
     )
-    return selectors.builds_visible_to(user=user).prefetch_related(
-        "steps", "artifacts", Prefetch("images", queryset=images)
+    # Artifacts check their flavour's team (privacy) when serialized: fetched with them.
+    artifacts = Artifact.objects.select_related("flavour__team")
+    return selectors.builds_with_queue_position(selectors.builds_visible_to(user=user)).prefetch_related(
+        "steps", Prefetch("artifacts", queryset=artifacts), Prefetch("images", queryset=images)
     )
 
 

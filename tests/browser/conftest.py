@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import pytest
 
+from portal.routing import queue_names
 from tests.builds.build_support import shared_signing_key
 from tests.factories import PASSWORD
 
@@ -156,7 +157,8 @@ def celery_worker_process(transactional_db, settings, tmp_path) -> Iterator[Call
             **extra_env,
         }
         argv = [
-            sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", queue, "-n", f"{queue}@%h",
+            sys.executable, "-m", "celery", "-A", "portal", "worker", "-n", f"{queue}@%h",
+            "-Q", ",".join(queue_names(queue)),
             "--loglevel=INFO", "--concurrency=2",
             "--without-heartbeat", "--without-gossip", "--without-mingle",
         ]  # fmt: skip

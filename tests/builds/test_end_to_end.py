@@ -40,6 +40,7 @@ from builds.models import Build, BuildState
 from builds.pipeline.butane.dataurl import decode_data_url
 from portal.celery import app
 from portal.config import S3Config
+from portal.routing import queue_names
 from tests.builds.build_support import (
     check_published_extension,
     ignition_image_hashes,
@@ -175,7 +176,7 @@ def start_worker(env: dict[str, str], queue: str, log: Path, concurrency: int = 
     handle = open(log, "wb")
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", queue,
+            sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", ",".join(queue_names(queue)),
             f"--concurrency={concurrency}", "--pool=prefork", "--loglevel=INFO",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
             "-n", f"{queue}-{uuid.uuid4().hex[:6]}@%h",

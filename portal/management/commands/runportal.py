@@ -25,6 +25,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from portal.routing import queue_names
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -103,12 +105,10 @@ class Command(BaseCommand):
         commands: list[tuple[str, list[str]]] = [("web", self._web_command(addr, options))]
         if not options["no_worker"]:
             celery = [sys.executable, "-m", "celery", "-A", "portal"]
-            commands.append(
-                (
-                    "worker",
-                    [*celery, "worker", "--loglevel", "INFO", "--concurrency", str(options["concurrency"])],
-                )
-            )
+            # Every queue (portal/routing.py): one machine does all the work.
+            queues = ",".join(queue_names(settings.CELERY_TASK_DEFAULT_QUEUE))
+            worker = [*celery, "worker", "--loglevel", "INFO", "--concurrency", str(options["concurrency"])]
+            commands.append(("worker", [*worker, "-Q", queues]))
             if not options["no_beat"]:
                 schedule = str(settings.VAR_DIR / "celerybeat-schedule")
                 commands.append(("beat", [*celery, "beat", "--loglevel", "INFO", "--schedule", schedule]))
