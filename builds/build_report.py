@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from builds.models import ACTIVE_BUILD_STATES, Artifact, ArtifactKind, Build, BuildState, BuildStep
 from builds.pipeline import error_codes
+from builds.selectors import build_queue_position
 
 # How many recent succeeded builds the queue estimate reads.
 ESTIMATE_SAMPLE = 20
@@ -135,13 +136,17 @@ class QueueEstimate:
         return f"{where}; it should start in about {duration_text(self.wait_seconds)}."
 
 
-def queue_estimate(build: Build) -> QueueEstimate | None:
-    """A queued build's place in line and about when it starts: the median duration of the last
-    ``ESTIMATE_SAMPLE`` succeeded builds, times its position, divided by the builds running side
-    by side right now (at least one). None once the build has started or ended."""
-    if build.state != BuildState.QUEUED:
-        return None
-    position = Build.objects.filter(state=BuildState.QUEUED, created_at__lt=build.created_at).count() + 1
+@dataclass(frozen=True)
+class QueueLoad:
+    """What every queued build's estimate shares: computed once per page or API list."""
+
+    running: int
+    typical_seconds: float | None
+
+
+def queue_load() -> QueueLoad:
+    """The builds working right now and the median duration of the last ``ESTIMATE_SAMPLE``
+    succeeded builds."""
     running = Build.objects.filter(state__in=ACTIVE_BUILD_STATES).exclude(state=BuildState.QUEUED).count()
     recent = (
         Build.objects.filter(state=BuildState.SUCCEEDED, started_at__isnull=False, finished_at__isnull=False)
@@ -149,9 +154,21 @@ def queue_estimate(build: Build) -> QueueEstimate | None:
         .values_list("started_at", "finished_at")[:ESTIMATE_SAMPLE]
     )
     durations = [(end - start).total_seconds() for start, end in recent if start and end]
-    typical = statistics.median(durations) if durations else None
-    wait = typical * position / max(running, 1) if typical is not None else None
-    return QueueEstimate(position, running, typical, wait)
+    return QueueLoad(running, statistics.median(durations) if durations else None)
+
+
+def queue_estimate(build: Build, *, load: QueueLoad | None = None) -> QueueEstimate | None:
+    """A queued build's place in line and about when it starts: the median duration of the last
+    ``ESTIMATE_SAMPLE`` succeeded builds, times its position, divided by the builds running side
+    by side right now (at least one). None once the build has started or ended. A list passes
+    one ``load`` for all its builds (and counts positions in its query: no query per row)."""
+    position = build_queue_position(build=build)
+    if position is None:
+        return None
+    load = load or queue_load()
+    typical = load.typical_seconds
+    wait = typical * position / max(load.running, 1) if typical is not None else None
+    return QueueEstimate(position, load.running, typical, wait)
 
 
 # --- failure --------------------------------------------------------------------------------------
@@ -223,7 +240,10 @@ def install_command(build: Build) -> str:
 
     if build.state != BuildState.SUCCEEDED:
         return ""
-    ignition: Artifact | None = build.artifacts.filter(kind=ArtifactKind.IGNITION).first()
+    # From the build's artifacts as fetched (a list prefetches them: no query per row).
+    ignition: Artifact | None = next(
+        (a for a in build.artifacts.all() if a.kind == ArtifactKind.IGNITION), None
+    )
     if ignition is None:
         return ""
     url = artifact_url_for(build.flavour)(ignition.key)

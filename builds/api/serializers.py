@@ -7,7 +7,7 @@ user sends is dropped silently); the input serializers here describe that shape 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from django.urls import reverse
@@ -16,7 +16,17 @@ from rest_framework import serializers
 
 from builds import build_report, selectors
 from builds.flavours import OPTIONS, OptionSpec
-from builds.models import Arch, Artifact, Build, BuildLogLine, BuildStep, Flavour, Webhook, WebhookDelivery
+from builds.models import (
+    Arch,
+    Artifact,
+    Build,
+    BuildLogLine,
+    BuildState,
+    BuildStep,
+    Flavour,
+    Webhook,
+    WebhookDelivery,
+)
 from builds.published import PublishedFile, published_file
 
 
@@ -344,6 +354,10 @@ class BuildSerializer(serializers.ModelSerializer):
             "steps", "step_groups", "images", "artifacts", "install_command", "log_url",
         ]  # fmt: skip
 
+    def _list_memo(self) -> dict[str, Any]:
+        """What the rows of one list share (their serializers share the root's context dict)."""
+        return cast(dict[str, Any], self.context)
+
     def get_url(self, obj: Build) -> str:
         return _absolute(self.context.get("request"), reverse("builds-api:build-detail", args=[obj.pk]))
 
@@ -386,7 +400,12 @@ class BuildSerializer(serializers.ModelSerializer):
     @extend_schema_field(QueueEstimateSerializer(allow_null=True))
     def get_queue(self, obj: Build) -> dict[str, Any] | None:
         """A queued build's position and about when it starts; null once it started."""
-        estimate = build_report.queue_estimate(obj)
+        # One queue load for a whole list (the context is shared by a list's rows).
+        memo = self._list_memo()
+        load = memo.get("queue_load")
+        if load is None and obj.state == BuildState.QUEUED:
+            load = memo["queue_load"] = build_report.queue_load()
+        estimate = build_report.queue_estimate(obj, load=load)
         if estimate is None:
             return None
         return {
@@ -403,9 +422,16 @@ class BuildSerializer(serializers.ModelSerializer):
         from catalog.models import Role
         from catalog.permissions import has_team_role
 
+        if obj.state not in (BuildState.FAILED, BuildState.CANCELLED):
+            return None
         request = self.context.get("request")
-        can_build = request is not None and has_team_role(request.user, obj.flavour.team, Role.BUILDER)
-        advice = build_report.failure_advice(obj, can_build=can_build)
+        # The reader's role per team, looked up once per list rather than once per row.
+        roles = self._list_memo().setdefault("can_build_in_team", {})
+        if obj.flavour.team_id not in roles:
+            roles[obj.flavour.team_id] = request is not None and has_team_role(
+                request.user, obj.flavour.team, Role.BUILDER
+            )
+        advice = build_report.failure_advice(obj, can_build=roles[obj.flavour.team_id])
         return None if advice is None else FailureAdviceSerializer(advice).data
 
     def get_install_command(self, obj: Build) -> str:
@@ -429,7 +455,7 @@ class BuildSerializer(serializers.ModelSerializer):
                 "url": _absolute(request, reverse("builds-api:build-detail", args=[retry.pk])),
                 "page_url": _absolute(request, reverse("builds:build-detail", args=[retry.pk])),
             }
-            for retry in obj.retries.order_by("-created_at")
+            for retry in sorted(obj.retries.all(), key=lambda retry: retry.created_at, reverse=True)
         ]
 
 

@@ -111,7 +111,7 @@ def _build_queryset(user: Any) -> Any:
     # Artifacts check their flavour's team (privacy) when serialized: fetched with them.
     artifacts = Artifact.objects.select_related("flavour__team")
     return selectors.builds_with_queue_position(selectors.builds_visible_to(user=user)).prefetch_related(
-        "steps", Prefetch("artifacts", queryset=artifacts), Prefetch("images", queryset=images)
+        "steps", "retries", Prefetch("artifacts", queryset=artifacts), Prefetch("images", queryset=images)
     )
 
 
