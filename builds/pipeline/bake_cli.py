@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from builds.pipeline.bake import bake_sysext
@@ -18,7 +18,8 @@ from builds.pipeline.signing import GpgSigner
 from builds.pipeline.vocabulary import ARCHES
 
 
-def _default_cache_dir() -> str:
+def default_cache_dir() -> str:
+    """The download cache of the pipeline's commands: $FETCH_CACHE_DIR, else the user's cache."""
     configured = os.environ.get("FETCH_CACHE_DIR")
     if configured:
         return configured
@@ -26,7 +27,8 @@ def _default_cache_dir() -> str:
     return str(Path(base) / "bakehouse" / "fetch")
 
 
-def _pairs(values: Sequence[str], option: str) -> dict[str, str]:
+def parse_pairs(values: Sequence[str], option: str) -> dict[str, str]:
+    """``FROM=TO`` option values (``--mirror``, ``--pin``) as a mapping."""
     pairs = {}
     for value in values:
         key, sep, replacement = value.partition("=")
@@ -94,9 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    return run_reporting_errors(_run, build_parser().parse_args(list(argv) if argv is not None else None))
+
+
+def run_reporting_errors(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a pipeline command; a pipeline error is printed as ``error: CODE: sentence`` (and the
+    tool's output, if any) and exits 1, never as a traceback."""
     try:
-        return _run(args)
+        return run(args)
     except PipelineError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         if exc.output:
@@ -109,8 +116,8 @@ def _run(args: argparse.Namespace) -> int:
         raise PipelineError("cli.invalid-argument", "--passphrase-file needs --sign-key")
     if args.export_pubring and not args.sign_key:
         raise PipelineError("cli.invalid-argument", "--export-pubring needs --sign-key")
-    mirrors = _pairs(args.mirror, "--mirror")
-    pins = _pairs(args.pin, "--pin")
+    mirrors = parse_pairs(args.mirror, "--mirror")
+    pins = parse_pairs(args.pin, "--pin")
     recipe = load_recipe(args.recipe)
     print(f"bake {recipe.name} {args.version} {args.arch} -> {args.out}", flush=True)
 
@@ -121,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     signer = GpgSigner(args.sign_key, args.passphrase_file) if args.sign_key else None
     try:
         with Fetcher(
-            args.cache_dir or _default_cache_dir(),
+            args.cache_dir or default_cache_dir(),
             mirrors=mirrors,
             egress=EgressRule(allow_private=args.allow_private_upstreams),
             file_roots=args.file_root,

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from builds.pipeline.bake_cli import _default_cache_dir, _pairs
+from builds.pipeline.bake_cli import default_cache_dir, parse_pairs, run_reporting_errors
 from builds.pipeline.checksums import sha256_file
 from builds.pipeline.egress import EgressRule
 from builds.pipeline.errors import PipelineError
@@ -71,14 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
-    try:
-        return _run(args)
-    except PipelineError as exc:
-        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-        if exc.output:
-            print(exc.output.rstrip(), file=sys.stderr)
-        return 1
+    return run_reporting_errors(_run, build_parser().parse_args(list(argv) if argv is not None else None))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -99,8 +91,8 @@ def _run(args: argparse.Namespace) -> int:
         if not args.sha256:
             raise PipelineError("cli.invalid-argument", "an image URL needs --sha256 (the pinned digest)")
         with Fetcher(
-            args.cache_dir or _default_cache_dir(),
-            mirrors=_pairs(args.mirror, "--mirror"),
+            args.cache_dir or default_cache_dir(),
+            mirrors=parse_pairs(args.mirror, "--mirror"),
             egress=EgressRule(allow_private=args.allow_private_upstreams),
         ) as fetcher:
             image = fetch_flatcar_image(fetcher, args.image, sha256=args.sha256, signing_key=args.signing_key)
