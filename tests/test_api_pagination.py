@@ -131,6 +131,11 @@ def test_limit_and_offset_still_page(world: dict[str, Any], route: str) -> None:
     assert everything["count"] >= 1, f"{route}: give the world an object in this list"
     first = client.get(url, {"limit": "1"}).json()
     assert first["count"] == everything["count"]
-    assert first["results"] == everything["results"][:1]
+    assert _identities(first["results"]) == _identities(everything["results"][:1])
     rest = client.get(url, {"limit": "1", "offset": "1"}).json()
-    assert rest["results"] == everything["results"][1:2]
+    assert _identities(rest["results"]) == _identities(everything["results"][1:2])
+
+
+def _identities(rows: list[dict[str, Any]]) -> list[Any]:
+    """Which objects a page holds (a queued build's ``queued_seconds`` grows between two requests)."""
+    return [row.get("id", row.get("url", row.get("slug", row))) for row in rows]
