@@ -8,10 +8,13 @@ an id whose row is not committed yet.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 
 from builds import steps, webhooks
@@ -168,6 +171,12 @@ def build_request(
     return build, True
 
 
+# A succeeded build's files seen in the store this recently are not listed again: repeated
+# requests for a cached flavour (a CI pipeline's every run) cost no S3 round trip. A bucket
+# wiped within this window hands out links that 404 until it passes.
+PRESENCE_RECHECK_SECONDS = 60
+
+
 def _published_files_present(build: Build) -> bool:
     """Whether the store still holds every file ``build`` published.
 
@@ -177,15 +186,25 @@ def _published_files_present(build: Build) -> bool:
     """
     from builds.adapters.store import ArtifactStoreError, get_artifact_store
 
+    seen_key = f"builds:files-present:{build.pk}"
+    with contextlib.suppress(Exception):  # the cache only saves a listing; never fail on it
+        if cache.get(seen_key):
+            return True
     store = get_artifact_store()
     keys = set(build.artifacts.values_list("key", flat=True))
-    # One listing per directory, not one request per file: a cached flavour answers at once.
-    directories = {key.rsplit("/", 1)[0] + "/" for key in keys}
+    # One listing per directory, not one request per file, and the listings side by side (each
+    # is a round trip to S3).
+    directories = sorted({key.rsplit("/", 1)[0] + "/" for key in keys})
     try:
-        present = {key for directory in directories for key in store.list(directory)}
+        with ThreadPoolExecutor(max_workers=min(8, len(directories) or 1)) as pool:
+            present = {key for listing in pool.map(store.list, directories) for key in listing}
     except ArtifactStoreError:
         return True
-    return keys <= present
+    if not keys <= present:
+        return False
+    with contextlib.suppress(Exception):
+        cache.set(seen_key, True, PRESENCE_RECHECK_SECONDS)
+    return True
 
 
 def build_retry(*, build: Build, user: Any) -> tuple[Build, bool]:

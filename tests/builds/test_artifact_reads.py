@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 
 from builds.adapters.store import get_artifact_store
 from builds.models import Build
@@ -45,12 +46,30 @@ def test_a_succeeded_build_whose_files_are_gone_is_built_again(world: World) -> 
     assert kept.status_code == 202 and kept.json()["id"] == str(world.done.pk)
 
     get_artifact_store().delete(world.artifact.key)
+    # Once the store is due to be listed again (the files were last seen present long enough ago).
+    cache.delete(f"builds:files-present:{world.done.pk}")
     again = api.post(f"/api/flavours/{world.flavour.pk}/builds/")
 
     assert again.status_code == 202, again.content
     assert again.json()["id"] != str(world.done.pk)
     assert again.json()["state"] == "queued"
     assert Build.objects.filter(flavour=world.flavour).count() == 2
+
+
+def test_a_cached_flavour_requested_again_does_not_list_the_store_each_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = get_artifact_store()
+    listed: list[str] = []
+    real_list = store.list
+    monkeypatch.setattr(store, "list", lambda prefix="": listed.append(prefix) or real_list(prefix))
+    monkeypatch.setattr("builds.adapters.store.get_artifact_store", lambda: store)
+    api = client(world.cast.owner)
+
+    answers = [api.post(f"/api/flavours/{world.flavour.pk}/builds/") for _ in range(3)]
+
+    assert [a.json()["id"] for a in answers] == [str(world.done.pk)] * 3
+    assert listed and len(listed) == len(set(listed)), "listed once, then the recent check stands"
 
 
 def test_an_unreachable_store_is_a_json_503(
