@@ -141,12 +141,17 @@ def timed_build(stack: Stack, flavour_id: str) -> float:
 
 
 def timed_build_steps(stack: Stack, flavour_id: str) -> tuple[float, dict[str, float]]:
-    """Seconds from POST to succeeded, and the seconds of each step the build recorded."""
+    """Seconds from POST to succeeded, and the seconds of each step the build recorded (a step
+    run once per extension, bake and verify, summed over the extensions)."""
     started = time.monotonic()
     build = stack.request_build(flavour_id)
-    body = stack.wait_finished(build["id"])
+    # A cached flavour's POST already answers with the succeeded build, as a CI client reads it.
+    body = build if build["state"] == "succeeded" else stack.wait_finished(build["id"])
     seconds = time.monotonic() - started
-    return seconds, {s["name"]: s["duration_seconds"] or 0.0 for s in body.get("steps", [])}
+    steps: dict[str, float] = {}
+    for step in body.get("steps", []):
+        steps[step["name"]] = steps.get(step["name"], 0.0) + (step["duration_seconds"] or 0.0)
+    return seconds, steps
 
 
 # --- 1 and 2: end to end, cached ------------------------------------------------------------
