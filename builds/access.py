@@ -33,6 +33,7 @@ from django.utils import timezone
 from builds.models import Flavour, FlavourToken
 from catalog.models import Delivery, Extension, Role, Team
 from catalog.permissions import has_team_role, team_role
+from portal import read_cache
 
 PRIVATE_SEGMENT = "private"
 
@@ -93,6 +94,7 @@ def flavour_token_rotate(*, flavour: Flavour, user: Any) -> tuple[str, Any]:
         updated = FlavourToken.objects.filter(flavour=flavour).update(token=token, rotated_at=timezone.now())
         if not updated:
             FlavourToken.objects.create(flavour=flavour, token=token)
+        read_cache.bump(read_cache.DATA)  # update() sends no signal; the flavour's URLs changed
     build, _created = build_request(flavour=flavour, user=user, republish=True)
     return token, build
 

@@ -28,7 +28,9 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from builds import webhooks
+from builds.cache_scopes import build_scope, flavour_scope
 from builds.models import ACTIVE_BUILD_STATES, Build, BuildLogLine, BuildState, BuildStep
+from portal import read_cache
 
 logger = logging.getLogger(__name__)
 
@@ -280,6 +282,8 @@ def build_end(build: Build, state: str, *, code: str = "", message: str = "") ->
         changed = Build.objects.filter(pk=build.pk, state__in=ACTIVE_BUILD_STATES).update(**updates)
         if not changed:
             return False
+        # update() sends no signal: the build's status and its flavour's latest files changed.
+        read_cache.bump(build_scope(build.pk), flavour_scope(build.flavour_id))
         outcome = {BuildState.SUCCEEDED: "ok", BuildState.CANCELLED: "cancelled"}.get(
             BuildState(state), "failed"
         )

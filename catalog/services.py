@@ -40,7 +40,7 @@ from catalog.models import (
 )
 from catalog.permissions import require_team_role
 from catalog.selectors import version_sort_key
-from portal import queueing
+from portal import queueing, read_cache
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ def _store_recipe_pins(version: ExtensionVersion, recipe: Recipe, pins: dict[str
         )
         for (arch, source_id), (url, digest) in sorted(wanted.items())
     )
+    read_cache.bump(read_cache.DATA)  # bulk_create sends no signal
     return True
 
 
@@ -733,6 +734,7 @@ def _pinning_retrying(version: ExtensionVersion, error: BakehouseError) -> None:
     ExtensionVersion.objects.filter(pk=version.pk, status=VersionStatus.PINNING).update(
         pinning_error=f"{error.code}: {error.message} (retrying)"
     )
+    read_cache.bump(read_cache.DATA)  # update() sends no signal
 
 
 def _pinning_failed(version: ExtensionVersion, error: str) -> None:

@@ -56,6 +56,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: a repeated API read with the same credentials is answered from the shared cache
+    # (with the headers the middleware below added when it was stored); see portal.read_cache.
+    "portal.read_cache.ReadCacheMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # PostgreSQL cannot store or compare NUL characters: refuse them in URLs with a 400.
     "portal.hostile_input.RejectNulCharactersMiddleware",

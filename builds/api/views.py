@@ -36,11 +36,14 @@ from builds.api.serializers import (
     WebhookSerializer,
     _absolute,
 )
+from builds.cache_scopes import IMAGES_SCOPE, build_scope, flavour_scope
 from builds.compare import flavour_compare
 from builds.flavours import FlavourInvalid
 from builds.models import FINISHED_BUILD_STATES, Artifact, ArtifactKind, Build, BuildImage
 from catalog.models import Role, Team
 from catalog.permissions import has_team_role
+from portal import read_cache
+from portal.read_cache import CachedRead
 
 ERROR = inline_serializer("Error", {"code": serializers.CharField(), "message": serializers.CharField()})
 VALIDATION_ERROR = inline_serializer(
@@ -118,7 +121,7 @@ def _build_queryset(user: Any) -> Any:
 # --- flavours -----------------------------------------------------------------------------------
 
 
-class FlavourListCreateView(generics.ListAPIView):
+class FlavourListCreateView(CachedRead, generics.ListAPIView):
     """The flavours of your teams; POST composes a new one."""
 
     serializer_class = FlavourSerializer
@@ -174,7 +177,7 @@ class FlavourListCreateView(generics.ListAPIView):
         return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
 
 
-class FlavourDetailView(generics.RetrieveAPIView):
+class FlavourDetailView(CachedRead, generics.RetrieveAPIView):
     serializer_class = FlavourSerializer
 
     def get_queryset(self) -> Any:
@@ -216,9 +219,12 @@ class FlavourCompareView(APIView):
         return Response(FlavourComparisonSerializer(comparison, context={"request": request}).data)
 
 
-class _FlavourConfigView(APIView):
+class _FlavourConfigView(CachedRead, APIView):
     kind: str = ""
     content_type: str = ""
+
+    def read_cache_scopes(self) -> list[str]:
+        return [read_cache.DATA, flavour_scope(self.kwargs["pk"])]
 
     def get(self, request: Request, pk: str) -> HttpResponse:
         flavour = get_object_or_404(selectors.flavours_visible_to(user=request.user), pk=pk)
@@ -314,10 +320,17 @@ class BuildListView(generics.ListAPIView):
         return _build_queryset(self.request.user).order_by("-created_at")
 
 
-class BuildDetailView(generics.RetrieveAPIView):
+class BuildDetailView(CachedRead, generics.RetrieveAPIView):
     """State, progress, steps with timings, queue position, images and artifacts of a build."""
 
     serializer_class = BuildSerializer
+
+    def read_cache_scopes(self) -> list[str]:
+        return [read_cache.DATA, build_scope(self.kwargs["pk"]), IMAGES_SCOPE]
+
+    def read_cache_allows(self, response: Any) -> bool:
+        # A running build changes with every step; clients polling it must see that at once.
+        return response.data.get("state") in FINISHED_BUILD_STATES
 
     def get_queryset(self) -> Any:
         return _build_queryset(self.request.user)

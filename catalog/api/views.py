@@ -36,6 +36,7 @@ from catalog.selectors import (
     extensions_visible_to,
     version_get_for_user,
 )
+from portal.read_cache import CachedRead
 
 
 class CatalogAPIView(GenericAPIView):
@@ -53,7 +54,7 @@ def _with_versions(qs: Any) -> Any:
     )
 
 
-class ExtensionListView(mixins.ListModelMixin, CatalogAPIView):
+class ExtensionListView(CachedRead, mixins.ListModelMixin, CatalogAPIView):
     """GET: the extensions you can see (``?search=&status=&category=&arch=&team=``).
     POST: add a custom one."""
 
@@ -124,7 +125,7 @@ class ExtensionListView(mixins.ListModelMixin, CatalogAPIView):
         raise CatalogError("team.required", "You are in several teams: say which one with 'team' (its slug).")
 
 
-class ExtensionDetailView(CatalogAPIView):
+class ExtensionDetailView(CachedRead, CatalogAPIView):
     """One extension with its relations, versions, digests and audit trail (``?team=`` if ambiguous)."""
 
     serializer_class = ExtensionDetailSerializer
