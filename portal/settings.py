@@ -219,7 +219,7 @@ if REDIS_URL:
     # offers one). Timeouts, so that a stalled Redis makes sign-in fail rather than hang.
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "portal.redis_cache.RedisCache",  # Django's, one client per pool
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": CACHE_KEY_PREFIX,
             "OPTIONS": {"socket_timeout": 5, "socket_connect_timeout": 5},
