@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.portal import Row, bare_tools, make_archives, percentile, render
+from bench.portal import LoadRun, Row, bare_tools, make_archives, merged_percentile, percentile, render
 from builds.pipeline.signing import generate_signing_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +30,16 @@ def test_percentiles_are_nearest_rank() -> None:
     assert percentile(values, 0.95) == 95
     assert percentile(values, 0.99) == 99
     assert percentile([7.0], 0.95) == 7
+
+
+def test_load_runs_side_by_side_merge_by_their_request_counts() -> None:
+    fast = LoadRun(requests=900, errors=0, quantiles=[1.0] * 999)
+    slow = LoadRun(requests=100, errors=0, quantiles=[50.0] * 999)
+    assert merged_percentile([fast, slow], 0.5) == 1.0
+    assert merged_percentile([fast, slow], 0.89) == 1.0
+    assert merged_percentile([fast, slow], 0.95) == 50.0
+    ramp = LoadRun(requests=999, errors=0, quantiles=[float(n) for n in range(1, 1000)])
+    assert ramp.percentile(0.95) == 950.0 and merged_percentile([ramp], 0.95) == 950.0
 
 
 def test_archives_split_real_binaries_and_the_bare_tools_run_on_them(tmp_path: Path) -> None:
@@ -73,7 +83,7 @@ def test_the_table_says_pass_or_fail_against_each_goal() -> None:
 )
 def test_a_tiny_whole_product_run_prints_the_table_and_writes_the_json(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--size", "tiny", "--only", "e2e", "--results", str(tmp_path)],
+        [sys.executable, "-m", "bench", "--size", "tiny", "--only", "e2e", "api", "--results", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -82,6 +92,9 @@ def test_a_tiny_whole_product_run_prints_the_table_and_writes_the_json(tmp_path:
     measures = [row["measure"] for row in result["rows"]]
     assert any(m.startswith("1. end to end") for m in measures)
     assert any(m.startswith("2. cached flavour") for m in measures)
-    assert all(row["passed"] in (True, False) for row in result["rows"])
+    assert any(m.startswith("4. API, cached reads") for m in measures)
+    loaded = next(row for row in result["rows"] if row["measure"].startswith("4. API, cached reads"))
+    assert loaded["detail"]["requests"] > 0 and loaded["detail"]["errors"] == 0
+    assert all(row["passed"] in (True, False) for row in result["rows"] if row["goal"])
     assert result["table"] in done.stdout
     assert result["machine"]["cpus"] and result["machine"]["load_average"]
