@@ -40,6 +40,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,7 @@ PENDING_ROOT = "pending-publication/"
 NOT_FOUND = "store.not-found"  # the code a store's get_bytes raises for a missing key
 _FLAVOUR_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
+SMALL_UPLOADS_AT_ONCE = 4
 
 
 class Stored(Protocol):
@@ -419,10 +421,17 @@ def publish_flavour(
         stored[file_name] = store.put_file(
             prefix + file_name, path, content_type=content_types.get(file_name)
         )
-    for file_name, data in sorted(everything.items()):
-        stored[file_name] = store.put_bytes(
-            prefix + file_name, data, content_type=content_types.get(file_name)
-        )
+    # Small files, a round trip or two each (write, read back): side by side, as no file
+    # depends on another and none is listed until the signed SHA256SUMS below.
+    with ThreadPoolExecutor(max_workers=SMALL_UPLOADS_AT_ONCE) as uploads:
+        futures = {
+            file_name: uploads.submit(
+                store.put_bytes, prefix + file_name, data, content_type=content_types.get(file_name)
+            )
+            for file_name, data in sorted(everything.items())
+        }
+        for file_name, future in futures.items():
+            stored[file_name] = future.result()
     with lock(prefix):
         complete_pending_publication(store, prefix, keyring)
         sums, signature = _sign_and_switch_sums(
