@@ -110,6 +110,7 @@ class GpgSigner:
             passphrase = read_passphrase_file(passphrase_file)
         self._passphrase = passphrase
         self._timeout = timeout
+        self._keyring: bytes | None = None
         self.home = _private_home("bh-gpg-")
         try:
             result = run_command(
@@ -193,7 +194,15 @@ class GpgSigner:
         return target
 
     def export_public_keyring(self) -> bytes:
-        """The public key as a binary keyring (``gpg --export``), as systemd needs it."""
+        """The public key as a binary keyring (``gpg --export``), as systemd needs it.
+
+        Exported once per signer: a build asks for it for every listing it signs and for its
+        configs, and the key cannot change while the signer holds it."""
+        if self._keyring is None:
+            self._keyring = self._export_public_keyring()
+        return self._keyring
+
+    def _export_public_keyring(self) -> bytes:
         result = run_command(
             [GPG, "--homedir", str(self.home), "--batch", "--export", self.fingerprint],
             error_code="sign.export-failed",
