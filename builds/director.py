@@ -158,6 +158,7 @@ def build_finalize(*, build_id: Any) -> None:
     from builds.adapters.store import get_artifact_store
     from builds.prebaked import flavour_prebake
     from builds.publication import ImageFile, publish_extensions, publish_flavour
+    from builds.services import published_files_seen
 
     build = _load_build(build_id)
     if build is None or not build.is_active:
@@ -217,6 +218,7 @@ def build_finalize(*, build_id: Any) -> None:
                     kind = kind or ArtifactKind.TRANSFER
                     _record_artifact(build, kind, file_name, stored)
                 steps.log(f"Published the flavour's files at {flavour_publication.url}.")
+                published_files_seen(build.pk)
 
         with steps.step("notify", cancellable=False):
             build.refresh_from_db()

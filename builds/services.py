@@ -177,6 +177,17 @@ def build_request(
 PRESENCE_RECHECK_SECONDS = 60
 
 
+def _presence_key(build_id: Any) -> str:
+    return f"builds:files-present:{build_id}"
+
+
+def published_files_seen(build_id: Any) -> None:
+    """Note that a build's files are in the store now: the publisher has just read each one back,
+    so the first request for the flavour after its build needs no listing either."""
+    with contextlib.suppress(Exception):
+        cache.set(_presence_key(build_id), True, PRESENCE_RECHECK_SECONDS)
+
+
 def _published_files_present(build: Build) -> bool:
     """Whether the store still holds every file ``build`` published.
 
@@ -186,7 +197,7 @@ def _published_files_present(build: Build) -> bool:
     """
     from builds.adapters.store import ArtifactStoreError, get_artifact_store
 
-    seen_key = f"builds:files-present:{build.pk}"
+    seen_key = _presence_key(build.pk)
     with contextlib.suppress(Exception):  # the cache only saves a listing; never fail on it
         if cache.get(seen_key):
             return True

@@ -55,7 +55,11 @@ def _build(client: APIClient, flavour_id: str, capture: Any) -> dict[str, Any]:
 
 
 def test_build_publishes_signed_images_and_configs(
-    cast: Cast, upstream: UpstreamServer, eager: None, django_capture_on_commit_callbacks: Any
+    cast: Cast,
+    upstream: UpstreamServer,
+    eager: None,
+    django_capture_on_commit_callbacks: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     serve_extension(upstream, "hello")
     client = APIClient()
@@ -89,10 +93,16 @@ def test_build_publishes_signed_images_and_configs(
     butane = client.get(f"/api/flavours/{flavour['id']}/butane")
     assert butane.status_code == 200 and b"variant: flatcar" in butane.content
 
-    # Same flavour again: the succeeded build is returned, nothing is built.
+    # Same flavour again: the succeeded build is returned, nothing is built; and the store is not
+    # listed to see whether its files are still there (the publisher has just read each back).
+    listed: list[str] = []
+    real_list = store.list
+    monkeypatch.setattr(store, "list", lambda prefix="": listed.append(prefix) or real_list(prefix))
+    monkeypatch.setattr("builds.adapters.store.get_artifact_store", lambda: store)
     again = _build(client, flavour["id"], django_capture_on_commit_callbacks)
     assert again["id"] == build["id"]
     assert Build.objects.count() == 1
+    assert listed == []
 
     # A new revision reuses the stored image instead of baking it.
     hits = upstream.hits("/example/hello/releases/download/v1.0.0/hello-v1.0.0-x86_64.tar.gz")
