@@ -14,7 +14,9 @@ answer is stored with them. A stored answer is served only while every generatio
 A write changes the generation of every scope it touches (``bump``): at once, and again when its
 transaction commits, so an answer computed from the old rows between the two is thrown away too.
 Reading the generations before authentication matters: a token or membership removed while a
-request is answered leaves that answer under the old generation, never served again.
+request is answered leaves that answer under the old generation, never served again. A scope
+gets its first generation only once a view has answered 200 (``claim_generations``), so strangers
+and made-up IDs in URLs write nothing to the cache.
 
 Scopes: ``DATA`` covers everything but build progress (catalog, teams, members, tokens, users,
 flavours, webhooks); any save or delete of those models bumps it (``connect_data_models``).
@@ -84,25 +86,42 @@ def _cache() -> Any:
 
 
 def _generation_key(scope: str) -> str:
-    return f"read-cache:generation:{scope}"
+    # Hashed: a scope may carry an ID straight from the URL, whatever a client put there.
+    return "read-cache:generation:" + hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
-def generations(scopes: Iterable[str]) -> dict[str, str] | None:
-    """The current generation of each scope (new scopes get one); None if the cache fails."""
+def generations(scopes: Iterable[str]) -> dict[str, str | None] | None:
+    """The current generation of each scope (None: it has none yet); None if the cache fails.
+
+    Nothing is written here: this runs before the request is authenticated, and a stranger must
+    not be able to fill the cache with generations of made-up IDs (``claim_generations``)."""
     keys = {_generation_key(scope): scope for scope in scopes}
     try:
         found = _cache().get_many(list(keys))
-        missing = [key for key in keys if key not in found]
-        for key in missing:  # add: a concurrent request may have given it one first
-            _cache().add(key, uuid.uuid4().hex, timeout=GENERATION_SECONDS)
-        if missing:
-            found.update(_cache().get_many(missing))
     except Exception:
         logger.warning("read cache unreachable: answering without it", exc_info=True)
         return None
-    if len(found) != len(keys):
+    return {scope: found.get(key) for key, scope in keys.items()}
+
+
+def claim_generations(read: dict[str, str | None]) -> dict[str, str] | None:
+    """``read`` with a generation for each scope that had none, or None (do not store the answer).
+
+    Called once a view has answered 200. A scope still without a generation gets one; if another
+    process gave it one since ``read`` (a write bumped it), the answer may predate that write, so
+    it is not stored."""
+    claimed: dict[str, str] = {}
+    try:
+        for scope, generation in read.items():
+            if generation is None:
+                generation = uuid.uuid4().hex
+                if not _cache().add(_generation_key(scope), generation, timeout=GENERATION_SECONDS):
+                    return None
+            claimed[scope] = generation
+    except Exception:
+        logger.warning("read cache unreachable: answer not stored", exc_info=True)
         return None
-    return {keys[key]: value for key, value in found.items()}
+    return claimed
 
 
 def bump(*scopes: str) -> None:
@@ -177,9 +196,9 @@ class CachedRead:
 
     def finalize_response(self, request: Any, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
-        found = getattr(self, "_read_generations", None)
-        if found and response.status_code == 200 and self.read_cache_allows(response):
-            response.read_cache_generations = found
+        read = getattr(self, "_read_generations", None)
+        if read and response.status_code == 200 and self.read_cache_allows(response):
+            response.read_cache_generations = claim_generations(read)
         return response
 
 

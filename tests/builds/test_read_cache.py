@@ -7,6 +7,7 @@ import io
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, connection
 from django.test.utils import CaptureQueriesContext
@@ -19,7 +20,7 @@ from builds.adapters.store import get_artifact_store
 from builds.models import Artifact, ArtifactKind, Build, BuildState
 from builds.steps import build_end
 from catalog.models import Membership, VersionStatus
-from portal.read_cache import STATUS_HEADER
+from portal.read_cache import STATUS_HEADER, _generation_key
 from tests.builds.catalog_fixtures import make_extension
 from tests.builds.test_api_scoping import World, world
 
@@ -239,3 +240,14 @@ def test_the_web_server_answers_a_stored_read_before_django_builds_a_request(wor
     Token.objects.filter(pk=token.pk).delete()
     status, headers, _ = wsgi_get(url, token.key)
     assert status.split()[0] in {"401", "403"} and STATUS_HEADER not in headers
+
+
+def test_strangers_and_made_up_ids_leave_nothing_in_the_cache(world: World) -> None:
+    stranger, member = "e" * 64, "f" * 64
+    refused = APIClient(HTTP_AUTHORIZATION="Token not-a-token").get(f"/api/flavours/{stranger}/butane")
+    assert refused.status_code in {401, 403}
+    missing = token_client(world.cast.watcher).get(f"/api/flavours/{member}/butane")
+    assert missing.status_code == 404
+
+    assert cache.get(_generation_key(f"flavour:{stranger}")) is None
+    assert cache.get(_generation_key(f"flavour:{member}")) is None
