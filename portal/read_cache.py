@@ -26,7 +26,8 @@ bumps explicitly.
 
 What is never cached: anything but GET, a request without an ``Authorization`` header or with a
 cookie (the browser's session, CSRF), a status other than 200, a streamed or large body, a
-response that sets a cookie. The key is the request's path, query, host, scheme, proxy headers,
+response that sets a cookie, or more than ``STORED_BYTES_PER_MINUTE`` of answers per token (the
+cache is the broker's Redis). The key is the request's path, query, host, scheme, proxy headers,
 credentials and content negotiation, so one user's answer is never another's. If the cache is
 unreachable, requests are answered as if nothing were cached.
 
@@ -65,6 +66,9 @@ ENTRY_SECONDS = 60
 # so builds' scopes do not pile up in the cache.
 GENERATION_SECONDS = 10 * ENTRY_SECONDS
 MAX_BODY_BYTES = 1024 * 1024
+# What one set of credentials may store per minute (see _within_budget); answers live a minute,
+# so this is about what each token can hold in the cache at once.
+STORED_BYTES_PER_MINUTE = 8 * 1024 * 1024
 # What each process keeps of the answers it served lately (see _RecentEntries).
 RECENT_BYTES = 16 * 1024 * 1024
 # Tells operators (and tests) whether an answer came from the cache.
@@ -85,9 +89,13 @@ def _cache() -> Any:
     return caches["default"]
 
 
+def _digest(text: str) -> str:
+    """A fixed-length key part for text a client chose (an ID from the URL, a token)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
 def _generation_key(scope: str) -> str:
-    # Hashed: a scope may carry an ID straight from the URL, whatever a client put there.
-    return "read-cache:generation:" + hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    return "read-cache:generation:" + _digest(scope)
 
 
 def generations(scopes: Iterable[str]) -> dict[str, str | None] | None:
@@ -285,7 +293,22 @@ def _stored_answer(key: str) -> tuple[int, list[tuple[str, str]], bytes] | None:
     return status, headers, body
 
 
-def _store(key: str, response: HttpResponseBase) -> None:
+def _budget_window() -> int:
+    return int(time.time() // 60)
+
+
+def _within_budget(credentials: str, size: int) -> bool:
+    """Whether these credentials may store ``size`` more bytes of answers this minute.
+
+    Every distinct URL is an answer of its own (``?search=`` anything, ``?offset=`` any number),
+    and the cache is the broker's Redis: without a bound, one member could fill it with answers
+    nobody reads again and stall every build. Hits cost nothing from the budget."""
+    budget_key = f"read-cache:budget:{_digest(credentials)}:{_budget_window()}"
+    _cache().add(budget_key, 0, timeout=120)
+    return int(_cache().incr(budget_key, size)) <= STORED_BYTES_PER_MINUTE
+
+
+def _store(key: str, request: HttpRequest, response: HttpResponseBase) -> None:
     found = getattr(response, "read_cache_generations", None)
     if (
         not found
@@ -299,6 +322,8 @@ def _store(key: str, response: HttpResponseBase) -> None:
     headers = [(name, value) for name, value in response.headers.items() if name != STATUS_HEADER]
     entry = (time.time(), found, response.status_code, headers, response.content)
     try:
+        if not _within_budget(request.META["HTTP_AUTHORIZATION"], len(response.content)):
+            return
         _cache().set(key, entry, timeout=ENTRY_SECONDS)
     except Exception:
         logger.warning("read cache unreachable: answer not stored", exc_info=True)
@@ -327,7 +352,7 @@ class ReadCacheMiddleware:
                 return hit
         response = self.get_response(request)
         if key is not None:
-            _store(key, response)
+            _store(key, request, response)
         return response
 
 

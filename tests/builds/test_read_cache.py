@@ -20,6 +20,7 @@ from builds.adapters.store import get_artifact_store
 from builds.models import Artifact, ArtifactKind, Build, BuildState
 from builds.steps import build_end
 from catalog.models import Membership, VersionStatus
+from portal import read_cache
 from portal.read_cache import STATUS_HEADER, _generation_key
 from tests.builds.catalog_fixtures import make_extension
 from tests.builds.test_api_scoping import World, world
@@ -251,3 +252,20 @@ def test_strangers_and_made_up_ids_leave_nothing_in_the_cache(world: World) -> N
 
     assert cache.get(_generation_key(f"flavour:{stranger}")) is None
     assert cache.get(_generation_key(f"flavour:{member}")) is None
+
+
+def test_a_token_stores_a_bounded_amount_of_answers_per_minute(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(read_cache, "_budget_window", lambda: 1)  # no new minute mid-test
+    api = token_client(world.cast.watcher)
+    size = len(api.get("/api/extensions/?search=warm").content)
+    monkeypatch.setattr(read_cache, "STORED_BYTES_PER_MINUTE", 3 * size + size // 2)
+
+    answers = [api.get(f"/api/extensions/?search=x{n}") for n in range(6)]
+
+    assert all(a.status_code == 200 for a in answers)
+    stored = [a.get(STATUS_HEADER) for a in answers]
+    assert stored[:2] == ["stored", "stored"] and stored[3:] == [None, None, None]
+    other = token_client(world.cast.owner).get("/api/extensions/?search=x5")  # a budget per token
+    assert other[STATUS_HEADER] == "stored"
