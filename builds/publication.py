@@ -1,8 +1,8 @@
 """The portal's side of publication: its lock, bound to the one publisher.
 
 Merging SHA256SUMS, signing, verifying and uploading (with the staged switch and its recovery)
-is ``builds.pipeline.publish``; this module only gives it the portal's lock, publishes a build's
-extensions side by side and renders the flavour's SBOM.
+is ``builds.pipeline.publish``; this module only gives it the portal's lock and renders the
+flavour's SBOM.
 
 Several workers may add versions of one extension at the same time. The read-merge-sign-write of
 its SHA256SUMS runs under ``publication_lock``: a PostgreSQL advisory lock keyed by the prefix
@@ -17,7 +17,6 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,16 +47,12 @@ __all__ = [
     "flavour_prefix",
     "publication_lock",
     "publish_extension",
-    "publish_extensions",
     "publish_flavour",
     "recover_pending_publications",
     "render_sbom",
 ]
 
 SBOM_FILE_NAME = "sbom.spdx.json"
-# Extensions of one build published side by side (publish_extensions); each holds a database
-# connection for its lock while it switches its SHA256SUMS.
-EXTENSIONS_PUBLISHED_AT_ONCE = 4
 
 
 @contextmanager
@@ -78,28 +73,6 @@ def publish_extension(
 ) -> ExtensionPublication:
     """``builds.pipeline.publish.publish_extension`` under the portal's lock."""
     return publish.publish_extension(store, signer, publication_lock, name, images)
-
-
-def publish_extensions(
-    store: Store, signer: GpgSigner, images_by_extension: Sequence[tuple[str, Sequence[ImageFile]]]
-) -> list[ExtensionPublication]:
-    """``publish_extension`` for several extensions side by side, in the order given.
-
-    A publication mostly waits: on the store (upload, read-back, the staged switch) and on gpg.
-    Each extension has a prefix and a lock of its own, so they need not wait for each other. If
-    any fails, its error is raised once all have ended (those that succeeded stay published, as
-    they would one after another).
-    """
-
-    def one(name: str, images: Sequence[ImageFile]) -> ExtensionPublication:
-        try:
-            return publish_extension(store, signer, name, images)
-        finally:
-            connection.close()  # the lock's connection belongs to this thread
-
-    with ThreadPoolExecutor(max_workers=EXTENSIONS_PUBLISHED_AT_ONCE) as pool:
-        futures = [pool.submit(one, name, images) for name, images in images_by_extension]
-        return [future.result() for future in futures]
 
 
 def publish_flavour(

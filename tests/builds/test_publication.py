@@ -21,7 +21,6 @@ from builds.publication import (
     SbomComponent,
     SbomSource,
     publish_extension,
-    publish_extensions,
     publish_flavour,
     render_sbom,
 )
@@ -212,38 +211,6 @@ def test_concurrent_publications_of_one_extension_lose_no_version(signer: GpgSig
     assert errors == []
     entries = assert_served_directory_is_valid(store, "extensions/containerd/", signer, tmp_path)
     assert sorted(entries) == sorted(f"containerd-{v}-x86-64.raw" for v in versions)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_builds_extensions_are_published_side_by_side_and_one_refusal_spares_the_others(
-    signer: GpgSigner, tmp_path: Path
-) -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL (DATABASE_URL): the SQLite test database is one in-memory connection")
-    store = LocalArtifactStore(tmp_path / "artifacts", public_base_url=PUBLIC)
-    publish_extension(store, signer, "k3s", [image(tmp_path, "k3s", "v1.32.1+k3s1", "x86-64")])
-    wanted = [
-        ("wasmtime", [image(tmp_path, "wasmtime", "31.0.0", "x86-64")]),
-        ("spin", [image(tmp_path, "spin", "3.1.0", "x86-64")]),
-        ("containerd", [image(tmp_path, "containerd", "2.0.4", "x86-64")]),
-    ]
-    published = publish_extensions(store, signer, wanted)
-    assert [p.name for p in published] == ["wasmtime", "spin", "containerd"]  # in the order asked
-    for name, _images in wanted:
-        assert_served_directory_is_valid(store, f"extensions/{name}/", signer, tmp_path)
-
-    with pytest.raises(PipelineError) as excinfo:
-        publish_extensions(
-            store,
-            signer,
-            [
-                ("k3s", [image(tmp_path, "k3s", "v1.32.1+k3s1", "x86-64", b"other bytes")]),
-                ("wasmedge", [image(tmp_path, "wasmedge", "0.14.1", "x86-64")]),
-            ],
-        )
-    assert excinfo.value.code == "publish.image-conflict"
-    entries = assert_served_directory_is_valid(store, "extensions/wasmedge/", signer, tmp_path)
-    assert list(entries) == ["wasmedge-0.14.1-x86-64.raw"]
 
 
 @pytest.mark.django_db
