@@ -11,9 +11,10 @@ def connect_read_cache() -> None:
     Build progress has scopes of its own, so the steps and heartbeats of running builds leave
     the catalog's and the flavours' answers cached: ``build:ID`` (the build's status),
     ``flavour:ID`` (its latest published Butane and Ignition) and ``images`` (the image cache
-    a finished build's status lists). Only finished builds are cached (builds.api.views), and a
-    finished build changes only by a retry, its end (builds.steps.build_end bumps), deletion or
-    its artifacts. Log lines and webhook deliveries are in no cached answer.
+    a finished build's status lists). A running build's status is kept a second only (its
+    progress moves by update(), builds.api.views); a finished build changes only by a retry, its
+    end (builds.steps.build_end bumps), deletion or its artifacts. Log lines and webhook
+    deliveries are in no cached answer.
     """
     from builds.models import (
         Artifact,

@@ -22,7 +22,9 @@ Scopes: ``DATA`` covers everything but build progress (catalog, teams, members, 
 flavours, webhooks); any save or delete of those models bumps it (``connect_data_models``).
 Builds have scopes of their own (``builds.cache_scopes``), so a running build's heartbeats and steps do
 not throw away the catalog. What changes rows with ``QuerySet.update`` (which sends no signal)
-bumps explicitly.
+bumps explicitly. A view may keep an answer for less than ``ENTRY_SECONDS``: a running build's
+status is kept a second (its progress moves by ``update()`` many times a minute; polling clients
+see it at most a second late, and the build's end at once, since ``build_end`` bumps).
 
 What is never cached: anything but GET, a request without an ``Authorization`` header or with a
 cookie (the browser's session, CSRF), a status other than 200, a streamed or large body, a
@@ -185,15 +187,15 @@ class CachedRead:
     """Mixin for a DRF view whose GET answer may be served again to the same credentials.
 
     ``read_cache_scopes`` names what the answer depends on (from the URL alone: it runs before
-    the request is authenticated); ``read_cache_allows`` may refuse a particular answer (a build
-    still running changes every second).
+    the request is authenticated); ``read_cache_seconds`` says how long a particular answer may
+    be kept (a running build's status changes with every step: a second), 0 for not at all.
     """
 
     def read_cache_scopes(self) -> list[str]:
         return [DATA]
 
-    def read_cache_allows(self, response: Any) -> bool:
-        return True
+    def read_cache_seconds(self, response: Any) -> int:
+        return ENTRY_SECONDS
 
     def initial(self, request: Any, *args: Any, **kwargs: Any) -> None:
         # Before super().initial(), which authenticates: see the module docstring.
@@ -205,8 +207,11 @@ class CachedRead:
     def finalize_response(self, request: Any, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
         read = getattr(self, "_read_generations", None)
-        if read and response.status_code == 200 and self.read_cache_allows(response):
-            response.read_cache_generations = claim_generations(read)
+        if read and response.status_code == 200:
+            seconds = min(self.read_cache_seconds(response), ENTRY_SECONDS)
+            if seconds > 0:
+                response.read_cache_generations = claim_generations(read)
+                response.read_cache_seconds = seconds
         return response
 
 
@@ -245,7 +250,7 @@ class _RecentEntries:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            if entry[0] + ENTRY_SECONDS < time.time():
+            if entry[0] < time.time():  # past its expiry
                 self._drop(key)
                 return None
             self._entries.move_to_end(key)
@@ -281,7 +286,7 @@ def _stored_answer(key: str) -> tuple[int, list[tuple[str, str]], bytes] | None:
             if entry is None:
                 return None
             _recent.put(key, entry)
-        _stored_at, stored_generations, status, headers, body = entry
+        _expires_at, stored_generations, status, headers, body = entry
         current = _cache().get_many([_generation_key(scope) for scope in stored_generations])
     except Exception:
         logger.warning("read cache unreachable: answering without it", exc_info=True)
@@ -320,11 +325,12 @@ def _store(key: str, request: HttpRequest, response: HttpResponseBase) -> None:
     ):
         return
     headers = [(name, value) for name, value in response.headers.items() if name != STATUS_HEADER]
-    entry = (time.time(), found, response.status_code, headers, response.content)
+    seconds = getattr(response, "read_cache_seconds", ENTRY_SECONDS)
+    entry = (time.time() + seconds, found, response.status_code, headers, response.content)
     try:
         if not _within_budget(request.META["HTTP_AUTHORIZATION"], len(response.content)):
             return
-        _cache().set(key, entry, timeout=ENTRY_SECONDS)
+        _cache().set(key, entry, timeout=seconds)
     except Exception:
         logger.warning("read cache unreachable: answer not stored", exc_info=True)
         return
