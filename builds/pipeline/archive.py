@@ -41,13 +41,15 @@ import gzip
 import io
 import lzma
 import os
+import queue
 import shutil
 import stat
 import tarfile
+import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol
@@ -58,6 +60,8 @@ from builds.pipeline.errors import PipelineError
 
 ARCHIVE_KINDS = ("tar.gz", "tgz", "tar.xz", "tar.zst", "tar", "zip", "file")
 _COPY_CHUNK = 1024 * 1024
+# Decompressed chunks a read-ahead thread may hold before the unpack takes them (_ReadAhead).
+_READ_AHEAD_CHUNKS = 8
 _MAX_SYMLINK_TARGET = 4096
 # xz can ask for a dictionary of gigabytes; release tarballs use at most 64 MiB (xz -9).
 _XZ_MEMLIMIT = 512 * 1024 * 1024
@@ -143,7 +147,8 @@ def unpack(
                     display=archive_path.name,
                 )
             else:
-                _unpack_tar(_decompressed(raw, kind, writer), writer)
+                with _decompressed(raw, kind, writer) as stream:
+                    _unpack_tar(stream, writer)
     except PipelineError:
         writer.close()
         shutil.rmtree(dest, ignore_errors=True)
@@ -185,7 +190,7 @@ class _BudgetReader(io.RawIOBase):
     """Counts decompressed bytes and refuses to read past a budget, before allocating anything:
     tar headers (pax records, GNU long names) are read into memory at whatever size they claim."""
 
-    def __init__(self, inner: _Readable, budget: int, writer: _TreeWriter, raw: BinaryIO) -> None:
+    def __init__(self, inner: _ReadAhead | BinaryIO, budget: int, writer: _TreeWriter, raw: BinaryIO) -> None:
         self._inner = inner
         self._left = budget
         self._produced = 0
@@ -202,7 +207,8 @@ class _BudgetReader(io.RawIOBase):
         if self._left < 0:
             raise self._writer.too_large()
         self._produced += len(data)
-        self._writer.check_ratio(self._produced, self._raw.tell())
+        consumed = self._inner.consumed if isinstance(self._inner, _ReadAhead) else self._raw.tell()
+        self._writer.check_ratio(self._produced, consumed)
         self._writer.check_time()
         return data
 
@@ -211,22 +217,94 @@ class _BudgetReader(io.RawIOBase):
         buffer[: len(data)] = data
         return len(data)
 
+    def close(self) -> None:
+        if isinstance(self._inner, _ReadAhead):
+            self._inner.close()
+        super().close()
+
+
+class _ReadAhead:
+    """Decompresses on a thread of its own while the unpack checks and writes members.
+
+    zlib, lzma and zstd let go of the GIL while they decode, so an unpack uses two cores, as
+    ``tar -xzf`` does with its gzip child. At most ``_READ_AHEAD_CHUNKS`` chunks wait in memory.
+    ``consumed`` is how much of the compressed file had been read when the chunk being read now
+    came out: the ratio check sees exactly what it saw without the thread. A decoding error is
+    raised to the reader, where it came in the stream; ``close`` stops the thread.
+    """
+
+    def __init__(self, decoder: _Readable, raw: BinaryIO, on_wait: Callable[[], None]) -> None:
+        self._decoder = decoder
+        self._raw = raw
+        self._on_wait = on_wait  # called while the reader waits (the unpack's time budget)
+        self._queue: queue.Queue[tuple[bytes, int] | BaseException | None] = queue.Queue(_READ_AHEAD_CHUNKS)
+        self._stop = threading.Event()
+        self._chunk = memoryview(b"")
+        self._ended: BaseException | None = None
+        self._finished = False
+        self.consumed = 0
+        self._thread = threading.Thread(target=self._decode, name="unpack-decode", daemon=True)
+        self._thread.start()
+
+    def _decode(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self._decoder.read(_COPY_CHUNK)
+                if not data:
+                    break
+                self._put((data, self._raw.tell()))
+            self._put(None)
+        except BaseException as exc:  # handed to the reader, which raises it
+            self._put(exc)
+
+    def _put(self, item: tuple[bytes, int] | BaseException | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int) -> bytes:
+        while not self._chunk:
+            if self._ended is not None:
+                raise self._ended
+            if self._finished:
+                return b""
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                self._on_wait()
+                continue
+            if item is None:
+                self._finished = True
+            elif isinstance(item, BaseException):
+                self._ended = item
+            else:
+                self._chunk, self.consumed = memoryview(item[0]), item[1]
+        data = bytes(self._chunk[:size])
+        self._chunk = self._chunk[size:]
+        return data
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
 
 def _decompressed(raw: BinaryIO, kind: str, writer: _TreeWriter) -> _BudgetReader:
-    stream: _Readable
+    decoder: _Readable | None = None
     if kind in ("tar.gz", "tgz"):
-        stream = gzip.GzipFile(fileobj=raw, mode="rb")
+        decoder = gzip.GzipFile(fileobj=raw, mode="rb")
     elif kind == "tar.xz":
         # lzma.LZMAFile has no memory limit; this is the same reader with one.
         reader = _compression.DecompressReader(raw, lzma.LZMADecompressor, memlimit=_XZ_MEMLIMIT)
-        stream = io.BufferedReader(reader)
+        decoder = io.BufferedReader(reader)
     elif kind == "tar.zst":
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-    else:
-        stream = raw
+        decoder = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
     # Headers take room beyond file data: 512 bytes per member, plus padding and long names.
     budget = writer.limits.max_total_bytes + writer.limits.max_members * 2048 + 1024 * 1024
-    return _BudgetReader(stream, budget, writer, raw)
+    inner = raw if decoder is None else _ReadAhead(decoder, raw, writer.check_time)
+    return _BudgetReader(inner, budget, writer, raw)
 
 
 def _chunks(handle: IO[bytes]) -> Iterator[bytes]:

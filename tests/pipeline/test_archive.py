@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -223,6 +224,28 @@ def test_decompression_bomb_is_stopped_by_bytes_written(tmp_path: Path, kind: st
         unpack(archive, kind, dest, limits=UnpackLimits(max_total_bytes=8 * 1024 * 1024))
     assert caught.value.code == "archive.too-large"
     assert not dest.exists()
+
+
+def _decoding_threads() -> list[str]:
+    return [thread.name for thread in threading.enumerate() if thread.name == "unpack-decode"]
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "tar.xz", "tar.zst"])
+def test_the_decoding_thread_ends_with_the_unpack_whatever_happens(tmp_path: Path, kind: str) -> None:
+    # Decompression runs on a thread of its own (two cores, as tar with its gzip child); a refusal
+    # halfway through a large stream must not leave it decoding the archive after unpack returns.
+    bomb = _write(tmp_path, _build(kind, [file("pkg/zeros", bytes(64 * 1024 * 1024))]), "bomb")
+    with pytest.raises(PipelineError):
+        unpack(bomb, kind, tmp_path / "refused", limits=UnpackLimits(max_total_bytes=2 * 1024 * 1024))
+    assert _decoding_threads() == []
+    traversal = [file("pkg/big", os.urandom(3 * 1024 * 1024)), file("../escape", b"x")]
+    with pytest.raises(PipelineError) as caught:
+        unpack(_write(tmp_path, _build(kind, traversal), "traversal"), kind, tmp_path / "escape")
+    assert caught.value.code == "archive.path-traversal"
+    assert _decoding_threads() == []
+    unpack(_write(tmp_path, _build(kind, RELEASE), "release"), kind, tmp_path / "fine")
+    assert (tmp_path / "fine/wasmtime-v31.0.0-x86_64-linux/wasmtime").read_bytes() == b"\x7fELF fake wasmtime"
+    assert _decoding_threads() == []
 
 
 def test_many_small_files_add_up(tmp_path: Path) -> None:
