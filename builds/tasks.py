@@ -11,12 +11,13 @@ redelivered.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 from django.db import DatabaseError
 
 from builds import director, recovery, steps, webhooks
@@ -117,6 +118,30 @@ def _recover_at_worker_start(**_: Any) -> None:
         recovery.worker_start_recover()
     except Exception:  # the store or database may be down; the next publication recovers too
         logger.exception("recovery at worker start failed")
+
+
+@worker_process_init.connect
+def _warm_up_in_the_background(**_: Any) -> None:
+    """Load what every build needs while the new pool process waits for work, not during its
+    first build: the pipeline and Butane modules, the tools' versions (one subprocess each) and
+    the S3 client (botocore parses its service model). About a second of a fresh process.
+
+    A thread, because Celery gives a pool process a few seconds to start; a task that comes
+    sooner shares the same import locks and store lock, so it waits for nothing twice."""
+    threading.Thread(target=_warm_up, name="warm-up", daemon=True).start()
+
+
+def _warm_up() -> None:
+    try:
+        from builds.adapters.store import get_artifact_store
+        from builds.pipeline import bake, publish, verify  # noqa: F401 - imported to be loaded
+        from builds.pipeline.butane import render, transpile  # noqa: F401
+        from builds.pipeline.image import tool_versions
+
+        tool_versions()
+        get_artifact_store()
+    except Exception:  # the store may be down or misconfigured: the first build says so
+        logger.warning("warming up the worker failed", exc_info=True)
 
 
 @shared_task(bind=True, base=BuildTask, soft_time_limit=300)

@@ -3,6 +3,7 @@ time limits on every build task, and a user error failing the build without any 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,23 @@ def test_a_user_error_fails_the_build_at_once_without_a_retry(
     assert "pinned at approval" in build.error_message
     assert not build.log_lines.filter(text__contains="retrying").exists()
     assert Build.objects.filter(flavour=flavour).count() == 1
+
+
+def test_a_new_pool_process_loads_the_store_client_and_tool_versions_before_its_first_task(
+    settings: Any, tmp_path: Path
+) -> None:
+    from celery.signals import worker_process_init
+
+    from builds.adapters import store
+    from builds.pipeline import image
+
+    settings.ARTIFACT_DIR = tmp_path / "artifacts"
+    settings.S3 = None
+    store._stores.clear()
+    image._tool_versions.cache_clear()
+    worker_process_init.send(sender=None)
+    for thread in [t for t in threading.enumerate() if t.name == "warm-up"]:
+        thread.join(timeout=60)
+    # The first build then finds both made: no botocore model parsing, no tool probes on its clock.
+    assert list(store._stores.values()) == [store.get_artifact_store()]
+    assert image._tool_versions.cache_info().currsize == 1
