@@ -157,7 +157,7 @@ def build_finalize(*, build_id: Any) -> None:
     from builds.adapters.signing_key import get_signer
     from builds.adapters.store import get_artifact_store
     from builds.prebaked import flavour_prebake
-    from builds.publication import ImageFile, publish_extension, publish_flavour
+    from builds.publication import ImageFile, publish_extensions, publish_flavour
     from builds.services import published_files_seen
 
     build = _load_build(build_id)
@@ -190,9 +190,26 @@ def build_finalize(*, build_id: Any) -> None:
             # Entering publish is the last point where stopping leaves nothing new behind.
             with steps.step("publish"):
                 store = get_artifact_store()
-                for item in ready:
-                    image = ImageFile(item.version, flavour.arch, item.path, item.image.sha256)
-                    publication = publish_extension(store, signer, item.extension.name, [image])
+                publications = publish_extensions(
+                    store,
+                    signer,
+                    [
+                        (
+                            item.extension.name,
+                            [
+                                ImageFile(
+                                    item.version,
+                                    flavour.arch,
+                                    item.path,
+                                    item.image.sha256,
+                                    stored_key=item.image.key,
+                                )
+                            ],
+                        )
+                        for item in ready
+                    ],
+                )
+                for item, publication in zip(ready, publications, strict=True):
                     for file_name, stored in publication.images.items():
                         _record_artifact(build, ArtifactKind.IMAGE, file_name, stored)
                     # The signed listing that covers the image, so the page and the API link it:

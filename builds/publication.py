@@ -47,6 +47,7 @@ __all__ = [
     "flavour_prefix",
     "publication_lock",
     "publish_extension",
+    "publish_extensions",
     "publish_flavour",
     "recover_pending_publications",
     "render_sbom",
@@ -73,6 +74,14 @@ def publish_extension(
 ) -> ExtensionPublication:
     """``builds.pipeline.publish.publish_extension`` under the portal's lock."""
     return publish.publish_extension(store, signer, publication_lock, name, images)
+
+
+def publish_extensions(
+    store: Store, signer: GpgSigner, extensions: Sequence[tuple[str, Sequence[ImageFile]]]
+) -> list[ExtensionPublication]:
+    """``builds.pipeline.publish.publish_extensions`` under the portal's lock: all of a build's
+    extensions, or none."""
+    return publish.publish_extensions(store, signer, publication_lock, extensions)
 
 
 def publish_flavour(

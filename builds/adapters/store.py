@@ -168,6 +168,16 @@ class ArtifactStore(abc.ABC):
             self._verify_written(key, expected, content_type) for key, _, expected, content_type in planned
         ]
 
+    def copy(self, source_key: str, key: str, *, sha256: str) -> StoredObject:
+        """Store under ``key`` the object at ``source_key``, inside the store (on S3 no byte of it
+        passes through this process); read back and checked against ``sha256``, the digest the
+        caller expects, like every write. A missing source raises ``ArtifactNotFound``."""
+        check_key(source_key)
+        check_key(key)
+        content_type = guess_content_type(key)
+        self._copy_object(source_key, key, sha256=sha256, content_type=content_type)
+        return self._verify_written(key, sha256, content_type)
+
     def _verify_written(self, key: str, expected: str, content_type: str) -> StoredObject:
         self._before_verify(key)
         try:
@@ -194,6 +204,9 @@ class ArtifactStore(abc.ABC):
 
     @abc.abstractmethod
     def _write_bytes(self, key: str, data: bytes, *, sha256: str, content_type: str) -> None: ...
+
+    @abc.abstractmethod
+    def _copy_object(self, source_key: str, key: str, *, sha256: str, content_type: str) -> None: ...
 
     # --- reads --------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -288,6 +301,12 @@ class LocalArtifactStore(ArtifactStore):
         except OSError as exc:
             raise ArtifactStoreError("store.write-failed", f"cannot write {key}: {exc.strerror}") from exc
         self._write_record(key, sha256, content_type)
+
+    def _copy_object(self, source_key: str, key: str, *, sha256: str, content_type: str) -> None:
+        source = self.path(source_key)
+        if not source.is_file():
+            raise ArtifactNotFound(source_key)
+        self._write_file(key, source, sha256=sha256, size=source.stat().st_size, content_type=content_type)
 
     def stat(self, key: str) -> StoredObject | None:
         path = self.path(key)
@@ -447,6 +466,23 @@ class S3ArtifactStore(ArtifactStore):
                 ExtraArgs=self._extra_args(sha256, content_type),
                 Config=self._transfer,
             )
+
+    def _copy_object(self, source_key: str, key: str, *, sha256: str, content_type: str) -> None:
+        try:
+            # The managed copy: one CopyObject, or part copies above multipart_threshold (a
+            # single CopyObject stops at 5 GB). The metadata is ours, not the source's.
+            self._client.copy(
+                {"Bucket": self.bucket, "Key": source_key},
+                self.bucket,
+                key,
+                ExtraArgs={"MetadataDirective": "REPLACE", **self._extra_args(sha256, content_type)},
+                Config=self._transfer,
+            )
+        except Exception as exc:
+            if self._is_missing(exc):
+                raise ArtifactNotFound(source_key) from None
+            with self._errors(f"copy {source_key} to {key}"):
+                raise
 
     def _is_missing(self, exc: Exception) -> bool:
         from botocore.exceptions import ClientError

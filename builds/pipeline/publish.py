@@ -63,6 +63,7 @@ KEYRING_FILE_NAME = "import-pubring.gpg"
 RESERVED_FLAVOUR_FILES = frozenset({SUMS_FILE_NAME, SIGNATURE_FILE_NAME, KEYRING_FILE_NAME})
 PENDING_ROOT = "pending-publication/"
 NOT_FOUND = "store.not-found"  # the code a store's get_bytes raises for a missing key
+SHA256_MISMATCH = "store.sha256-mismatch"  # what a store read back is not what was meant
 _FLAVOUR_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
 SMALL_UPLOADS_AT_ONCE = 4
@@ -83,13 +84,16 @@ class Stored(Protocol):
 
 class Store(Protocol):
     """Where published files go: keys are relative ``/``-separated paths; every put is read back
-    and checked; ``get_bytes`` of a missing key raises a ``PipelineError`` coded ``store.not-found``."""
+    and checked; ``get_bytes`` of a missing key raises a ``PipelineError`` coded ``store.not-found``,
+    and so does ``copy`` of a missing source. ``copy`` checks what it wrote against ``sha256``
+    (``store.sha256-mismatch``, the copy removed)."""
 
     def put_file(
         self, key: str, path: str | os.PathLike[str], *, content_type: str | None = None
     ) -> Stored: ...
     def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> Stored: ...
     def put_many(self, items: Sequence[tuple[str, bytes]]) -> Sequence[Stored]: ...
+    def copy(self, source_key: str, key: str, *, sha256: str) -> Stored: ...
     def get_bytes(self, key: str) -> bytes: ...
     def stat(self, key: str) -> Stored | None: ...
     def list(self, prefix: str = "") -> list[str]: ...
@@ -130,12 +134,17 @@ def signed_listing_keys(key: str) -> tuple[str, str] | None:
 
 @dataclass(frozen=True)
 class ImageFile:
-    """A baked image to publish; ``sha256`` is the bake's digest, which the store must confirm."""
+    """A baked image to publish; ``sha256`` is the bake's digest, which the store must confirm.
+
+    ``stored_key``: where the same store already holds these bytes (the portal's image cache);
+    the image is then copied inside the store, and uploaded from ``path`` only if that copy is
+    gone or holds other bytes."""
 
     version: str
     arch: str
     path: Path
     sha256: str | None = None
+    stored_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +298,28 @@ def _sign_and_switch_sums(
         return _switch_pending(store, prefix, sums_path.read_bytes(), signature_path.read_bytes())
 
 
+def _place_image(store: Store, key: str, image: ImageFile, expected: str) -> Stored:
+    """Write the image under ``key``, not yet listed: copied inside the store from ``stored_key``
+    when it can be (no byte passes through this process), else uploaded from disk."""
+    if image.stored_key is not None:
+        try:
+            return store.copy(image.stored_key, key, sha256=expected)
+        except PipelineError as exc:
+            if exc.code not in (NOT_FOUND, SHA256_MISMATCH):
+                raise
+            # The stored copy is gone (a lifecycle rule, an operator) or holds other bytes: the
+            # file on disk is the one that was checked and verified.
+    stored = store.put_file(key, image.path)
+    if stored.sha256 != expected:
+        store.delete(key)  # not listed, so no node can have fetched it
+        raise PipelineError(
+            "publish.image-changed",
+            f"{image.path.name} has sha256 {stored.sha256} but was baked as {expected}; "
+            "it changed on disk after the bake",
+        )
+    return stored
+
+
 def refuse_unsigned_over_signed(store: Store, prefix: str) -> None:
     """Refuse an unsigned publication where a signed one is live."""
     # A new SHA256SUMS without a new signature would leave the old one stale: nodes that verify
@@ -320,16 +351,51 @@ def publish_extension(
     SHA256SUMS is written unsigned, which is refused where a signature is already published.
     """
     prefix = extension_prefix(name) if prefix is None else prefix
+    for file_name in extra_files or {}:
+        check_file_name(file_name)
+    _check_signing(store, signer, prefix)
+    uploaded = _place_images(store, prefix, name, images)
+    return _list_images(store, signer, lock, prefix, name, uploaded, extra_files=extra_files)
+
+
+def publish_extensions(
+    store: Store,
+    signer: GpgSigner,
+    lock: Lock,
+    extensions: Sequence[tuple[str, Sequence[ImageFile]]],
+) -> list[ExtensionPublication]:
+    """``publish_extension`` for several extensions (a build's), in the order given.
+
+    Every image is placed first (unlisted, so invisible to nodes), then each listing is merged,
+    signed and switched under its lock. An image refused or lost while placing leaves every
+    listing as it was: a build publishes all its extensions or none of them.
+    """
+    prefixes = [extension_prefix(name) for name, _ in extensions]
+    for prefix in prefixes:
+        _check_signing(store, signer, prefix)
+    placed = [
+        _place_images(store, prefix, name, images)
+        for prefix, (name, images) in zip(prefixes, extensions, strict=True)
+    ]
+    return [
+        _list_images(store, signer, lock, prefix, name, uploaded)
+        for prefix, (name, _), uploaded in zip(prefixes, extensions, placed, strict=True)
+    ]
+
+
+def _check_signing(store: Store, signer: GpgSigner | None, prefix: str) -> None:
+    if signer is not None:
+        signer.export_public_keyring()  # a bad key fails before anything is written
+    else:
+        refuse_unsigned_over_signed(store, prefix)
+
+
+def _place_images(store: Store, prefix: str, name: str, images: Sequence[ImageFile]) -> dict[str, Stored]:
+    """Write each image under ``prefix``, unlisted (so invisible to sysupdate), outside the lock:
+    they are large. Each is read back and checked by the store."""
     if not images:
         raise PipelineError("publish.nothing", f"no image of {name} to publish")
     wanted = {image_file_name(name, image.version, image.arch): image for image in images}
-    for file_name in extra_files or {}:
-        check_file_name(file_name)
-    keyring = signer.export_public_keyring() if signer is not None else None  # a bad key fails first
-    if signer is None:
-        refuse_unsigned_over_signed(store, prefix)
-
-    # 1. Images, outside the lock (they are large); each is re-read and checked by the store.
     listed_before = read_published_sums(store, prefix)
     uploaded: dict[str, Stored] = {}
     for file_name, image in wanted.items():
@@ -343,17 +409,23 @@ def publish_extension(
             if current is not None and current.sha256 == published:
                 uploaded[file_name] = current  # listed and unchanged: nodes already have these bytes
                 continue
-        stored = store.put_file(key, image.path)
-        if stored.sha256 != expected:
-            store.delete(key)  # not listed, so no node can have fetched it
-            raise PipelineError(
-                "publish.image-changed",
-                f"{image.path.name} has sha256 {stored.sha256} but was baked as {expected}; "
-                "it changed on disk after the bake",
-            )
-        uploaded[file_name] = stored
+        uploaded[file_name] = _place_image(store, key, image, expected)
+    return uploaded
 
-    # 2. The listing, under the lock: merge with what others published meanwhile, sign, upload.
+
+def _list_images(
+    store: Store,
+    signer: GpgSigner | None,
+    lock: Lock,
+    prefix: str,
+    name: str,
+    uploaded: Mapping[str, Stored],
+    *,
+    extra_files: Mapping[str, bytes] | None = None,
+) -> ExtensionPublication:
+    """Under the lock: merge the placed images with what others published meanwhile, sign and
+    switch the listing; then write ``extra_files`` beside it."""
+    keyring = signer.export_public_keyring() if signer is not None else None
     with lock(prefix):
         if keyring is not None:
             complete_pending_publication(store, prefix, keyring)
@@ -383,7 +455,7 @@ def publish_extension(
     return ExtensionPublication(
         name=name,
         url=store.public_url(prefix),
-        images=uploaded,
+        images=dict(uploaded),
         sums=sums,
         signature=signature,
         listed=entries,
@@ -517,6 +589,16 @@ class DirectoryStore:
 
     def put_many(self, items: Sequence[tuple[str, bytes]]) -> list[StoredFile]:
         return [self.put_bytes(key, data) for key, data in items]
+
+    def copy(self, source_key: str, key: str, *, sha256: str) -> StoredFile:
+        source = self._path(source_key)
+        if not source.is_file():
+            raise PipelineError(NOT_FOUND, f"{source} does not exist")
+        stored = self.put_file(key, source)
+        if stored.sha256 != sha256:
+            self.delete(key)
+            raise PipelineError(SHA256_MISMATCH, f"{source} has sha256 {stored.sha256}, not {sha256}")
+        return stored
 
     def get_bytes(self, key: str) -> bytes:
         try:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from builds.publication import (
     SbomComponent,
     SbomSource,
     publish_extension,
+    publish_extensions,
     publish_flavour,
     render_sbom,
 )
@@ -128,6 +130,67 @@ def test_republishing_the_same_image_is_a_no_op_and_other_bytes_are_refused(
     assert excinfo.value.code == "publish.image-conflict"
     assert store.get_bytes("extensions/k3s/SHA256SUMS") == sums_before
     assert store.get_bytes(key) != b"other"
+
+
+@pytest.mark.django_db
+def test_an_image_the_store_holds_is_copied_there_not_uploaded(
+    store: ArtifactStore, signer: GpgSigner, tmp_path: Path
+) -> None:
+    baked = image(tmp_path, "wasmtime", "31.0.0", "x86-64", payload=b"squashfs bytes " * 1000)
+    cached = store.put_file("images/c0ffee/wasmtime-31.0.0-x86-64.raw", baked.path)
+    baked.path.unlink()  # nothing on disk to upload: the bytes can only come from the copy
+    publish_extension(store, signer, "wasmtime", [replace(baked, stored_key=cached.key)])
+    listed = assert_served_directory_is_valid(store, "extensions/wasmtime/", signer, tmp_path)
+    assert listed == {"wasmtime-31.0.0-x86-64.raw": cached.sha256}
+
+
+@pytest.mark.django_db
+def test_a_stored_copy_that_is_gone_or_changed_is_replaced_by_the_file_on_disk(
+    store: ArtifactStore, signer: GpgSigner, tmp_path: Path
+) -> None:
+    gone = image(tmp_path, "spin", "3.1.0", "x86-64")
+    changed = image(tmp_path, "spin", "3.2.0", "x86-64")
+    store.put_bytes("images/beef/spin-3.2.0-x86-64.raw", b"bit rot in the image cache")
+    publish_extension(
+        store,
+        signer,
+        "spin",
+        [
+            replace(gone, stored_key="images/dead/spin-3.1.0-x86-64.raw"),
+            replace(changed, stored_key="images/beef/spin-3.2.0-x86-64.raw"),
+        ],
+    )
+    listed = assert_served_directory_is_valid(store, "extensions/spin/", signer, tmp_path)
+    assert listed == {"spin-3.1.0-x86-64.raw": gone.sha256, "spin-3.2.0-x86-64.raw": changed.sha256}
+
+
+@pytest.mark.django_db
+def test_a_builds_extensions_are_each_listed_and_signed(
+    store: ArtifactStore, signer: GpgSigner, tmp_path: Path
+) -> None:
+    images = {name: image(tmp_path, name, "1.0.0", "x86-64") for name in ("docker", "k3s", "spin")}
+    publications = publish_extensions(store, signer, [(name, [baked]) for name, baked in images.items()])
+    assert [publication.name for publication in publications] == ["docker", "k3s", "spin"]
+    for name, baked in images.items():
+        listed = assert_served_directory_is_valid(store, f"extensions/{name}/", signer, tmp_path)
+        assert listed == {f"{name}-1.0.0-x86-64.raw": baked.sha256}
+
+
+@pytest.mark.django_db
+def test_one_refused_image_leaves_every_listing_of_the_build_as_it_was(
+    store: ArtifactStore, signer: GpgSigner, tmp_path: Path
+) -> None:
+    publish_extension(store, signer, "k3s", [image(tmp_path, "k3s", "1.0.0", "x86-64")])
+    k3s_before = store.get_bytes("extensions/k3s/SHA256SUMS")
+    (tmp_path / "other").mkdir()
+    clash = image(tmp_path / "other", "k3s", "1.0.0", "x86-64", payload=b"other bytes, same name")
+    with pytest.raises(PipelineError) as caught:
+        publish_extensions(
+            store, signer, [("docker", [image(tmp_path, "docker", "1.0.0", "x86-64")]), ("k3s", [clash])]
+        )
+    assert caught.value.code == "publish.image-conflict"
+    assert store.get_bytes("extensions/k3s/SHA256SUMS") == k3s_before
+    assert not store.exists("extensions/docker/SHA256SUMS")  # placed, never listed: invisible
 
 
 class CorruptingImageStore(LocalArtifactStore):

@@ -79,6 +79,26 @@ def test_content_type_is_guessed_from_published_names(store: ArtifactStore) -> N
     assert store.stat("extensions/x/SHA256SUMS.gpg").content_type == "application/pgp-signature"  # type: ignore[union-attr]
 
 
+def test_copy_inside_the_store_is_read_back_and_checked(store: ArtifactStore, tmp_path: Path) -> None:
+    data = os.urandom(200_000)
+    source = tmp_path / "image.raw"
+    source.write_bytes(data)
+    cached = store.put_file("images/0123abcd/spin-3.1.0-x86-64.raw", source)
+    published = store.copy(cached.key, "extensions/spin/spin-3.1.0-x86-64.raw", sha256=cached.sha256)
+    assert (published.size, published.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert store.get_bytes(published.key) == data
+    assert store.stat(published.key) == published
+
+    # A copy that is not what the caller expects is removed, never left to be listed.
+    with pytest.raises(ArtifactStoreError) as caught:
+        store.copy(cached.key, "extensions/spin/spin-3.2.0-x86-64.raw", sha256="0" * 64)
+    assert caught.value.code == "store.sha256-mismatch"
+    assert not store.exists("extensions/spin/spin-3.2.0-x86-64.raw")
+    with pytest.raises(ArtifactNotFound):
+        store.copy("images/gone/spin.raw", "extensions/spin/spin-3.3.0-x86-64.raw", sha256=cached.sha256)
+    assert not store.exists("extensions/spin/spin-3.3.0-x86-64.raw")
+
+
 def test_missing_objects(store: ArtifactStore) -> None:
     assert store.stat("extensions/none/SHA256SUMS") is None
     assert not store.exists("extensions/none/SHA256SUMS")
@@ -195,6 +215,19 @@ def test_s3_multipart_upload_of_a_large_file(s3: S3Endpoint, tmp_path: Path) -> 
     assert head["ETag"].strip('"').endswith("-3"), "expected a three-part multipart upload"
     assert head["Metadata"]["sha256"] == stored.sha256
     assert store.get_bytes(stored.key) == data
+
+
+def test_s3_copy_of_a_large_object_goes_in_parts(s3: S3Endpoint, tmp_path: Path) -> None:
+    store = make_s3_store(s3, multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024)
+    data = os.urandom(11 * 1024 * 1024 + 17)
+    source = tmp_path / "big.raw"
+    source.write_bytes(data)
+    cached = store.put_file("images/big/big-1-x86-64.raw", source)
+    copied = store.copy(cached.key, "extensions/big/big-1-x86-64.raw", sha256=cached.sha256)
+    head = s3.client().head_object(Bucket=store.bucket, Key=copied.key)
+    assert head["ETag"].strip('"').endswith("-3"), "expected a three-part copy"
+    assert head["Metadata"]["sha256"] == cached.sha256
+    assert store.get_bytes(copied.key) == data
 
 
 def test_s3_presigned_url_downloads_over_http(s3: S3Endpoint) -> None:
