@@ -27,6 +27,7 @@ import json
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -379,9 +380,15 @@ def _image_done(build_image_id: int, image: ImageArtifact, *, reused: bool) -> N
 # --- verify -------------------------------------------------------------------------------------
 
 
+# Images checked side by side: each is a download and a systemd-sysext merge in a mount
+# namespace of its own, mostly waiting on the store and the kernel, and independent of the others.
+VERIFY_AT_ONCE = 4
+
+
 def _verify_images(steps: BuildSteps, build: Build, scratch: Path) -> list[ReadyImage]:
     """Download each image (checking its bytes) and merge it with systemd-sysext: one verify
-    step per extension."""
+    step per extension. The checks run side by side; their steps are recorded in order, each
+    ending when its check has, so the steps' times add up to the wall time."""
     build_images = list(
         BuildImage.objects.filter(build_id=build.pk)
         .select_related("extension_version__extension", "image")
@@ -389,14 +396,24 @@ def _verify_images(steps: BuildSteps, build: Build, scratch: Path) -> list[Ready
     )
     ready: list[ReadyImage] = []
     skipped: list[str] = []
-    for build_image in build_images:
-        assert build_image.image is not None
-        with steps.step("verify", extension=build_image.extension_version.extension.name):
-            item = ReadyImage(build_image, build_image.image, download_image(build_image.image, scratch))
-            skip = _verify_one(steps, build, build_image, item)
-        if skip:
-            skipped.append(skip)
-        ready.append(item)
+    with ThreadPoolExecutor(max_workers=VERIFY_AT_ONCE, thread_name_prefix="verify") as pool:
+        checks = [
+            pool.submit(_check_image, build_image, scratch, build.flavour.arch)
+            for build_image in build_images
+        ]
+        try:
+            for build_image, check in zip(build_images, checks, strict=True):
+                with steps.step("verify", extension=build_image.extension_version.extension.name):
+                    path, outcome = check.result()
+                    assert build_image.image is not None  # every image is done before finalize
+                    item = ReadyImage(build_image, build_image.image, path)
+                    skip = _record_verification(steps, build, build_image, item, outcome)
+                if skip:
+                    skipped.append(skip)
+                ready.append(item)
+        finally:
+            for check in checks:  # a failure or a cancel: the checks not started are dropped
+                check.cancel()
     if not build_images:
         verification, reason = Verification.SKIPPED, "The flavour has no image to bake."
     elif skipped:
@@ -407,28 +424,39 @@ def _verify_images(steps: BuildSteps, build: Build, scratch: Path) -> list[Ready
     return ready
 
 
-def _verify_one(steps: BuildSteps, build: Build, build_image: BuildImage, item: ReadyImage) -> str:
-    """Merge one image with systemd-sysext; the reason it was skipped, or ''."""
+def _check_image(build_image: BuildImage, scratch: Path, arch: str) -> tuple[Path, Any]:
+    """On a pool thread, no database: the image downloaded (a store error raises) and what
+    systemd-sysext made of it, a ``VerifyResult`` or the ``PipelineError`` that refused it."""
     from builds.pipeline.verify import verify_with_systemd_sysext
 
+    assert build_image.image is not None
+    path = download_image(build_image.image, scratch)
     try:
-        result = verify_with_systemd_sysext(item.path, item.extension.name, build.flavour.arch)
+        return path, verify_with_systemd_sysext(path, build_image.extension_version.extension.name, arch)
     except PipelineError as refused:
+        return path, refused
+
+
+def _record_verification(
+    steps: BuildSteps, build: Build, build_image: BuildImage, item: ReadyImage, outcome: Any
+) -> str:
+    """Record one image's merge; the reason it was skipped, or ''. A refusal fails the build."""
+    if isinstance(outcome, PipelineError):
         BuildImage.objects.filter(pk=build_image.pk).update(
-            verification=Verification.FAILED, verification_reason=refused.message
+            verification=Verification.FAILED, verification_reason=outcome.message
         )
         Build.objects.filter(pk=build.pk).update(
-            verification=Verification.FAILED, verification_reason=refused.message
+            verification=Verification.FAILED, verification_reason=outcome.message
         )
-        raise
+        raise outcome
     BuildImage.objects.filter(pk=build_image.pk).update(
-        verification=result.status, verification_reason=result.reason
+        verification=outcome.status, verification_reason=outcome.reason
     )
-    if result.verified:
-        steps.log(f"{item.path.name}: merged by systemd-sysext ({len(result.merged_bin)} in usr/bin).")
+    if outcome.verified:
+        steps.log(f"{item.path.name}: merged by systemd-sysext ({len(outcome.merged_bin)} in usr/bin).")
         return ""
-    steps.log(f"{item.path.name}: verification skipped: {result.reason}")
-    return f"{item.path.name}: {result.reason}"
+    steps.log(f"{item.path.name}: verification skipped: {outcome.reason}")
+    return f"{item.path.name}: {outcome.reason}"
 
 
 # --- publish ------------------------------------------------------------------------------------
